@@ -1,0 +1,24 @@
+"""Test-session set-up: quiet TensorFlow, two logical CPUs for tf.distribute tests."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# Logical devices must be configured before TensorFlow initialises its
+# runtime, so this runs at import time, before any test touches a tensor.
+_cpus = tf.config.list_physical_devices("CPU")
+try:
+    tf.config.set_logical_device_configuration(
+        _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+    )
+except RuntimeError:  # already initialised (e.g. imported twice): keep what exists
+    pass
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

@@ -1,0 +1,119 @@
+"""The one interface every curvature operator offers and every algorithm takes.
+
+An operator is a symmetric linear map on flat vectors (see
+:mod:`tf_sharpest.utils.flat`). Algorithms (Lanczos today; trace and spectral
+density estimators later) only ever call ``matvec`` and read ``dim`` and
+``dtype``, so the Hessian, and the GGN or Fisher operators that will follow,
+plug into all of them alike.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+
+class LinearOperator(abc.ABC):
+    """A symmetric linear operator ``v -> A v`` on flat vectors of length ``dim``.
+
+    Subclasses implement ``_matvec`` on a flat ``tf.Tensor`` of ``dtype``.
+    ``matvec`` converts its input, checks its shape and counts the products, so
+    callers can report the cost of an algorithm in matvecs.
+    """
+
+    def __init__(self, dim: int, dtype=tf.float32):
+        if int(dim) < 1:
+            raise ValueError(f"An operator needs dim >= 1, got {dim}.")
+        self._dim = int(dim)
+        self._dtype = tf.as_dtype(dtype)
+        self.num_matvecs = 0
+
+    @property
+    def dim(self) -> int:
+        """Length of the vectors the operator acts on."""
+        return self._dim
+
+    @property
+    def dtype(self) -> tf.DType:
+        """Floating dtype of the vectors the operator takes and returns."""
+        return self._dtype
+
+    @abc.abstractmethod
+    def _matvec(self, vector: tf.Tensor) -> tf.Tensor:
+        """Returns ``A @ vector`` for a flat tensor of shape ``[dim]`` and ``self.dtype``."""
+
+    def matvec(self, vector) -> tf.Tensor:
+        """Returns ``A @ vector`` as a flat ``tf.Tensor``; ``vector`` may be NumPy or a tensor."""
+        vector = tf.convert_to_tensor(vector, dtype=self._dtype)
+        if vector.shape.rank != 1 or vector.shape[0] != self._dim:
+            raise ValueError(
+                f"matvec takes a flat vector of length {self._dim}; got shape {tuple(vector.shape)}."
+            )
+        result = self._matvec(vector)
+        self.num_matvecs += 1
+        return result
+
+    __call__ = matvec
+
+    def reset_counter(self) -> None:
+        """Sets ``num_matvecs`` back to zero."""
+        self.num_matvecs = 0
+
+    def to_dense(self) -> np.ndarray:
+        """Forms the operator as a dense ``[dim, dim]`` NumPy matrix (``dim`` matvecs: small operators only)."""
+        columns = [self.matvec(tf.one_hot(i, self._dim, dtype=self._dtype)).numpy() for i in range(self._dim)]
+        return np.stack(columns, axis=1)
+
+
+class MatrixOperator(LinearOperator):
+    """An explicit symmetric matrix as an operator (references, tests, small problems)."""
+
+    def __init__(self, matrix):
+        matrix = tf.convert_to_tensor(matrix)
+        if not matrix.dtype.is_floating:
+            matrix = tf.cast(matrix, tf.float64)
+        if matrix.shape.rank != 2 or matrix.shape[0] != matrix.shape[1]:
+            raise ValueError(f"MatrixOperator needs a square matrix, got shape {tuple(matrix.shape)}.")
+        super().__init__(matrix.shape[0], matrix.dtype)
+        self._matrix = matrix
+
+    def _matvec(self, vector):
+        return tf.linalg.matvec(self._matrix, vector)
+
+
+class FunctionOperator(LinearOperator):
+    """Wraps a plain ``matvec(v)`` callable (NumPy or TensorFlow) as an operator."""
+
+    def __init__(self, matvec: Callable, dim: int, dtype=tf.float32):
+        super().__init__(dim, dtype)
+        self._function = matvec
+
+    def _matvec(self, vector):
+        return tf.reshape(tf.convert_to_tensor(self._function(vector), dtype=self.dtype), [self.dim])
+
+
+def as_operator(matvec, dim: int | None = None, dtype=None) -> LinearOperator:
+    """Returns ``matvec`` as a :class:`LinearOperator`.
+
+    Accepts an operator (returned as is), a square matrix, or a callable with
+    an explicit ``dim``.
+    """
+    if isinstance(matvec, LinearOperator):
+        if dim is not None and int(dim) != matvec.dim:
+            raise ValueError(f"dim={dim} does not match the operator's dim={matvec.dim}.")
+        return matvec
+    if callable(matvec):
+        if dim is None:
+            raise ValueError("A callable matvec needs dim=, the length of the vectors it acts on.")
+        return FunctionOperator(matvec, dim, dtype or tf.float32)
+    if isinstance(matvec, (np.ndarray, tf.Tensor)):
+        operator = MatrixOperator(matvec if dtype is None else tf.cast(matvec, dtype))
+        if dim is not None and int(dim) != operator.dim:
+            raise ValueError(f"dim={dim} does not match the matrix of size {operator.dim}.")
+        return operator
+    raise TypeError(
+        f"Expected a LinearOperator, a callable matvec or a square matrix, got {type(matvec).__name__}."
+    )

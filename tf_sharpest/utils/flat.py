@@ -1,0 +1,80 @@
+"""The flat-vector convention that ties operators, eigensolvers and NSGD together.
+
+Every curvature object in tf_sharpest acts on one flat vector: the model's
+trainable variables concatenated in ``model.trainable_variables`` order, each
+flattened row-major (``tf.reshape(v, [-1])``). Eigenvectors returned by the
+eigensolvers, directions handed to ``NSGD`` and eigenvectors saved by the
+callback all use this layout, so they can be passed between them unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+
+class FlatLayout:
+    """Maps between a list of variable-shaped tensors and one flat vector.
+
+    Example:
+
+    >>> layout = FlatLayout.from_variables(model.trainable_variables)
+    >>> flat = layout.flatten([tf.ones_like(v) for v in model.trainable_variables])
+    >>> parts = layout.unflatten(flat)  # a list of tensors shaped like the variables
+    """
+
+    def __init__(self, shapes: Sequence[Sequence[int]], names: Sequence[str] | None = None):
+        self.shapes = [tuple(int(d) for d in s) for s in shapes]
+        self.sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes, dtype=np.int64)]).tolist()
+        self.names = list(names) if names is not None else [f"variable_{i}" for i in range(len(self.shapes))]
+        if len(self.names) != len(self.shapes):
+            raise ValueError(f"Got {len(self.names)} names for {len(self.shapes)} shapes.")
+
+    @classmethod
+    def from_variables(cls, variables: Sequence) -> "FlatLayout":
+        variables = list(variables)
+        names = [getattr(v, "path", None) or getattr(v, "name", f"variable_{i}") for i, v in enumerate(variables)]
+        return cls([tuple(v.shape) for v in variables], names)
+
+    @property
+    def dim(self) -> int:
+        """Length of the flat vector."""
+        return int(self.offsets[-1])
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def flatten(self, tensors: Sequence) -> tf.Tensor:
+        """Concatenates variable-shaped tensors into one flat vector."""
+        tensors = list(tensors)
+        if len(tensors) != len(self.shapes):
+            raise ValueError(f"Expected {len(self.shapes)} tensors (one per variable), got {len(tensors)}.")
+        return tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0)
+
+    def unflatten(self, flat) -> list[tf.Tensor]:
+        """Splits a flat vector of length ``dim`` into variable-shaped tensors."""
+        flat = tf.convert_to_tensor(flat)
+        pieces = tf.split(flat, self.sizes, axis=0)
+        return [tf.reshape(p, s) for p, s in zip(pieces, self.shapes)]
+
+    def unflatten_columns(self, matrix) -> list[tf.Tensor]:
+        """Splits a ``[dim, k]`` matrix row-wise into ``[*shape, k]`` tensors, one per variable."""
+        matrix = tf.convert_to_tensor(matrix)
+        k = matrix.shape[-1]
+        pieces = tf.split(matrix, self.sizes, axis=0)
+        return [tf.reshape(p, list(s) + [k]) for p, s in zip(pieces, self.shapes)]
+
+    def check_flat(self, vector, what: str = "vector") -> None:
+        """Raises a ``ValueError`` unless ``vector`` is a flat vector of length ``dim``."""
+        shape = tuple(getattr(vector, "shape", np.shape(vector)))
+        if len(shape) != 1 or shape[0] != self.dim:
+            raise ValueError(
+                f"{what} must be a flat vector of length {self.dim} (the trainable variables "
+                f"concatenated, each flattened row-major); got shape {shape}."
+            )
+
+    def get_config(self) -> dict:
+        return {"shapes": [list(s) for s in self.shapes], "names": list(self.names)}
