@@ -22,3 +22,13 @@ except RuntimeError:  # already initialised (e.g. imported twice): keep what exi
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def floatx():
+    """Sets ``keras.config.floatx`` for one test and restores it afterwards."""
+    import keras
+
+    previous = keras.config.floatx()
+    yield keras.config.set_floatx
+    keras.config.set_floatx(previous)

@@ -1,0 +1,166 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from references import classification_data, explicit_hessian, sparse_ce, tiny_cnn, tiny_mlp
+from tf_sharpest.hessian import HessianOperator, top_eigenpairs
+
+
+def random_vector(dim, dtype="float64", seed=0):
+    return np.random.default_rng(seed).standard_normal(dim).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-6), ("float32", 2e-4)])
+def test_mlp_hvp_matches_explicit_hessian_with_uneven_batches(dtype, rtol):
+    model = tiny_mlp(dtype)
+    x, y = classification_data((4,), n=23, dtype=dtype)
+    hessian = explicit_hessian(model, x, y, sparse_ce(dtype))
+    operator = HessianOperator(model, (x, y), loss=sparse_ce(dtype), batch_size=5)  # batches 5,5,5,5,3
+    assert operator.dim == hessian.shape[0] == 51 and operator.num_batches == 5 and operator.num_examples == 23
+    for seed in range(3):
+        v = random_vector(operator.dim, dtype, seed)
+        np.testing.assert_allclose(operator.matvec(v).numpy(), hessian @ v, rtol=rtol, atol=rtol * np.abs(hessian).max())
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-6), ("float32", 2e-4)])
+def test_cnn_with_l2_compiled_loss_and_dataset_input(dtype, rtol, floatx):
+    floatx(dtype)  # Keras's compiled loss sums its terms in floatx
+    model = tiny_cnn(dtype)
+    model.compile(loss=sparse_ce(dtype))
+    x, y = classification_data((6, 6, 1), n=19, dtype=dtype, seed=1)
+    hessian = explicit_hessian(model, x, y, sparse_ce(dtype))
+    assert model.losses, "the reference must include the L2 terms"
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)  # 4,4,4,4,3
+    operator = HessianOperator(model, dataset)
+    v = random_vector(operator.dim, dtype, 3)
+    np.testing.assert_allclose(operator.matvec(v).numpy(), hessian @ v, rtol=rtol, atol=rtol * np.abs(hessian).max())
+    # Five batches: an L2 term added per batch instead of once would be 5x too large here.
+    with_l2 = np.abs(hessian @ v)
+    assert np.max(np.abs(operator.matvec(v).numpy() - hessian @ v)) < rtol * with_l2.max()
+
+
+def test_structured_form_and_loss_value():
+    model = tiny_mlp()
+    x, y = classification_data((4,), n=10)
+    operator = HessianOperator(model, (x, y), loss=sparse_ce(), batch_size=3)
+    v = random_vector(operator.dim)
+    parts = operator.matvec_structured(operator.layout.unflatten(v))
+    assert [tuple(p.shape) for p in parts] == [tuple(w.shape) for w in model.trainable_variables]
+    np.testing.assert_allclose(operator.layout.flatten(parts).numpy(), operator.matvec(v).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(operator.loss, float(sparse_ce()(y, model(x))), rtol=1e-12)
+    assert operator.num_matvecs == 2
+
+
+def test_traced_once_per_operator():
+    model = tiny_mlp()
+    x, y = classification_data((4,), n=23)
+    operator = HessianOperator(model, (x, y), loss=sparse_ce(), batch_size=5)
+    for seed in range(4):
+        operator.matvec(random_vector(operator.dim, seed=seed))
+    assert operator.num_traces == 1
+    for seed in range(3):
+        operator.matvec_structured(operator.layout.unflatten(random_vector(operator.dim, seed=seed)))
+    assert operator.num_traces == 2  # one trace for the flat form, one for the structured form
+    assert operator.num_matvecs == 7
+
+
+def test_training_flag_controls_batchnorm_and_dropout():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((4,), dtype="float64"),
+        keras.layers.Dense(5, dtype="float64"),
+        keras.layers.BatchNormalization(dtype="float64"),
+        keras.layers.Activation("tanh", dtype="float64"),
+        keras.layers.Dropout(0.5, dtype="float64"),
+        keras.layers.Dense(3, dtype="float64"),
+    ])
+    bn = model.layers[1]
+    bn.moving_mean.assign(np.full(5, 0.3))
+    bn.moving_variance.assign(np.full(5, 2.0))
+    x, y = classification_data((4,), n=12)
+    hessian = explicit_hessian(model, x, y, sparse_ce(), training=False)
+    operator = HessianOperator(model, (x, y), loss=sparse_ce(), batch_size=12)
+    v = random_vector(operator.dim)
+    np.testing.assert_allclose(operator.matvec(v).numpy(), hessian @ v, rtol=1e-6, atol=1e-9)
+    # Dropout would make a training-mode pass random; compare a deterministic model instead.
+    model.layers[3].rate = 0.0
+    trained = HessianOperator(model, (x, y), loss=sparse_ce(), batch_size=12, training=True)
+    reference = explicit_hessian(model, x, y, sparse_ce(), training=True)
+    np.testing.assert_allclose(trained.matvec(v).numpy(), reference @ v, rtol=1e-6, atol=1e-9)
+    assert not np.allclose(reference, hessian)
+
+
+@pytest.mark.parametrize("model_fn, shape", [(tiny_mlp, (4,)), (tiny_cnn, (6, 6, 1))])
+def test_top_eigenpairs_match_eigh_of_explicit_hessian(model_fn, shape):
+    model = model_fn()
+    x, y = classification_data(shape, n=21, seed=2)
+    hessian = explicit_hessian(model, x, y, sparse_ce())
+    reference_values, reference_vectors = np.linalg.eigh(hessian)
+    result = top_eigenpairs(model, (x, y), k=5, loss=sparse_ce(), batch_size=8, tol=1e-8)
+    np.testing.assert_allclose(result.eigenvalues, reference_values[::-1][:5], rtol=1e-4)
+    assert result.eigenvectors.shape == (hessian.shape[0], 5)
+    np.testing.assert_allclose(result.eigenvectors.T @ result.eigenvectors, np.eye(5), atol=1e-8)
+    residuals = np.linalg.norm(hessian @ result.eigenvectors - result.eigenvectors * result.eigenvalues, axis=0)
+    assert np.all(residuals < 1e-6 * reference_values.max())
+    np.testing.assert_allclose(result.residual_norms, residuals, atol=1e-6 * reference_values.max())
+    assert result.num_matvecs > 0
+
+    smallest = top_eigenpairs(model, (x, y), k=2, loss=sparse_ce(), which="smallest", tol=1e-8)
+    np.testing.assert_allclose(smallest.eigenvalues, reference_values[:2], rtol=1e-4, atol=1e-8 * reference_values.max())
+
+
+def test_float32_top_eigenpairs_on_a_cnn():
+    model = tiny_cnn("float32")
+    x, y = classification_data((6, 6, 1), n=30, dtype="float32", seed=4)
+    reference = np.linalg.eigvalsh(explicit_hessian(model, x, y, sparse_ce("float32")).astype(np.float64))[::-1][:5]
+    result = top_eigenpairs(model, (x, y), k=5, loss=sparse_ce("float32"), batch_size=7, tol=1e-5)
+    np.testing.assert_allclose(result.eigenvalues, reference, rtol=1e-4)
+
+
+class TestBadInput:
+    def setup_method(self):
+        self.model = tiny_mlp()
+        self.x, self.y = classification_data((4,), n=10)
+
+    def test_k_out_of_range(self):
+        for k in (0, 52):
+            with pytest.raises(ValueError, match="1 <= k <= dim=51"):
+                top_eigenpairs(self.model, (self.x, self.y), k=k, loss=sparse_ce())
+
+    def test_empty_data(self):
+        with pytest.raises(ValueError, match="empty"):
+            HessianOperator(self.model, (self.x[:0], self.y[:0]), loss=sparse_ce())
+        with pytest.raises(ValueError, match="empty"):
+            HessianOperator(self.model, tf.data.Dataset.from_tensor_slices((self.x, self.y)).batch(4).take(0),
+                            loss=sparse_ce())
+
+    def test_infinite_dataset(self):
+        dataset = tf.data.Dataset.from_tensor_slices((self.x, self.y)).batch(4).repeat()
+        with pytest.raises(ValueError, match="infinite.*take"):
+            HessianOperator(self.model, dataset, loss=sparse_ce())
+
+    def test_unbatched_dataset(self):
+        with pytest.raises(ValueError, match="unbatched"):
+            HessianOperator(self.model, tf.data.Dataset.from_tensor_slices((self.x, self.y)), loss=sparse_ce())
+
+    def test_no_loss(self):
+        with pytest.raises(ValueError, match="no loss.*compile"):
+            HessianOperator(self.model, (self.x, self.y))
+
+    def test_mismatched_lengths(self):
+        with pytest.raises(ValueError, match="same number of examples: x has 10, y has 9"):
+            HessianOperator(self.model, (self.x, self.y[:9]), loss=sparse_ce())
+
+    def test_non_finite_loss_names_the_batch(self):
+        x = self.x.copy()
+        x[7, 0] = np.nan  # batch 1 with batch_size 4
+        with pytest.raises(ValueError, match="not finite.*batch 1"):
+            HessianOperator(self.model, (x, self.y), loss=sparse_ce(), batch_size=4)
+
+    def test_wrong_vector_shape(self):
+        operator = HessianOperator(self.model, (self.x, self.y), loss=sparse_ce())
+        with pytest.raises(ValueError, match="length 51"):
+            operator.matvec(np.ones(50))
+        with pytest.raises(ValueError, match="one per trainable variable"):
+            operator.matvec_structured([np.ones(3)])

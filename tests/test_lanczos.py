@@ -1,0 +1,140 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from references import symmetric_matrix
+from tf_sharpest.linalg import EigenResult, lanczos
+from tf_sharpest.operators import FunctionOperator, MatrixOperator
+
+SPECTRA = {
+    "clustered": np.concatenate([[5.0, 4.999, 4.998, 4.99, 4.98], np.linspace(-1, 3, 195)]),
+    "repeated": np.concatenate([[7.0, 7.0, 7.0, 2.0, 2.0], np.linspace(-1, 1.5, 145)]),
+    "negative": np.concatenate([[-9.0, -8.0, -7.5, -7.0, -6.0], np.linspace(-5, 4, 175), [6.0, 5.5]]),
+}
+
+
+def check_pairs(matrix, result, which, k, rtol=1e-6):
+    reference = np.linalg.eigvalsh(matrix)
+    expected = reference[::-1][:k] if which == "largest" else reference[:k]
+    np.testing.assert_allclose(result.eigenvalues, expected, rtol=rtol, atol=rtol * np.abs(reference).max())
+    vectors = result.eigenvectors
+    np.testing.assert_allclose(vectors.T @ vectors, np.eye(k), atol=1e-8)
+    residuals = np.linalg.norm(matrix @ vectors - vectors * result.eigenvalues, axis=0)
+    assert np.all(residuals <= 1e-5 * np.abs(reference).max())
+
+
+@pytest.mark.parametrize("spectrum", sorted(SPECTRA))
+@pytest.mark.parametrize("which", ["largest", "smallest"])
+def test_matches_eigh_on_hard_spectra(spectrum, which):
+    matrix = symmetric_matrix(SPECTRA[spectrum], seed=3)
+    result = lanczos(matrix, k=5, which=which, tol=1e-10, max_iterations=2000)
+    assert isinstance(result, EigenResult) and result.converged
+    check_pairs(matrix, result, which, 5)
+    order = -result.eigenvalues if which == "largest" else result.eigenvalues
+    assert np.all(np.diff(order) >= 0)
+
+
+def test_restarts_keep_accuracy_with_a_small_basis():
+    matrix = symmetric_matrix(SPECTRA["clustered"], seed=5)
+    result = lanczos(matrix, k=5, tol=1e-9, max_basis_size=12, max_iterations=3000)
+    assert result.num_restarts > 0 and result.converged
+    check_pairs(matrix, result, "largest", 5)
+
+
+def test_callable_with_dim_float32_and_counts():
+    matrix = symmetric_matrix(np.linspace(-2, 10, 80), seed=1).astype(np.float32)
+    calls = []
+
+    def matvec(v):
+        calls.append(1)
+        return tf.linalg.matvec(matrix, v)
+
+    result = lanczos(matvec, 80, 3, tol=1e-5)
+    assert result.eigenvectors.dtype == np.float32
+    np.testing.assert_allclose(result.eigenvalues, np.linalg.eigvalsh(matrix.astype(np.float64))[::-1][:3], rtol=1e-5)
+    assert result.num_matvecs == len(calls)
+
+
+def test_whole_space_is_exact():
+    matrix = symmetric_matrix([3.0, 1.0, -2.0, 0.5], seed=2)
+    result = lanczos(matrix, k=4)
+    np.testing.assert_allclose(result.eigenvalues, [3.0, 1.0, 0.5, -2.0], atol=1e-12)
+    assert result.num_matvecs == 4
+
+
+def test_deterministic_for_a_seed_and_seed_matters():
+    matrix = symmetric_matrix(SPECTRA["clustered"], seed=4)
+    a = lanczos(matrix, k=3, tol=1e-3, seed=7)
+    b = lanczos(matrix, k=3, tol=1e-3, seed=7)
+    c = lanczos(matrix, k=3, tol=1e-3, seed=8)
+    np.testing.assert_array_equal(a.eigenvectors, b.eigenvectors)
+    assert a.num_matvecs == b.num_matvecs
+    assert not np.array_equal(a.eigenvectors, c.eigenvectors)
+
+
+def test_warm_start_from_nearby_vectors_saves_matvecs():
+    spectrum = np.concatenate([[10.0, 9.0, 8.5, 8.0, 7.0], np.linspace(-2, 6.5, 395)])
+    matrix = symmetric_matrix(spectrum, seed=6)
+    cold = lanczos(matrix, k=5, tol=1e-3)
+    rng = np.random.default_rng(0)
+    exact = np.linalg.eigh(matrix)[1][:, ::-1][:, :5]
+    nearby = exact + 1e-3 * rng.standard_normal(exact.shape) / np.sqrt(400)
+    warm = lanczos(matrix, k=5, tol=1e-3, initial_vectors=nearby)
+    np.testing.assert_allclose(warm.eigenvalues, spectrum[:5], rtol=1e-4)
+    assert warm.num_matvecs <= 0.6 * cold.num_matvecs, (warm.num_matvecs, cold.num_matvecs)
+
+
+def fewest_matvecs_for(error_target, runs):
+    """Smallest matvec count among ``(matvecs, max relative error)`` runs that reach ``error_target``."""
+    return min((m for m, error in runs if error <= error_target), default=np.inf)
+
+
+def test_no_more_matvecs_than_arpack_at_equal_accuracy():
+    sparse_linalg = pytest.importorskip("scipy.sparse.linalg")
+    spectrum = np.concatenate([[10.0, 9.0, 8.5, 8.0, 7.0], np.linspace(-2, 6.5, 995)])
+    matrix = symmetric_matrix(spectrum, seed=9)
+    reference = np.sort(spectrum)[::-1][:5]
+    ours, arpack = [], []
+    for tol in 10.0 ** -np.arange(1, 10.01, 0.25):
+        result = lanczos(matrix, k=5, tol=tol)
+        ours.append((result.num_matvecs, np.max(np.abs(result.eigenvalues - reference) / reference)))
+        counter = [0]
+
+        def counted(v):
+            counter[0] += 1
+            return matrix @ v
+
+        operator = sparse_linalg.LinearOperator(matrix.shape, matvec=counted, dtype=np.float64)
+        values = np.sort(sparse_linalg.eigsh(operator, k=5, which="LA", tol=tol, v0=np.ones(1000))[0])[::-1]
+        arpack.append((counter[0], np.max(np.abs(values - reference) / reference)))
+    for target in (1e-4, 1e-6, 1e-8):
+        assert fewest_matvecs_for(target, ours) <= fewest_matvecs_for(target, arpack), (target, ours, arpack)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"k": 0}, "1 <= k <= dim"),
+        ({"k": 11}, "1 <= k <= dim"),
+        ({"k": 2, "which": "biggest"}, "largest"),
+        ({"k": 2, "tol": 0.0}, "tol"),
+        ({"k": 2, "initial_vectors": np.ones(3)}, "initial_vectors"),
+        ({"k": 2, "max_iterations": 1}, "max_iterations"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        lanczos(np.eye(10), **kwargs)
+
+
+def test_callable_needs_dim_and_non_finite_operator_is_reported():
+    with pytest.raises(ValueError, match="dim"):
+        lanczos(lambda v: v, k=1)
+    with pytest.raises(ValueError, match="non-finite"):
+        lanczos(FunctionOperator(lambda v: v * np.nan, 5, tf.float64), k=1)
+
+
+def test_operator_counts_its_matvecs():
+    operator = MatrixOperator(symmetric_matrix(np.arange(20.0), seed=0))
+    result = lanczos(operator, k=2, tol=1e-8)
+    assert operator.num_matvecs == result.num_matvecs > 0

@@ -1,0 +1,189 @@
+"""Thick-restart Lanczos with full reorthogonalization for a few extreme eigenpairs."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tf_sharpest.linalg.result import EigenResult
+from tf_sharpest.operators.base import as_operator
+
+WHICH_CHOICES = ("largest", "smallest")
+# Share of the warm-start vector drawn at random, so directions that were not
+# among the previous eigenvectors (a new sharp direction) can still be found.
+WARM_START_NOISE = 0.01
+
+
+def lanczos(matvec, dim: int | None = None, k: int = 5, *, which: str = "largest", tol: float = 1e-4,
+            max_iterations: int | None = None, max_basis_size: int | None = None, initial_vectors=None,
+            seed: int | None = 0, dtype=None, verbose: int = 0) -> EigenResult:
+    """Top-``k`` (or bottom-``k``) eigenpairs of a symmetric operator.
+
+    The Krylov basis is kept fully orthogonal (two Gram-Schmidt passes per step
+    against every basis vector), and the Rayleigh-Ritz matrix is formed from
+    the explicit projections, so the method is robust to clustered and
+    repeated eigenvalues. When the basis reaches ``max_basis_size`` it is
+    compressed to the best Ritz vectors (thick restart) instead of being
+    thrown away, so no product is wasted. Everything but the tiny projected
+    eigenproblem stays in TensorFlow, on the operator's device.
+
+    Example:
+
+    ```python
+    hessian = tf_sharpest.operators.HessianOperator(model, (x, y))
+    result = lanczos(hessian, k=5)          # or lanczos(fn, dim, k) for a plain callable
+    result.eigenvalues, result.eigenvectors  # [5], [dim, 5]
+    ```
+
+    Args:
+      matvec: a :class:`~tf_sharpest.operators.LinearOperator`, a callable
+        ``v -> A v`` on flat vectors (then ``dim`` is required), or a square matrix.
+      dim: length of the vectors; optional for operators and matrices.
+      k: number of eigenpairs, ``1 <= k <= dim``.
+      which: ``"largest"`` (algebraic, descending) or ``"smallest"`` (algebraic,
+        ascending: the most negative curvature).
+      tol: a pair has converged when ``||A v - lambda v|| <= tol * |lambda_max|``,
+        where ``lambda_max`` is the Ritz value of largest magnitude. Eigenvalue
+        errors are bounded by the residual norm (and typically its square).
+      max_iterations: most matvecs to spend (default ``max(300, 20 * k)``).
+      max_basis_size: most basis vectors held at once (memory is this many
+        vectors of length ``dim``); default ``max(2k + 10, 30)``.
+      initial_vectors: ``[dim]`` or ``[dim, p]`` guesses, e.g. the previous
+        eigenvectors along training; the search starts from their combination.
+      seed: seed of the random start vector (results are deterministic for it).
+      dtype: dtype of a callable's vectors (default float32).
+      verbose: 1 shows a ``keras.utils.Progbar`` of matvecs and the worst residual.
+
+    Returns:
+      An :class:`~tf_sharpest.linalg.EigenResult`.
+
+    Raises:
+      ValueError: for bad arguments, or an operator that returns non-finite values.
+    """
+    operator = as_operator(matvec, dim, dtype)
+    n = operator.dim
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
+        raise ValueError(f"k must be an integer with 1 <= k <= dim={n}, got {k!r}.")
+    k = int(k)
+    if which not in WHICH_CHOICES:
+        raise ValueError(f"which must be one of {WHICH_CHOICES}, got {which!r}.")
+    if not (np.isfinite(tol) and tol > 0):
+        raise ValueError(f"tol must be a positive number, got {tol!r}.")
+    if max_iterations is None:
+        max_iterations = max(300, 20 * k)
+    if max_iterations < k:
+        raise ValueError(f"max_iterations={max_iterations} is too small to find k={k} eigenpairs.")
+    basis_size = min(n, int(max_basis_size) if max_basis_size else max(2 * k + 10, 30))
+    if basis_size < min(n, k + 2):
+        raise ValueError(f"max_basis_size must be at least k + 2 = {k + 2}, got {max_basis_size}.")
+
+    rng = np.random.default_rng(seed)
+    dtype = operator.dtype
+    basis = tf.Variable(tf.zeros([basis_size, n], dtype), trainable=False)
+    projected = np.zeros((basis_size, basis_size))
+    vector = tf.constant(_start_vector(n, rng, initial_vectors), dtype)
+    first_matvec = operator.num_matvecs
+    eps = float(np.finfo(dtype.as_numpy_dtype).eps)
+    progbar = _progbar(max_iterations) if verbose else None
+
+    size, restarts = 0, 0
+    while True:
+        basis[size].assign(vector)
+        product = operator.matvec(vector)
+        if not bool(tf.reduce_all(tf.math.is_finite(product))):
+            raise ValueError(
+                f"The operator returned non-finite values at matvec {operator.num_matvecs - first_matvec}; "
+                "the loss or the weights have diverged."
+            )
+        current = basis[: size + 1]
+        residual, coefficients = _orthogonalize(current, product)
+        projected[: size + 1, size] = coefficients
+        projected[size, : size + 1] = coefficients
+        beta = float(tf.norm(residual))
+        size += 1
+
+        ritz_values, ritz_vectors = np.linalg.eigh(projected[:size, :size])
+        wanted = _order(ritz_values, which)
+        scale = max(float(np.max(np.abs(ritz_values))), np.finfo(float).tiny)
+        residual_norms = beta * np.abs(ritz_vectors[size - 1, wanted[:k]])
+        converged = size >= k and bool(np.all(residual_norms <= tol * scale))
+        spent = operator.num_matvecs - first_matvec
+        if progbar is not None:
+            progbar.update(spent, [("worst_residual", float(np.max(residual_norms) / scale))])
+        if converged or size == n or spent >= max_iterations:
+            break
+
+        # A residual that is only rounding noise means the basis already spans an
+        # invariant subspace; continue from a fresh random direction.
+        if beta <= 100 * eps * float(tf.norm(product)):
+            residual, _ = _orthogonalize(basis[:size], tf.constant(rng.standard_normal(n), dtype))
+            beta = 0.0
+        vector = residual / tf.norm(residual)
+
+        if size == basis_size:  # thick restart: keep the best Ritz vectors and their coupling
+            keep = max(k, min(basis_size - 2, k + (basis_size - k) // 2))
+            chosen = wanted[:keep]
+            combination = tf.constant(ritz_vectors[:, chosen].T, dtype)
+            basis[:keep].assign(tf.matmul(combination, basis[:size]))
+            projected[:] = 0.0
+            projected[np.arange(keep), np.arange(keep)] = ritz_values[chosen]
+            coupling = beta * ritz_vectors[size - 1, chosen]
+            projected[keep, :keep] = coupling
+            projected[:keep, keep] = coupling
+            size = keep
+            restarts += 1
+
+    if progbar is not None:
+        progbar.update(operator.num_matvecs - first_matvec, finalize=True)
+    if size < k:
+        raise ValueError(f"Stopped after {size} basis vectors, fewer than k={k}; raise max_iterations.")
+    chosen = wanted[:k]
+    eigenvectors = tf.matmul(basis[:size], tf.constant(ritz_vectors[:, chosen], dtype), transpose_a=True)
+    return EigenResult(
+        eigenvalues=ritz_values[chosen].astype(np.float64),
+        eigenvectors=eigenvectors.numpy(),
+        residual_norms=residual_norms.astype(np.float64),
+        num_matvecs=operator.num_matvecs - first_matvec,
+        converged=converged or size == n,
+        num_restarts=restarts,
+    )
+
+
+def _orthogonalize(basis: tf.Tensor, vector: tf.Tensor):
+    """Removes ``basis`` components from ``vector`` by two Gram-Schmidt passes ("twice is enough")."""
+    first = tf.linalg.matvec(basis, vector)
+    vector = vector - tf.linalg.matvec(basis, first, transpose_a=True)
+    second = tf.linalg.matvec(basis, vector)
+    vector = vector - tf.linalg.matvec(basis, second, transpose_a=True)
+    return vector, (first + second).numpy().astype(np.float64)
+
+
+def _order(values: np.ndarray, which: str) -> np.ndarray:
+    return np.argsort(-values if which == "largest" else values, kind="stable")
+
+
+def _start_vector(n: int, rng: np.random.Generator, initial_vectors) -> np.ndarray:
+    random = rng.standard_normal(n)
+    random /= np.linalg.norm(random)
+    if initial_vectors is None:
+        return random
+    guesses = np.asarray(initial_vectors, dtype=np.float64)
+    if guesses.ndim == 1:
+        guesses = guesses[:, None]
+    if guesses.ndim != 2 or guesses.shape[0] != n:
+        raise ValueError(f"initial_vectors must have shape [dim={n}] or [dim={n}, p]; got {guesses.shape}.")
+    if not np.all(np.isfinite(guesses)):
+        raise ValueError("initial_vectors contain NaN or inf values.")
+    orthonormal, _ = np.linalg.qr(guesses)
+    combined = orthonormal.sum(axis=1)
+    norm = np.linalg.norm(combined)
+    if norm == 0.0:
+        return random
+    start = (1.0 - WARM_START_NOISE) * combined / norm + WARM_START_NOISE * random
+    return start / np.linalg.norm(start)
+
+
+def _progbar(target: int):
+    import keras  # Keras is needed only for the progress bar
+
+    return keras.utils.Progbar(target, unit_name="matvec")
