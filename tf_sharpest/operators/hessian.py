@@ -23,8 +23,8 @@ class HessianOperator(LinearOperator):
     includes the model's regularization losses (``model.losses``), as a training
     step does.
 
-    The product function is traced once per operator and runs the whole pass
-    over the data in one graph call.
+    The per-batch product is one ``tf.function``, traced once per operator
+    (the last, smaller batch reuses the trace).
 
     Example:
 
@@ -67,14 +67,25 @@ class HessianOperator(LinearOperator):
         super().__init__(self.layout.dim, dtypes.pop())
         self._loss_fn = _resolve_loss(model, loss)
         self.dataset = as_batched_dataset(data, batch_size)
+        # Arrays are cut into batches once and kept; a user's dataset is read on every pass.
+        self._cached_batches = None if isinstance(data, tf.data.Dataset) else list(self.dataset)
         self.num_traces = 0
 
-        # The variable-shaped signature keeps one trace for every call.
-        structured_spec = [tf.TensorSpec(s, self.dtype) for s in self.layout.shapes]
-        self._structured_fn = tf.function(self._hvp_all_batches, input_signature=[structured_spec])
-        self._flat_fn = tf.function(self._flat_hvp, input_signature=[tf.TensorSpec([self.dim], self.dtype)])
+        # One graph per batch, called from a Python loop: a loop over the dataset
+        # inside the graph ran the double backprop about 2.5x slower on CPU.
+        # The batch dimension is left open so the last, smaller batch reuses the trace.
+        batch_spec = tuple(_relax_batch_dim(spec) for spec in self.dataset.element_spec)
+        parts_spec = [tf.TensorSpec(shape, self.dtype) for shape in self.layout.shapes]
+        scalar_spec = tf.TensorSpec([], self.dtype)
+        self._accumulate_fn = tf.function(self._accumulate_batch,
+                                          input_signature=[batch_spec, parts_spec, parts_spec, scalar_spec])
+        loss_fn = tf.function(self._batch_loss, input_signature=[batch_spec])
 
-        batch_losses, batch_sizes = (t.numpy() for t in tf.function(self._losses_per_batch)())
+        batch_losses, batch_sizes = [], []
+        for batch in self._batches():
+            batch_losses.append(float(loss_fn(batch)))
+            batch_sizes.append(int(count_examples(batch)))
+        batch_losses, batch_sizes = np.array(batch_losses), np.array(batch_sizes)
         self.num_examples = int(batch_sizes.sum())
         self.num_batches = int(len(batch_sizes))
         if self.num_examples == 0:
@@ -89,22 +100,15 @@ class HessianOperator(LinearOperator):
         #: Mean loss over the data at the weights the operator was built at.
         self.loss = float(np.sum(batch_losses * batch_sizes) / self.num_examples)
 
+    def _batches(self):
+        return self._cached_batches if self._cached_batches is not None else self.dataset
+
     # -- the per-batch quantities -------------------------------------------------
     def _batch_loss(self, batch) -> tf.Tensor:
         x, y = batch[0], batch[1]
         sample_weight = batch[2] if len(batch) == 3 else None
         y_pred = self.model(x, training=self.training)
         return tf.cast(self._loss_fn(x, y, y_pred, sample_weight, self.training), self.dtype)
-
-    def _losses_per_batch(self):
-        losses = tf.TensorArray(self.dtype, size=0, dynamic_size=True)
-        sizes = tf.TensorArray(tf.int64, size=0, dynamic_size=True)
-        index = 0
-        for batch in self.dataset:
-            losses = losses.write(index, self._batch_loss(batch))
-            sizes = sizes.write(index, count_examples(batch))
-            index += 1
-        return losses.stack(), sizes.stack()
 
     def _batch_hvp(self, batch, vectors):
         with tf.GradientTape() as outer:
@@ -114,23 +118,22 @@ class HessianOperator(LinearOperator):
             grad_dot_v = tf.add_n([tf.reduce_sum(g * v) for g, v in zip(grads, vectors)])
         return outer.gradient(grad_dot_v, self.variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
-    def _hvp_all_batches(self, vectors):
+    def _accumulate_batch(self, batch, vectors, accumulated, weight):
         self.num_traces += 1  # runs only while tracing: tests use it to catch retracing
-        total = tf.cast(self.num_examples, self.dtype)
-        # A tuple, not a list: AutoGraph would treat a list loop variable as a stack.
-        accumulated = tuple(tf.zeros(s, self.dtype) for s in self.layout.shapes)
-        for batch in self.dataset:
-            weight = tf.cast(count_examples(batch), self.dtype) / total
-            products = self._batch_hvp(batch, vectors)
-            accumulated = tuple(a + weight * tf.cast(p, self.dtype) for a, p in zip(accumulated, products))
-        return list(accumulated)
+        products = self._batch_hvp(batch, vectors)
+        return [a + weight * tf.cast(p, self.dtype) for a, p in zip(accumulated, products)]
 
-    def _flat_hvp(self, vector):
-        return self.layout.flatten(self._hvp_all_batches(self.layout.unflatten(vector)))
+    def _hvp_all_batches(self, vectors):
+        accumulated = [tf.zeros(shape, self.dtype) for shape in self.layout.shapes]
+        total = float(self.num_examples)
+        for batch in self._batches():
+            weight = tf.constant(float(count_examples(batch)) / total, self.dtype)
+            accumulated = self._accumulate_fn(batch, vectors, accumulated, weight)
+        return accumulated
 
     # -- public products ------------------------------------------------------------
     def _matvec(self, vector):
-        return self._flat_fn(vector)
+        return self.layout.flatten(self._hvp_all_batches(self.layout.unflatten(vector)))
 
     def matvec_structured(self, vectors) -> list[tf.Tensor]:
         """Returns ``H @ v`` for ``v`` given as variable-shaped tensors (one per trainable variable)."""
@@ -143,7 +146,7 @@ class HessianOperator(LinearOperator):
             if tuple(v.shape) != shape:
                 raise ValueError(f"A vector part has shape {tuple(v.shape)} where its variable has {shape}.")
             converted.append(v)
-        result = self._structured_fn(converted)
+        result = self._hvp_all_batches(converted)
         self.num_matvecs += 1
         return result
 
@@ -180,3 +183,8 @@ def _resolve_loss(model: keras.Model, loss) -> Callable:
         return value
 
     return explicit
+
+
+def _relax_batch_dim(spec):
+    """The same ``TensorSpec`` with an unknown leading (batch) dimension."""
+    return tf.nest.map_structure(lambda s: tf.TensorSpec([None] + list(s.shape[1:]), s.dtype), spec)

@@ -1,0 +1,134 @@
+"""What one Hessian-vector product costs, and how many Lanczos needs against ARPACK.
+
+Part 1: time of one HVP over a batch divided by one gradient over the same
+batch, for SimpleCNN with 32 and 100 filters (medians over interleaved repeats,
+in one run). Part 2: matvecs that ``tf_sharpest.linalg.lanczos`` and scipy's
+``eigsh`` (ARPACK) need for the top-5 eigenvalues to a given relative accuracy
+on the same Hessian operator.
+
+    python benchmarks/hvp_cost.py                  # both parts
+    python benchmarks/hvp_cost.py --skip_eigsh     # ratios only
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import tensorflow as tf
+
+from _common import machine, markdown_table, median, timed
+from tf_sharpest import models
+from tf_sharpest.linalg import lanczos
+from tf_sharpest.operators import HessianOperator
+
+
+def gradient_function(model, loss_fn):
+    @tf.function
+    def gradient(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=False))
+        return tape.gradient(loss, model.trainable_variables)
+
+    return gradient
+
+
+def hvp_ratio(preset, batch_size, repeats, seed=0):
+    model = models.simple_cnn(preset)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch_size,) + tuple(model.input_shape[1:])).astype("float32")
+    y = rng.integers(0, 10, batch_size)
+    loss_fn = models.default_loss()
+    gradient = gradient_function(model, loss_fn)
+    operator = HessianOperator(model, (x, y), loss=loss_fn, batch_size=batch_size)
+    v = tf.constant(rng.standard_normal(operator.dim).astype("float32"))
+    timed(gradient, x, y), timed(operator.matvec, v)  # trace and warm up
+    grad_times, hvp_times = [], []
+    for _ in range(repeats):  # interleaved, so drifts in machine load hit both alike
+        grad_times.append(timed(gradient, x, y))
+        hvp_times.append(timed(operator.matvec, v))
+    return model.count_params(), median(grad_times), median(hvp_times)
+
+
+def fashion_mnist_sample(n, seed=0):
+    from tf_sharpest import data
+
+    splits = data.load("fashion_mnist")
+    index = np.random.default_rng(seed).choice(len(splits.x_train), n, replace=False)
+    return splits.x_train[index], splits.y_train[index], splits
+
+
+def trained_root_model(splits, steps, seed=0):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = models.simple_cnn("root", input_shape=splits.x_train.shape[1:])
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss=models.default_loss())
+    model.fit(splits.x_train[: steps * 128], splits.y_train[: steps * 128], batch_size=128, epochs=1, verbose=0)
+    return model
+
+
+def matvecs_to_accuracy(runs, target):
+    return min((m for m, err in runs if err <= target), default=None)
+
+
+def lanczos_vs_eigsh(n_examples, train_steps, tols):
+    from scipy.sparse import linalg as sparse_linalg
+
+    x, y, splits = fashion_mnist_sample(n_examples)
+    model = trained_root_model(splits, train_steps)
+    operator = HessianOperator(model, (x, y), batch_size=256)
+    reference = lanczos(operator, k=5, tol=1e-6, max_iterations=600).eigenvalues
+    ours, arpack = [], []
+    for tol in tols:
+        result = lanczos(operator, k=5, tol=tol)
+        ours.append((result.num_matvecs, float(np.max(np.abs(result.eigenvalues - reference) / reference))))
+        count = [0]
+
+        def matvec(v, count=count):
+            count[0] += 1
+            return operator.matvec(v.astype(np.float32)).numpy().astype(np.float64)
+
+        arpack_operator = sparse_linalg.LinearOperator((operator.dim, operator.dim), matvec=matvec, dtype=np.float64)
+        start = np.random.default_rng(0).standard_normal(operator.dim)
+        values = np.sort(sparse_linalg.eigsh(arpack_operator, k=5, which="LA", tol=tol, v0=start)[0])[::-1]
+        arpack.append((count[0], float(np.max(np.abs(values - reference) / reference))))
+        print(f"  tol={tol:.0e}: lanczos {ours[-1]}, eigsh {arpack[-1]}", flush=True)
+    return model.count_params(), reference, ours, arpack
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--presets", nargs="+", default=["root", "medium"])
+    parser.add_argument("--skip_eigsh", action="store_true")
+    parser.add_argument("--n_examples", type=int, default=512)
+    parser.add_argument("--train_steps", type=int, default=100)
+    args = parser.parse_args()
+
+    print(f"Machine: {machine()}\n")
+    rows = []
+    for preset in args.presets:
+        params, grad_s, hvp_s = hvp_ratio(preset, args.batch_size, args.repeats)
+        rows.append([f"simple_cnn('{preset}')", f"{params:,}", args.batch_size, f"{grad_s * 1e3:.0f}",
+                     f"{hvp_s * 1e3:.0f}", f"{hvp_s / grad_s:.2f}"])
+        print(f"{preset}: gradient {grad_s:.3f}s, HVP {hvp_s:.3f}s", flush=True)
+    print("\n" + markdown_table(["network", "parameters", "batch", "gradient ms", "HVP ms", "HVP / gradient"], rows))
+
+    if not args.skip_eigsh:
+        tols = [1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5]
+        print(f"\nLanczos vs eigsh, top-5, SimpleCNN-root on {args.n_examples} Fashion-MNIST examples "
+              f"after {args.train_steps} SGD steps:")
+        params, reference, ours, arpack = lanczos_vs_eigsh(args.n_examples, args.train_steps, tols)
+        print(f"reference eigenvalues (lanczos tol 1e-6): {np.round(reference, 4).tolist()}")
+        rows = []
+        for target in (1e-2, 1e-3, 1e-4):
+            a, b = matvecs_to_accuracy(ours, target), matvecs_to_accuracy(arpack, target)
+            rows.append([f"{target:.0e}", a, b, f"{a / b:.2f}" if a and b else "n/a"])
+        print("\n" + markdown_table(["max relative error of top-5", "lanczos matvecs", "eigsh matvecs",
+                                      "lanczos / eigsh"], rows))
+
+
+if __name__ == "__main__":
+    main()
