@@ -163,3 +163,17 @@ class TestBadInput:
             operator.matvec(np.ones(50))
         with pytest.raises(ValueError, match="one per trainable variable"):
             operator.matvec_structured([np.ones(3)])
+
+
+def test_model_trained_under_mirrored_strategy():
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+    assert len(devices) == 2, "conftest configures two logical CPUs"
+    strategy = tf.distribute.MirroredStrategy(devices)
+    x, y = classification_data((6, 6, 1), n=24, dtype="float32")
+    with strategy.scope():
+        model = tiny_cnn("float32")
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss=sparse_ce("float32"))
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    reference = np.linalg.eigvalsh(explicit_hessian(model, x, y, sparse_ce("float32")).astype(np.float64))[::-1]
+    result = top_eigenpairs(model, (x, y), k=3, batch_size=8, tol=1e-6)
+    np.testing.assert_allclose(result.eigenvalues, reference[:3], rtol=1e-4)
