@@ -108,7 +108,9 @@ class NSGD(keras.optimizers.Optimizer):
                                              aggregation="only_first_replica", name="alpha_ratio")
         if self._pending_directions is not None:
             pending, self._pending_directions = self._pending_directions, None
-            self.set_directions(pending)
+            # Keras may build inside a traced train step: assign eagerly, not into that graph.
+            with tf.init_scope():
+                self.set_directions(pending)
 
     @property
     def gamma(self) -> float:
