@@ -1,0 +1,27 @@
+"""Train the paper's pre-activation ResNet on CIFAR-10 through model.fit.
+
+    python examples/train_resnet_cifar.py CONFIG SAVE_DIR [flags]
+
+CONFIG is a ResNet preset (cifar10_resnet32, cifar10_resnet32_nobn_nodrop, cifar10_resnet32_nobn_nodrop_3); see
+examples/paper_training.py and --helpfull for the flags.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from absl import app  # noqa: E402
+
+import paper_training  # noqa: E402
+
+paper_training.define_flags("resnet")
+
+
+def main(argv):
+    paper_training.run(argv, "resnet")
+
+
+if __name__ == "__main__":
+    app.run(main)

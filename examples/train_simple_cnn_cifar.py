@@ -1,0 +1,27 @@
+"""Train the paper's SimpleCNN (CIFAR-10 or, with --dataset=fmnist, Fashion-MNIST) through model.fit.
+
+    python examples/train_simple_cnn_cifar.py CONFIG SAVE_DIR [flags]
+
+CONFIG is a SimpleCNN preset (root, medium, medium_fmnist); see
+examples/paper_training.py and --helpfull for the flags.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from absl import app  # noqa: E402
+
+import paper_training  # noqa: E402
+
+paper_training.define_flags("simple_cnn")
+
+
+def main(argv):
+    paper_training.run(argv, "simple_cnn")
+
+
+if __name__ == "__main__":
+    app.run(main)
