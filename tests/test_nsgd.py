@@ -1,3 +1,5 @@
+"""Tests of tf_sharpest.optimizers.NSGD against Keras's SGD, NumPy versions of its rules, and Keras workflows."""
+
 import keras
 import numpy as np
 import pytest
@@ -6,20 +8,20 @@ import tensorflow as tf
 from tf_sharpest.optimizers import NSGD
 
 SHAPES = [(3, 4), (4,), (4, 2), (2,)]
+DIM = sum(int(np.prod(s)) for s in SHAPES)
 
 
-def make_variables(seed=0):
+def make_variables(seed=0, dtype="float32"):
     rng = np.random.default_rng(seed)
-    return [keras.Variable(rng.standard_normal(s).astype("float32"), name=f"w{i}") for i, s in enumerate(SHAPES)]
+    return [keras.Variable(rng.standard_normal(s).astype(dtype), name=f"w{i}") for i, s in enumerate(SHAPES)]
 
 
-def random_gradients(steps, seed=1):
+def random_gradients(steps, seed=1, dtype="float32"):
     rng = np.random.default_rng(seed)
-    return [[rng.standard_normal(s).astype("float32") for s in SHAPES] for _ in range(steps)]
+    return [[rng.standard_normal(s).astype(dtype) for s in SHAPES] for _ in range(steps)]
 
 
-def orthonormal_directions(k=3, seed=2):
-    dim = sum(int(np.prod(s)) for s in SHAPES)
+def orthonormal_directions(k=3, seed=2, dim=DIM):
     q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((dim, k)))
     return q.astype("float32")  # dense columns: every direction spans all variables
 
@@ -44,16 +46,17 @@ def run(optimizer, gradients, variables=None, directions=None, new_directions=No
 
 
 def numpy_nsgd(theta, gradients, lr, momentum, gamma, directions, nudge, nesterov=False):
-    """The update rules of NSGD, written out on flat NumPy vectors; ``directions[t]`` is E at step t."""
+    """NSGD's update rules on flat float64 NumPy vectors; ``directions[t]``/``lr[t]`` are E and lr at step t."""
+    lrs = lr if np.ndim(lr) else [lr] * len(gradients)
     v = np.zeros_like(theta)
     trajectory = [theta.copy()]
-    for grads, E in zip(gradients, directions):
+    for grads, E, eta in zip(gradients, directions, lrs):
         P = E @ E.T
         g = flat(grads).astype(np.float64)
         if nudge == "gradient":
             g = g + (gamma - 1) * P @ g
-        v = momentum * v - lr * g
-        step = momentum * v - lr * g if nesterov else v
+        v = momentum * v - eta * g
+        step = momentum * v - eta * g if nesterov else v
         if nudge == "velocity":
             step = step + (gamma - 1) * P @ step
         theta = theta + step
@@ -61,6 +64,30 @@ def numpy_nsgd(theta, gradients, lr, momentum, gamma, directions, nudge, nestero
     return np.array(trajectory)
 
 
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def tiny_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(5, activation="tanh"), keras.layers.Dense(3)])
+
+
+def classification(n=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 4)).astype("float32"), rng.integers(0, 3, n)
+
+
+def model_directions(model, k=2, seed=3):
+    return orthonormal_directions(k, seed, dim=sum(int(np.prod(v.shape)) for v in model.trainable_variables))
+
+
+def compile_nsgd(model, jit_compile=False, **kwargs):
+    model.compile(optimizer=NSGD(**kwargs), loss=LOSS, jit_compile=jit_compile)
+    model.optimizer.build(model.trainable_variables)
+    model.optimizer.set_directions(model_directions(model))
+
+
+# -- the update rules -----------------------------------------------------------------------
 @pytest.mark.parametrize("momentum, nesterov", [(0.0, False), (0.9, False), (0.9, True)])
 def test_gamma_one_and_no_directions_are_keras_sgd(momentum, nesterov):
     gradients = random_gradients(20)
@@ -70,6 +97,23 @@ def test_gamma_one_and_no_directions_are_keras_sgd(momentum, nesterov):
     no_directions = run(NSGD(0.05, momentum=momentum, nesterov=nesterov, gamma=0.2, top_k=3), gradients)
     np.testing.assert_allclose(gamma_one, reference, atol=1e-6)
     np.testing.assert_allclose(no_directions, reference, atol=1e-6)
+
+
+@pytest.mark.parametrize("momentum, nesterov", [(0.0, False), (0.9, False), (0.9, True)])
+def test_gamma_one_and_no_directions_are_keras_sgd_on_a_model(momentum, nesterov):
+    """20 ``fit`` steps on real gradients of a small model, so any deviation compounds."""
+    x, y = classification(n=160)
+    reference, gamma_one, no_directions = tiny_model(), tiny_model(), tiny_model()
+    reference.compile(optimizer=keras.optimizers.SGD(0.1, momentum=momentum, nesterov=nesterov), loss=LOSS)
+    compile_nsgd(gamma_one, learning_rate=0.1, momentum=momentum, nesterov=nesterov, gamma=1.0, top_k=2)
+    no_directions.compile(optimizer=NSGD(0.1, momentum=momentum, nesterov=nesterov, gamma=0.3, top_k=2), loss=LOSS)
+    for model in (reference, gamma_one, no_directions):
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)  # 20 steps
+        assert int(model.optimizer.iterations.numpy()) == 20
+    assert np.abs(flat(reference.trainable_variables) - flat(tiny_model().trainable_variables)).max() > 1e-2
+    np.testing.assert_allclose(flat(gamma_one.trainable_variables), flat(reference.trainable_variables), atol=1e-6)
+    np.testing.assert_allclose(flat(no_directions.trainable_variables), flat(reference.trainable_variables),
+                               atol=1e-6)
 
 
 @pytest.mark.parametrize("nudge", ["velocity", "gradient"])
@@ -82,6 +126,7 @@ def test_matches_numpy_rules(nudge, momentum, nesterov):
     schedule = [first.astype(np.float64)] * 3 + [second.astype(np.float64)] * 3
     theta = flat(make_variables()).astype(np.float64)
     expected = numpy_nsgd(theta, gradients, 0.1, momentum, 0.25, schedule, nudge, nesterov)
+    assert np.abs(np.diff(expected, axis=0)).max() > 0.1
     np.testing.assert_allclose(ours, expected, atol=2e-5)
     # With fixed directions the two modes coincide; once the directions move and
     # momentum carries old steps along, they differ: the test tells them apart.
@@ -91,16 +136,34 @@ def test_matches_numpy_rules(nudge, momentum, nesterov):
         assert np.abs(other - expected).max() > 1e-3
 
 
+@pytest.mark.parametrize("nudge", ["velocity", "gradient"])
+def test_matches_numpy_rules_in_float64_with_a_schedule(nudge, floatx):
+    floatx("float64")
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.25, decay_steps=1, decay_rate=0.5)
+    gradients = random_gradients(5, dtype="float64")
+    E = np.linalg.qr(np.random.default_rng(7).standard_normal((DIM, 2)))[0]
+    variables = make_variables(dtype="float64")
+    optimizer = NSGD(schedule, momentum=0.7, gamma=3.0, top_k=2, nudge=nudge)
+    ours = run(optimizer, gradients, variables=variables, directions=E)
+    assert optimizer.get_directions().dtype == np.float64
+    rates = [float(schedule(t)) for t in range(5)]  # as Keras evaluates it (in float32)
+    expected = numpy_nsgd(flat(make_variables(dtype="float64")), gradients, rates, 0.7,
+                          3.0, [E] * 5, nudge)
+    np.testing.assert_allclose(ours, expected, atol=1e-12)
+
+
 def test_only_the_top_subspace_feels_gamma_and_zero_freezes_it():
     E = orthonormal_directions()
-    gradients = random_gradients(1)
-    steps = {gamma: np.diff(run(NSGD(0.1, gamma=gamma, top_k=3), gradients, directions=E), axis=0)[0]
-             for gamma in (0.0, 0.3, 1.0, 5.0)}
     outside = np.eye(len(E)) - E @ E.T
-    for gamma, step in steps.items():
-        np.testing.assert_allclose(outside @ step, outside @ steps[1.0], atol=1e-6)
-        np.testing.assert_allclose(E.T @ step, gamma * (E.T @ steps[1.0]), atol=1e-6)
-    np.testing.assert_allclose(E.T @ steps[0.0], 0.0, atol=1e-6)
+    for momentum in (0.0, 0.9):
+        gradients = random_gradients(4)
+        steps = {gamma: np.diff(run(NSGD(0.1, momentum=momentum, gamma=gamma, top_k=3), gradients, directions=E),
+                                axis=0) for gamma in (0.0, 0.3, 1.0, 5.0)}
+        for gamma, step in steps.items():
+            np.testing.assert_allclose(step @ outside, steps[1.0] @ outside, atol=1e-5)  # outside E: as SGD
+            np.testing.assert_allclose(step @ E, gamma * (steps[1.0] @ E), atol=1e-5)  # inside E: gamma x SGD
+        np.testing.assert_allclose(steps[0.0] @ E, 0.0, atol=1e-6)
+        assert np.abs(steps[0.0]).max() > 0.05
 
 
 def test_first_top_k_columns_structured_form_and_alpha():
@@ -111,19 +174,45 @@ def test_first_top_k_columns_structured_form_and_alpha():
     offsets = np.cumsum([0] + [int(np.prod(s)) for s in SHAPES])
     optimizer.set_directions([E[a:b].reshape(s + (4,)) for a, b, s in zip(offsets[:-1], offsets[1:], SHAPES)])
     np.testing.assert_array_equal(optimizer.get_directions(), E[:, :2])
-    grads = random_gradients(1)[0]
-    optimizer.apply(grads, variables)
-    g = flat(grads)
-    np.testing.assert_allclose(optimizer.alpha.numpy(), np.abs(E[:, :2].T @ g), rtol=1e-5)
-    np.testing.assert_allclose(optimizer.alpha_ratio.numpy(), np.abs(E[:, :2].T @ g) / np.linalg.norm(g), rtol=1e-5)
+    optimizer.set_directions(tf.constant(E[:, 2:]))  # a tensor, K == top_k
+    np.testing.assert_array_equal(optimizer.get_directions(), E[:, 2:])
+    optimizer.set_directions(E)  # flat, K > top_k
+    np.testing.assert_array_equal(optimizer.get_directions(), E[:, :2])
+    for grads in random_gradients(2):
+        optimizer.apply(grads, variables)
+        g = flat(grads)
+        np.testing.assert_allclose(optimizer.alpha.numpy(), np.abs(E[:, :2].T @ g), rtol=1e-5)
+        np.testing.assert_allclose(optimizer.alpha_ratio.numpy(), np.abs(E[:, :2].T @ g) / np.linalg.norm(g),
+                                   rtol=1e-5)
 
 
 def test_directions_set_before_build_are_applied_at_build():
     E = orthonormal_directions()
     optimizer = NSGD(0.1, gamma=0.0, top_k=3)
     optimizer.set_directions(E)
+    assert optimizer.has_directions
     step = np.diff(run(optimizer, random_gradients(1)), axis=0)[0]
     np.testing.assert_allclose(E.T @ step, 0.0, atol=1e-6)
+    np.testing.assert_array_equal(optimizer.get_directions(), E)
+
+
+def test_clear_directions_goes_back_to_sgd():
+    gradients = random_gradients(3)
+    optimizer = NSGD(0.05, momentum=0.9, gamma=0.0, top_k=3)
+    variables = make_variables()
+    run(optimizer, gradients[:1], variables=variables, directions=orthonormal_directions())
+    optimizer.clear_directions()
+    assert not optimizer.has_directions
+    reference = keras.optimizers.SGD(0.05, momentum=0.9)
+    expected_variables = [keras.Variable(v.numpy()) for v in variables]
+    reference.build(expected_variables)
+    for mine, theirs in zip(optimizer.momentums, reference.momentums):  # same starting velocity
+        theirs.assign(mine)
+    for grads in gradients[1:]:
+        optimizer.apply(grads, variables)
+        reference.apply(grads, expected_variables)
+    np.testing.assert_allclose(flat(variables), flat(expected_variables), atol=1e-6)
+    np.testing.assert_array_equal(optimizer.alpha.numpy(), 0.0)
 
 
 def test_gamma_changes_inside_a_compiled_step():
@@ -147,45 +236,69 @@ def test_gamma_changes_inside_a_compiled_step():
     before = flat(variables)
     step(grads)
     second = flat(variables) - before
+    optimizer.set_directions(orthonormal_directions(seed=9))  # new directions: no retrace either
+    step(grads)
     assert len(traces) == 1
+    assert optimizer.gamma == 0.0
     np.testing.assert_allclose(E.T @ second, 0.0, atol=1e-6)
     assert np.abs(E.T @ first).max() > 1e-3
 
 
-def tiny_model(seed=0):
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(5, activation="tanh"), keras.layers.Dense(3)])
+def test_optimizer_options_gradient_accumulation_and_sparse_gradients():
+    gradients = random_gradients(6)
+    common = dict(momentum=0.9, gradient_accumulation_steps=2, global_clipnorm=1.0)
+    reference = run(keras.optimizers.SGD(0.05, **common), gradients)
+    ours = run(NSGD(0.05, gamma=1.0, top_k=3, **common), gradients, directions=orthonormal_directions())
+    np.testing.assert_allclose(ours, reference, atol=1e-6)
+    frozen = np.diff(run(NSGD(0.05, gamma=0.0, top_k=3, **common), gradients, directions=orthonormal_directions()),
+                     axis=0)
+    assert np.abs(frozen).max() > 1e-3
+    np.testing.assert_allclose(frozen @ orthonormal_directions(), 0.0, atol=1e-6)
+
+    # An Embedding layer's gradient is an IndexedSlices; the nudge still sees the whole vector.
+    def embedding_model():
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([keras.Input((3,), dtype="int32"), keras.layers.Embedding(10, 4),
+                                 keras.layers.Flatten(), keras.layers.Dense(3)])
+
+    x, y = np.random.default_rng(0).integers(0, 10, (32, 3)), np.random.default_rng(1).integers(0, 3, 32)
+    sgd, one, zero = embedding_model(), embedding_model(), embedding_model()
+    sgd.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.5), loss=LOSS)
+    compile_nsgd(one, learning_rate=0.1, momentum=0.5, gamma=1.0, top_k=2)
+    compile_nsgd(zero, learning_rate=0.1, momentum=0.5, gamma=0.0, top_k=2)
+    start = flat(zero.trainable_variables)
+    for model in (sgd, one, zero):
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    np.testing.assert_allclose(flat(one.trainable_variables), flat(sgd.trainable_variables), atol=1e-6)
+    np.testing.assert_allclose(zero.optimizer.get_directions().T @ (flat(zero.trainable_variables) - start), 0.0,
+                               atol=1e-6)
 
 
-def classification(n=32, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((n, 4)).astype("float32"), rng.integers(0, 3, n)
-
-
-def model_directions(model, k=2, seed=3):
-    dim = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
-    return np.linalg.qr(np.random.default_rng(seed).standard_normal((dim, k)))[0].astype("float32")
-
-
-def compile_nsgd(model, jit_compile=False, **kwargs):
-    model.compile(optimizer=NSGD(**kwargs), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  jit_compile=jit_compile)
-    model.optimizer.build(model.trainable_variables)
-    model.optimizer.set_directions(model_directions(model))
-
-
+# -- Keras workflows --------------------------------------------------------------------------
 @pytest.mark.parametrize("jit_compile", [False, True])
-def test_model_fit_with_and_without_xla(jit_compile):
+def test_model_fit_with_and_without_xla_and_gamma_changed_mid_fit(jit_compile):
     x, y = classification()
     model = tiny_model()
-    compile_nsgd(model, jit_compile, learning_rate=0.1, gamma=0.0, top_k=2, momentum=0.5)
-    E = model.optimizer.get_directions()
-    start = flat(model.trainable_variables)
-    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
-    assert history.history["loss"][1] < history.history["loss"][0]
-    moved = flat(model.trainable_variables) - start
-    assert np.abs(moved).max() > 1e-3
-    np.testing.assert_allclose(E.T @ moved, 0.0, atol=1e-5)  # gamma=0 froze the top subspace
+    E = model_directions(model)
+    model.compile(optimizer=NSGD(learning_rate=0.1, gamma=1.0, top_k=2, momentum=0.5), loss=LOSS,
+                  jit_compile=jit_compile)
+    model.optimizer.set_directions(E)  # before the optimizer is built: applied when fit builds it
+    weights = [flat(model.trainable_variables)]
+
+    def after_epoch(epoch, logs):
+        weights.append(flat(model.trainable_variables))
+        model.optimizer.gamma = 0.0  # from the second epoch on, the top subspace is frozen
+
+    history = model.fit(x, y, batch_size=8, epochs=3, verbose=0, shuffle=False,
+                        callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=after_epoch)])
+    assert history.history["loss"][2] < history.history["loss"][0]
+    np.testing.assert_array_equal(model.optimizer.get_directions(), E)
+    first, second, third = np.diff(weights, axis=0)
+    assert np.abs(E.T @ first).max() > 1e-3  # gamma=1 moves inside E
+    for moved in (second, third):
+        assert np.abs(moved).max() > 1e-3
+        np.testing.assert_allclose(E.T @ moved, 0.0, atol=1e-5)  # gamma=0 froze the top subspace
+    assert np.all(model.optimizer.alpha.numpy() > 0)
 
 
 def test_schedule_and_reduce_lr_on_plateau():
@@ -193,83 +306,131 @@ def test_schedule_and_reduce_lr_on_plateau():
     schedule = keras.optimizers.schedules.ExponentialDecay(0.2, decay_steps=2, decay_rate=0.5)
     model, reference = tiny_model(), tiny_model()
     compile_nsgd(model, learning_rate=schedule, gamma=1.0, top_k=2)
-    reference.compile(optimizer=keras.optimizers.SGD(schedule),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    reference.compile(optimizer=keras.optimizers.SGD(schedule), loss=LOSS)
     model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
     reference.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
     np.testing.assert_allclose(flat(model.trainable_variables), flat(reference.trainable_variables), atol=1e-6)
 
     def plateau_run(model):
         reduce = keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=10.0)
-        return model.fit(x, y, batch_size=8, epochs=4, verbose=0, callbacks=[reduce]).history["learning_rate"]
+        return model.fit(x, y, batch_size=8, epochs=4, verbose=0, shuffle=False,
+                         callbacks=[reduce]).history["learning_rate"]
 
-    plateau, sgd = tiny_model(), tiny_model()
-    compile_nsgd(plateau, learning_rate=0.1, gamma=0.5, top_k=2)
-    sgd.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    rates = plateau_run(plateau)
-    np.testing.assert_allclose(rates, plateau_run(sgd), rtol=1e-6)
-    assert rates[-1] < rates[0] and plateau.optimizer.learning_rate.numpy() < 0.1 / 4
+    nudged, plain, sgd = tiny_model(), tiny_model(), tiny_model()
+    compile_nsgd(nudged, learning_rate=0.1, momentum=0.5, gamma=0.0, top_k=2)
+    compile_nsgd(plain, learning_rate=0.1, momentum=0.5, gamma=1.0, top_k=2)
+    sgd.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.5), loss=LOSS)
+    start = flat(nudged.trainable_variables)
+    rates = plateau_run(nudged)
+    np.testing.assert_allclose(rates, [0.1, 0.1, 0.05, 0.025], rtol=1e-6)  # logged before each cut
+    np.testing.assert_allclose(plateau_run(plain), rates, rtol=1e-6)
+    plateau_run(sgd)  # the reduced rates reach the step: same weights as SGD under the same callback
+    np.testing.assert_allclose(flat(plain.trainable_variables), flat(sgd.trainable_variables), atol=1e-6)
+    E = nudged.optimizer.get_directions()
+    np.testing.assert_allclose(E.T @ (flat(nudged.trainable_variables) - start), 0.0, atol=1e-5)
 
 
-def test_save_load_round_trip_continues_identically(tmp_path):
+@pytest.mark.parametrize("nudge", ["velocity", "gradient"])
+def test_save_load_round_trip_continues_identically(tmp_path, nudge):
     x, y = classification()
-    settings = dict(learning_rate=0.1, momentum=0.9, gamma=0.3, top_k=2, nudge="gradient")
+    settings = dict(learning_rate=0.1, momentum=0.9, gamma=0.3, top_k=2, nudge=nudge)
+
+    def train(model, epochs, initial_epoch=0):
+        def change_gamma(epoch, logs):
+            if epoch == 0:
+                model.optimizer.gamma = 2.5  # saved in the optimizer's variables, not only its config
+        model.fit(x, y, batch_size=8, epochs=epochs, initial_epoch=initial_epoch, verbose=0, shuffle=False,
+                  callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=change_gamma)])
+
     uninterrupted = tiny_model()
     compile_nsgd(uninterrupted, **settings)
-    uninterrupted.fit(x, y, batch_size=8, epochs=4, verbose=0, shuffle=False)
+    train(uninterrupted, 4)
 
     first = tiny_model()
     compile_nsgd(first, **settings)
-    first.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
+    train(first, 2)
     path = str(tmp_path / "m.keras")
     first.save(path)
     loaded = keras.models.load_model(path)  # no custom_objects, safe mode
     optimizer = loaded.optimizer
     assert isinstance(optimizer, NSGD)
-    assert optimizer.gamma == pytest.approx(0.3)
-    assert (optimizer.top_k, optimizer.nudge, optimizer.momentum) == (2, "gradient", 0.9)
-    assert optimizer.has_directions
+    assert optimizer.gamma == pytest.approx(2.5)
+    assert (optimizer.top_k, optimizer.nudge, optimizer.momentum) == (2, nudge, 0.9)
+    assert optimizer.has_directions and int(optimizer.iterations.numpy()) == 8
     np.testing.assert_array_equal(optimizer.get_directions(), first.optimizer.get_directions())
-    loaded.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
+    np.testing.assert_array_equal(flat(optimizer.momentums), flat(first.optimizer.momentums))
+    train(loaded, 4, initial_epoch=2)
     np.testing.assert_allclose(flat(loaded.trainable_variables), flat(uninterrupted.trainable_variables), atol=1e-6)
+
+
+def test_config_round_trip():
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.2, decay_steps=2, decay_rate=0.5)
+    optimizer = NSGD(schedule, momentum=0.9, nesterov=True, gamma=0.4, top_k=3, nudge="gradient", clipnorm=1.0)
+    config = optimizer.get_config()
+    assert {k: config[k] for k in ("momentum", "nesterov", "gamma", "top_k", "nudge")} == dict(
+        momentum=0.9, nesterov=True, gamma=0.4, top_k=3, nudge="gradient")
+    for copy in (NSGD.from_config(config), keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))):
+        assert isinstance(copy, NSGD)
+        assert keras.optimizers.serialize(copy) == keras.optimizers.serialize(optimizer)
+    assert keras.saving.get_registered_name(NSGD) == "tf_sharpest>NSGD"
 
 
 def test_mirrored_strategy_matches_one_device():
     devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+    assert len(devices) == 2
     x, y = classification()
+    settings = dict(learning_rate=0.1, gamma=0.2, top_k=2, momentum=0.5)
     single = tiny_model()
-    compile_nsgd(single, learning_rate=0.1, gamma=0.2, top_k=2, momentum=0.5)
+    compile_nsgd(single, **settings)
     strategy = tf.distribute.MirroredStrategy(devices)
     with strategy.scope():
         mirrored = tiny_model()
-        compile_nsgd(mirrored, learning_rate=0.1, gamma=0.2, top_k=2, momentum=0.5)
+        compile_nsgd(mirrored, **settings)
     np.testing.assert_array_equal(mirrored.optimizer.get_directions(), single.optimizer.get_directions())
-    single.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
-    mirrored.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
+    for model in (single, mirrored):
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+        # As a callback would, between epochs and outside the strategy's scope:
+        model.optimizer.set_directions(model_directions(model, seed=11))
+        model.optimizer.gamma = 3.0
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
     np.testing.assert_allclose(flat(mirrored.trainable_variables), flat(single.trainable_variables), atol=1e-5)
     np.testing.assert_allclose(mirrored.optimizer.alpha.numpy(), single.optimizer.alpha.numpy(), rtol=1e-4)
+    assert np.all(mirrored.optimizer.alpha.numpy() > 0)
 
 
 def test_bad_input():
     with pytest.raises(ValueError, match=r"Unknown nudge 'correct_v'; choose one of \('velocity', 'gradient'\)"):
         NSGD(nudge="correct_v")
-    with pytest.raises(ValueError, match="top_k"):
-        NSGD(top_k=0)
+    for top_k in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="top_k must be a positive integer"):
+            NSGD(top_k=top_k)
     with pytest.raises(ValueError, match="gamma"):
         NSGD(gamma=float("nan"))
     with pytest.raises(ValueError, match="momentum"):
         NSGD(momentum=1.5)
     optimizer = NSGD(top_k=3)
+    with pytest.raises(ValueError, match="not built"):
+        optimizer.get_directions()
+    with pytest.raises(ValueError, match=r"shape \[dim, K\]"):
+        optimizer.set_directions(np.ones((26, 3, 1)))  # caught before build too
     optimizer.build(make_variables())
     with pytest.raises(ValueError, match=r"shape \[dim=26, K\]"):
         optimizer.set_directions(np.ones((25, 3)))
-    with pytest.raises(ValueError, match="top_k=3"):
+    with pytest.raises(ValueError, match="2 columns but top_k=3; pass K >= top_k"):
         optimizer.set_directions(np.ones((26, 2)))
-    bad = orthonormal_directions()
-    bad[0, 0] = np.nan
-    optimizer.set_directions(orthonormal_directions())
-    with pytest.raises(ValueError, match="NaN"):
-        optimizer.set_directions(bad)
-    np.testing.assert_array_equal(optimizer.get_directions(), orthonormal_directions())
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match="Expected 4 per-variable"):
+        optimizer.set_directions([np.ones((3, 4, 3))])
+    with pytest.raises(ValueError, match=r"has shape \(4, 3, 3\); expected \(3, 4, 'K'\)"):
+        optimizer.set_directions([np.ones((4, 3, 3)), np.ones((4, 3)), np.ones((4, 2, 3)), np.ones((2, 3))])
+    good = orthonormal_directions()
+    optimizer.set_directions(good)
+    for value in (np.nan, np.inf):
+        bad = good.copy()
+        bad[0, 0] = value
+        with pytest.raises(ValueError, match="NaN or inf"):
+            optimizer.set_directions(bad)
+    np.testing.assert_array_equal(optimizer.get_directions(), good)  # the previous directions are kept
+    with pytest.raises(ValueError, match="NaN or inf"):
         NSGD().set_directions(bad)
+    with pytest.warns(UserWarning, match="not orthonormal"):
+        optimizer.set_directions(2 * good)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import warnings
+from typing import Sequence
 
 import keras
 import numpy as np
@@ -19,60 +21,81 @@ class NSGD(keras.optimizers.Optimizer):
 
     Let ``E`` be the current directions (``[dim, K]``, orthonormal columns over
     all trainable variables flattened), ``lr`` the learning rate and ``mu`` the
-    momentum. With ``nudge="velocity"`` (the paper's default) the velocity is
-    updated as in SGD, ``v <- mu * v - lr * g``, and the applied step is
-    ``s + (gamma - 1) E E^T s`` where ``s`` is SGD's step (``v``, or
-    ``mu * v - lr * g`` with Nesterov); the velocity buffer keeps the
-    uncorrected ``v``. With ``nudge="gradient"`` the gradient is corrected
-    first, ``g' = g + (gamma - 1) E E^T g``, and SGD runs on ``g'``. Without
-    momentum both give
+    momentum.
+
+    * ``nudge="velocity"`` (the paper's default, ``correct_v``): the velocity
+      is updated as in SGD, ``v <- mu * v - lr * g``, and the applied step is
+      ``s + (gamma - 1) E E^T s``, where ``s`` is SGD's own step (``v``, or
+      ``mu * v - lr * g`` with Nesterov). The velocity buffer keeps the
+      uncorrected ``v``.
+    * ``nudge="gradient"`` (``correct_g``): the gradient is corrected first,
+      ``g' = g + (gamma - 1) E E^T g``, and SGD (with its momentum) runs on
+      ``g'``.
+
+    Without momentum both give
     ``delta = -lr (I - E E^T) g - gamma * lr * E E^T g``: ``gamma`` scales the
-    learning rate inside the top-K subspace only. ``gamma=1``, or no
-    directions set yet, is exactly ``keras.optimizers.SGD``.
+    learning rate inside the top-K subspace only; ``gamma=0`` freezes that
+    subspace. ``gamma=1``, or no directions set yet, is exactly
+    ``keras.optimizers.SGD``.
 
-    ``E^T g`` sums over every variable, so the correction couples them; it is
-    computed once per step across the whole parameter vector (after the
-    cross-replica gradient sum under ``tf.distribute``).
+    ``E^T g`` sums over every variable, so the nudge couples them: NSGD
+    computes the projections once per step over the whole parameter vector
+    (after the cross-replica gradient sum under ``tf.distribute``), then
+    updates each variable with them.
 
-    The directions, ``gamma`` and the step's projections live in optimizer
-    variables: they work inside compiled (and XLA) train steps, change without
-    retracing, and are saved and restored with the optimizer
-    (``model.save``/``keras.models.load_model``, ``BackupAndRestore``).
-    ``tf_sharpest.callbacks.LanczosCallback`` sets the directions during ``fit``.
+    The directions, ``gamma`` and the step's projections are optimizer
+    variables: they work inside compiled (also XLA) train steps, can change
+    between steps without retracing, and are saved and restored with the
+    optimizer (``model.save``/``keras.models.load_model``, checkpoints,
+    ``BackupAndRestore``). ``tf_sharpest.callbacks.LanczosCallback`` sets the
+    directions during ``fit``.
 
-    After every step, ``optimizer.alpha`` holds ``|E^T g|`` (``[top_k]``) and
-    ``optimizer.alpha_ratio`` holds ``|E^T g| / ||g||``, the projections the
-    paper logged.
+    Attributes readable after every step (one value per direction, shape
+    ``[top_k]``; all zeros while no directions are set):
+
+    * ``optimizer.alpha``: ``|E^T g|``, the gradient's projections on the
+      directions;
+    * ``optimizer.alpha_ratio``: ``|E^T g| / ||g||``.
+
+    ``g`` is the gradient the step used (summed over replicas, after clipping).
+    Read them with ``optimizer.alpha.numpy()``. Also: ``optimizer.gamma``
+    (settable at any time), ``optimizer.has_directions`` and
+    ``optimizer.get_directions()`` (``[dim, top_k]`` NumPy array).
 
     Example:
 
     ```python
-    optimizer = tf_sharpest.optimizers.NSGD(learning_rate=0.01, gamma=0.1, top_k=5)
-    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(optimizer=tf_sharpest.optimizers.NSGD(learning_rate=0.01, momentum=0.9, gamma=0.1, top_k=5),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    # Let a callback keep the directions up to date during fit ...
     model.fit(x, y, callbacks=[tf_sharpest.callbacks.LanczosCallback((x, y), top_k=5)])
-    # or by hand, with eigenvectors in the flat layout of model.trainable_variables:
-    optimizer.set_directions(tf_sharpest.hessian.top_eigenpairs(model, (x, y), k=5).eigenvectors)
-    optimizer.gamma = 0.5  # takes effect at the next step
+    # ... or set them by hand, in the flat layout of model.trainable_variables:
+    model.optimizer.set_directions(eigenvectors)  # [dim, K >= 5]
+    model.optimizer.gamma = 0.5  # takes effect at the next step
+    print(model.optimizer.alpha.numpy(), model.optimizer.alpha_ratio.numpy())
     ```
 
     Args:
-      learning_rate: a float, a ``keras.optimizers.schedules.LearningRateSchedule``,
-        or a callable; changed by ``ReduceLROnPlateau`` like any Keras optimizer's.
+      learning_rate: a float, a ``keras.optimizers.schedules.LearningRateSchedule``
+        or a callable; ``ReduceLROnPlateau`` changes it as for any Keras optimizer.
       momentum: float in ``[0, 1]``.
       nesterov: use Nesterov momentum.
-      gamma: the nudge ("overshoot" in the paper's command lines); ``1`` is SGD,
-        ``0`` freezes the top subspace.
-      top_k: number of directions used (the first ``top_k`` columns of what
-        ``set_directions`` receives).
+      gamma: the nudge ("overshoot" in the paper's command lines): the factor
+        on the step inside the top-K subspace. ``1`` is SGD, ``0`` freezes the
+        subspace. Change it during training with ``optimizer.gamma = value``.
+      top_k: number of directions used; ``set_directions`` takes the first
+        ``top_k`` columns of what it receives.
       nudge: ``"velocity"`` or ``"gradient"``, see above.
-      **kwargs: the common ``keras.optimizers.Optimizer`` arguments (``name``,
-        ``weight_decay``, ``clipnorm``, ``global_clipnorm``, ``use_ema``, ...).
+      name: the optimizer's name.
+      **kwargs: the common ``keras.optimizers.Optimizer`` arguments
+        (``weight_decay``, ``clipnorm``, ``global_clipnorm``, ``use_ema``,
+        ``loss_scale_factor``, ``gradient_accumulation_steps``, ...).
     """
 
     def __init__(self, learning_rate=0.01, momentum: float = 0.0, nesterov: bool = False, gamma: float = 1.0,
                  top_k: int = 5, nudge: str = "velocity", name: str | None = None, **kwargs):
         if keras.backend.backend() != "tensorflow":
-            raise ValueError(f"NSGD needs the TensorFlow backend of Keras, not {keras.backend.backend()!r}.")
+            raise ValueError(f"NSGD needs Keras's TensorFlow backend, not {keras.backend.backend()!r}.")
         super().__init__(learning_rate=learning_rate, name=name or "nsgd", **kwargs)
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1:
             raise ValueError(f"momentum must be a float in [0, 1], got {momentum!r}.")
@@ -87,7 +110,7 @@ class NSGD(keras.optimizers.Optimizer):
         self._initial_gamma = _check_gamma(gamma)
         self._pending_directions = None
 
-    # -- state -------------------------------------------------------------------------
+    # -- state ---------------------------------------------------------------------------
     def build(self, variables):
         if self.built:
             return
@@ -97,28 +120,33 @@ class NSGD(keras.optimizers.Optimizer):
                                         dtype="float32", name="gamma")
         self._has_directions = self.add_variable((), initializer="zeros", dtype="float32", name="has_directions")
         self.momentums = self.add_optimizer_variables(variables, "momentum") if self.momentum else []
-        self.directions = [
-            self.add_variable((size, self.top_k), initializer="zeros", dtype=variable.dtype, name=f"directions_{i}")
-            for i, (size, variable) in enumerate(zip(self.layout.sizes, variables))
-        ]
-        # Written inside the replicated step: keep the first replica's value (all are equal after the all-reduce).
+        # One [top_k, size] block of E^T per variable, stored next to it: E^T x is then top_k contiguous
+        # dot products per variable, and E c a weighted sum of contiguous rows (both fast, also under XLA).
+        self.directions = []
+        for i, (variable, size) in enumerate(zip(variables, self.layout.sizes)):
+            reference = variable.value if isinstance(variable, keras.Variable) else variable
+            with self._distribution_strategy.extended.colocate_vars_with(reference):
+                self.directions.append(self.add_variable((self.top_k, size), initializer="zeros",
+                                                         dtype=variable.dtype, name=f"directions_{i}"))
+        # Written inside the replicated step; every replica computes the same values (after the all-reduce).
         self.alpha = self.add_variable((self.top_k,), initializer="zeros", dtype="float32",
                                        aggregation="only_first_replica", name="alpha")
         self.alpha_ratio = self.add_variable((self.top_k,), initializer="zeros", dtype="float32",
                                              aggregation="only_first_replica", name="alpha_ratio")
+        self._compute_dtype_for_nudge = tf.float64 if any(
+            keras.backend.standardize_dtype(v.dtype) == "float64" for v in variables) else tf.float32
         if self._pending_directions is not None:
             pending, self._pending_directions = self._pending_directions, None
-            # Keras may build inside a traced train step: assign eagerly, not into that graph.
-            with tf.init_scope():
+            with tf.init_scope():  # Keras may build inside a traced train step: assign eagerly, not in that graph
                 self.set_directions(pending)
 
     @property
     def gamma(self) -> float:
-        """The nudge factor; assigning it takes effect at the next step, also mid-training."""
+        """The nudge factor; assigning it takes effect at the next step, also mid-training and under XLA."""
         return float(self._gamma.numpy()) if self.built else self._initial_gamma
 
     @gamma.setter
-    def gamma(self, value):
+    def gamma(self, value: float) -> None:
         value = _check_gamma(value)
         if self.built:
             self._gamma.assign(value)
@@ -127,124 +155,152 @@ class NSGD(keras.optimizers.Optimizer):
 
     @property
     def has_directions(self) -> bool:
-        """Whether directions have been set (before that, NSGD is plain SGD)."""
-        return self.built and bool(self._has_directions.numpy())
+        """Whether directions are set (before that NSGD steps exactly as SGD)."""
+        if not self.built:
+            return self._pending_directions is not None
+        return bool(self._has_directions.numpy())
 
     def set_directions(self, vectors) -> None:
-        """Sets the directions ``E`` the step is nudged along.
+        """Sets the directions ``E`` the step is nudged along (call it eagerly, e.g. from a callback).
 
         Args:
-          vectors: a ``[dim, K]`` NumPy array or tensor in the flat layout of the
-            variables the optimizer is built on (``model.trainable_variables``
-            concatenated, each flattened row-major), with ``K >= top_k`` (the
-            first ``top_k`` columns are used); or a list with one
-            ``[*variable.shape, K]`` array per variable. Before the optimizer is
-            built they are kept and applied when it is.
+          vectors: a ``[dim, K]`` NumPy array or tensor in the flat layout of
+            the variables the optimizer is built on (``model.trainable_variables``
+            concatenated, each flattened row-major, see
+            ``tf_sharpest.utils.flat.FlatLayout``), with orthonormal columns and
+            ``K >= top_k`` (the first ``top_k`` columns are used; a 1-D vector
+            counts as ``K=1``); or a list with one ``[*variable.shape, K]``
+            array per variable. Before the optimizer is built (it builds on
+            its first step, or on ``optimizer.build(model.trainable_variables)``)
+            they are kept and applied when it builds.
 
         Raises:
-          ValueError: for a wrong shape, too few columns, or non-finite values.
+          ValueError: for a wrong shape, fewer than ``top_k`` columns, or
+            non-finite values. The previous directions are then kept.
         """
         if not self.built:
-            self._pending_directions = _check_finite(vectors)
+            _check_finite(vectors)
+            if not isinstance(vectors, (list, tuple)) and np.ndim(vectors) not in (1, 2):
+                raise ValueError(f"directions must have shape [dim, K]; got {np.shape(vectors)}.")
+            self._pending_directions = vectors
             return
-        if isinstance(vectors, (list, tuple)):
-            if len(vectors) != len(self.layout):
-                raise ValueError(f"Expected {len(self.layout)} per-variable arrays, got {len(vectors)}.")
-            parts = []
-            for part, shape in zip(vectors, self.layout.shapes):
-                part = np.asarray(part)
-                if part.shape[:-1] != shape or part.ndim != len(shape) + 1:
-                    raise ValueError(f"A per-variable direction array has shape {part.shape}; expected "
-                                     f"{shape + ('K',)}.")
-                parts.append(part.reshape(-1, part.shape[-1]))
-            matrix = np.concatenate(parts, axis=0)
-        else:
-            matrix = np.asarray(vectors)
-            if matrix.ndim == 1:
-                matrix = matrix[:, None]
-        if matrix.ndim != 2 or matrix.shape[0] != self.layout.dim:
-            raise ValueError(
-                f"directions must have shape [dim={self.layout.dim}, K] (the trainable variables concatenated, "
-                f"each flattened row-major); got {matrix.shape}.")
+        matrix = self._as_matrix(vectors)
         if matrix.shape[1] < self.top_k:
             raise ValueError(f"directions have {matrix.shape[1]} columns but top_k={self.top_k}; pass K >= top_k.")
         _check_finite(matrix)
         matrix = matrix[:, : self.top_k]
+        gram = matrix.T.astype(np.float64) @ matrix.astype(np.float64)
+        if np.abs(gram - np.eye(self.top_k)).max() > 1e-3:
+            warnings.warn("NSGD directions are not orthonormal (max |E^T E - I| = "
+                          f"{np.abs(gram - np.eye(self.top_k)).max():.2g}); E E^T is then not a projection.",
+                          stacklevel=2)
         for variable, start, size in zip(self.directions, self.layout.offsets, self.layout.sizes):
-            variable.assign(matrix[start:start + size].astype(variable.dtype))
+            variable.assign(np.ascontiguousarray(matrix[start:start + size].T).astype(variable.dtype))
         self._has_directions.assign(1.0)
+
+    def _as_matrix(self, vectors) -> np.ndarray:
+        """``vectors`` (flat or per-variable) as a flat ``[dim, K]`` NumPy array, shape-checked."""
+        if isinstance(vectors, (list, tuple)):
+            if len(vectors) != len(self.layout):
+                raise ValueError(f"Expected {len(self.layout)} per-variable direction arrays (one per trainable "
+                                 f"variable), got {len(vectors)}.")
+            parts = []
+            for part, shape, name in zip(vectors, self.layout.shapes, self.layout.names):
+                part = np.asarray(part)
+                if part.ndim != len(shape) + 1 or part.shape[:-1] != shape:
+                    raise ValueError(f"The direction array for {name} has shape {part.shape}; expected "
+                                     f"{shape + ('K',)}.")
+                parts.append(part.reshape(-1, part.shape[-1]))
+            if len({p.shape[1] for p in parts}) != 1:
+                raise ValueError(f"Per-variable direction arrays disagree on K: {[p.shape[1] for p in parts]}.")
+            return np.concatenate(parts, axis=0)
+        matrix = np.asarray(vectors)
+        if matrix.ndim == 1:
+            matrix = matrix[:, None]
+        if matrix.ndim != 2 or matrix.shape[0] != self.layout.dim:
+            raise ValueError(f"directions must have shape [dim={self.layout.dim}, K] (the trainable variables "
+                             f"concatenated, each flattened row-major); got {np.shape(vectors)}.")
+        return matrix
 
     def clear_directions(self) -> None:
         """Forgets the directions: NSGD steps as plain SGD until new ones are set."""
-        if self.built:
-            self._has_directions.assign(0.0)
         self._pending_directions = None
+        if self.built:
+            for variable in self.directions:
+                variable.assign(tf.zeros(variable.shape, variable.dtype))
+            self._has_directions.assign(0.0)
 
     def get_directions(self) -> np.ndarray:
-        """The current directions as a flat ``[dim, top_k]`` NumPy array."""
+        """The current directions as a flat ``[dim, top_k]`` NumPy array (zeros if none are set)."""
         if not self.built:
-            raise ValueError("The optimizer is not built yet; it builds on its first step or optimizer.build(vars).")
-        return np.concatenate([d.numpy() for d in self.directions], axis=0)
+            raise ValueError("The optimizer is not built yet; it builds on its first step, or call "
+                             "optimizer.build(model.trainable_variables).")
+        return np.concatenate([np.asarray(d.numpy()).T for d in self.directions], axis=0)
 
     # -- the step ------------------------------------------------------------------------
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        trainable_variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
-        grads_and_vars = self._all_reduce_sum_gradients(list(zip(grads, trainable_variables)))
-        grads = [g for g, _ in grads_and_vars]
-        grads, extras = self._nudge(grads, trainable_variables, learning_rate)
+        """Replica context: sum gradients over replicas, compute the nudge once, then update every variable."""
+        variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
+        grads_and_vars = self._all_reduce_sum_gradients(list(zip(grads, variables)))
+        # The nudge E E^T g is dense, so sparse (IndexedSlices) gradients are made dense too.
+        grads = [tf.convert_to_tensor(g) for g, _ in grads_and_vars]
+        grads, corrections = self._nudge(grads, variables, learning_rate)
         tf.__internal__.distribute.interim.maybe_merge_call(
-            self._distributed_update, self._distribution_strategy,
-            list(zip(grads, trainable_variables)), extras, learning_rate)
+            self._distributed_update, self._distribution_strategy, grads, variables, corrections, learning_rate)
 
-    def _nudge(self, grads, variables, learning_rate):
-        """Corrections of the step along ``E``: corrected gradients and per-variable step terms."""
+    def _nudge(self, grads: list, variables: list, learning_rate) -> tuple[list, list]:
+        """Gradients to run SGD on and per-variable corrections to add to its step (``None``: none)."""
+        dtype = self._compute_dtype_for_nudge
         indices = [self._get_variable_index(v) for v in variables]
-        directions = [self.directions[i] for i in indices]
+        blocks = [tf.cast(self.directions[i], dtype) for i in indices]
 
-        def project(parts):  # E^T x over the whole parameter vector
-            return tf.add_n([tf.linalg.matvec(tf.cast(d, tf.float32), tf.reshape(tf.cast(p, tf.float32), [-1]),
-                                              transpose_a=True) for d, p in zip(directions, parts)])
+        def project(parts):  # E^T x over the whole parameter vector: [top_k]
+            return tf.add_n([tf.linalg.matvec(e, tf.reshape(tf.cast(p, dtype), [-1])) for e, p in zip(blocks, parts)])
 
-        def expand(coefficients, like):  # E c, cut into variable-shaped parts
-            return [tf.cast(tf.reshape(tf.linalg.matvec(tf.cast(d, tf.float32), coefficients), tf.shape(v)), v.dtype)
-                    for d, v in zip(directions, like)]
+        def expand(coefficients):  # E c, in variable-shaped parts
+            return [tf.cast(tf.reshape(tf.linalg.matvec(e, coefficients, transpose_a=True), tf.shape(v)), v.dtype)
+                    for e, v in zip(blocks, variables)]
 
         grad_projection = project(grads)
-        grad_norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) for g in grads]))
-        self.alpha.assign(tf.abs(grad_projection))
-        self.alpha_ratio.assign(tf.math.divide_no_nan(tf.abs(grad_projection), grad_norm))
-        factor = (self._gamma - 1.0) * self._has_directions
-        lr = tf.cast(learning_rate, tf.float32)
+        grad_norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(tf.cast(g, dtype))) for g in grads]))
+        self.alpha.assign(tf.cast(tf.abs(grad_projection), self.alpha.dtype))
+        self.alpha_ratio.assign(tf.cast(tf.math.divide_no_nan(tf.abs(grad_projection), grad_norm),
+                                        self.alpha_ratio.dtype))
+        factor = tf.cast((self._gamma - 1.0) * self._has_directions, dtype)
         if self.nudge == "gradient":
-            corrected = [g + c for g, c in zip(grads, expand(factor * grad_projection, grads))]
-            return corrected, [tf.zeros_like(g) for g in grads]
-        # nudge="velocity": project SGD's own step s (linear in g and the old velocity).
+            return [g + c for g, c in zip(grads, expand(factor * grad_projection))], [None] * len(grads)
+        # "velocity": E^T of SGD's own step, which is linear in g and the old velocity.
+        lr = tf.cast(learning_rate, dtype)
         step_projection = -lr * grad_projection
         if self.momentum:
-            velocity = self.momentum * project([self.momentums[i] for i in indices]) - lr * grad_projection
-            step_projection = self.momentum * velocity - lr * grad_projection if self.nesterov else velocity
-        return grads, expand(factor * step_projection, grads)
+            velocity_projection = self.momentum * project([self.momentums[i] for i in indices]) + step_projection
+            step_projection = (self.momentum * velocity_projection + step_projection if self.nesterov
+                               else velocity_projection)
+        return grads, expand(factor * step_projection)
 
-    def _distributed_update(self, distribution, grads_and_vars, extras, learning_rate):
-        for (grad, variable), extra in zip(grads_and_vars, extras):
-            distribution.extended.update(variable, self._nudged_update_step, args=(grad, extra, learning_rate),
+    def _distributed_update(self, distribution, grads, variables, corrections, learning_rate):
+        for grad, variable, correction in zip(grads, variables, corrections):
+            distribution.extended.update(variable, self._variable_update, args=(grad, correction, learning_rate),
                                          group=False)
 
-    def _nudged_update_step(self, variable, gradient, extra, learning_rate):
+    def _variable_update(self, variable, gradient, correction, learning_rate):
+        """SGD's update of one variable (as ``keras.optimizers.SGD``), plus ``correction`` on the step."""
         learning_rate = tf.cast(learning_rate, variable.dtype)
         gradient = tf.cast(gradient, variable.dtype)
         if self.momentum:
             velocity = self.momentums[self._get_variable_index(variable)]
-            self.assign(velocity, self.momentum * velocity - learning_rate * gradient)
-            step = self.momentum * velocity - learning_rate * gradient if self.nesterov else velocity
+            momentum = tf.constant(self.momentum, variable.dtype)  # not via float32, as tf.cast(0.7) is
+            self.assign(velocity, velocity * momentum - gradient * learning_rate)
+            step = velocity * momentum - gradient * learning_rate if self.nesterov else velocity
         else:
-            step = -learning_rate * gradient
-        self.assign_add(variable, step + extra)
+            step = -gradient * learning_rate
+        self.assign_add(variable, step if correction is None else step + correction)
 
-    def update_step(self, gradient, variable, learning_rate):  # used only by stateless paths
-        raise ValueError("NSGD couples all variables in one step and cannot update them one at a time.")
+    def update_step(self, gradient, variable, learning_rate):
+        raise RuntimeError("NSGD couples all variables in one step (see _backend_update_step) and cannot "
+                                  "update them one at a time.")
 
-    # -- serialization ---------------------------------------------------------------------
+    # -- serialization -------------------------------------------------------------------
     def get_config(self) -> dict:
         config = super().get_config()
         config.update({"momentum": self.momentum, "nesterov": self.nesterov, "gamma": self.gamma,
@@ -259,9 +315,8 @@ def _check_gamma(gamma) -> float:
     return float(gamma)
 
 
-def _check_finite(vectors):
+def _check_finite(vectors: np.ndarray | Sequence) -> None:
     arrays = vectors if isinstance(vectors, (list, tuple)) else [vectors]
     for array in arrays:
         if not np.all(np.isfinite(np.asarray(array))):
             raise ValueError("directions contain NaN or inf values; NSGD keeps its previous directions.")
-    return vectors
