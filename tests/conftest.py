@@ -32,3 +32,16 @@ def floatx():
     previous = keras.config.floatx()
     yield keras.config.set_floatx
     keras.config.set_floatx(previous)
+
+
+@pytest.fixture(scope="session")
+def mirrored_strategy():
+    """One MirroredStrategy over the two logical CPUs for the whole session.
+
+    Several strategies in one process can hand out clashing collective-op
+    instance keys (a later all-reduce then fails with a shape mismatch), so
+    every test shares this one.
+    """
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+    assert len(devices) == 2, "conftest configures two logical CPUs"
+    return tf.distribute.MirroredStrategy(devices)

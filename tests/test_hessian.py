@@ -165,10 +165,8 @@ class TestBadInput:
             operator.matvec_structured([np.ones(3)])
 
 
-def test_model_trained_under_mirrored_strategy():
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
-    assert len(devices) == 2, "conftest configures two logical CPUs"
-    strategy = tf.distribute.MirroredStrategy(devices)
+def test_model_trained_under_mirrored_strategy(mirrored_strategy):
+    strategy = mirrored_strategy
     x, y = classification_data((6, 6, 1), n=24, dtype="float32")
     with strategy.scope():
         model = tiny_cnn("float32")
