@@ -64,6 +64,35 @@ def test_traced_once_per_operator():
     assert operator.num_matvecs == 7
 
 
+def test_set_data_moves_the_operator_to_a_new_sample_without_retracing():
+    model = tiny_mlp()
+    x, y = classification_data((4,), n=30, seed=2)
+    operator = HessianOperator(model, (x[:13], y[:13]), loss=sparse_ce(), batch_size=5)
+    v = random_vector(operator.dim)
+    operator.matvec(v)
+    operator.set_data((x[13:], y[13:]))  # 17 other examples: batches 5,5,5,2
+    hessian = explicit_hessian(model, x[13:], y[13:], sparse_ce())
+    np.testing.assert_allclose(operator.matvec(v).numpy(), hessian @ v, rtol=1e-6, atol=1e-6 * np.abs(hessian).max())
+    np.testing.assert_allclose(operator.loss, float(sparse_ce()(y[13:], model(x[13:]))), rtol=1e-12)
+    assert (operator.num_examples, operator.num_batches, operator.num_traces, operator.num_matvecs) == (17, 4, 1, 2)
+
+
+def test_set_data_of_another_structure_is_refused_and_the_operator_kept():
+    model = tiny_mlp()
+    x, y = classification_data((4,), n=12, seed=2)
+    operator = HessianOperator(model, (x, y), loss=sparse_ce(), batch_size=4)
+    v = random_vector(operator.dim)
+    before = operator.matvec(v).numpy()
+    with pytest.raises(ValueError, match="do not match"):
+        operator.set_data((x.astype("float32"), y))
+    bad = x.copy()
+    bad[5, 0] = np.nan
+    with pytest.raises(ValueError, match="not finite"):
+        operator.set_data((bad, y))
+    assert operator.num_examples == 12
+    np.testing.assert_array_equal(operator.matvec(v).numpy(), before)
+
+
 def test_training_flag_controls_batchnorm_and_dropout():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([

@@ -38,6 +38,18 @@ def test_logged_eigenvalues_equal_top_eigenpairs_when_weights_are_frozen(data):
     assert history.history["lanczos_matvecs"][0] == callback.history[0].matvecs
 
 
+def test_one_trace_for_all_measurements_of_a_run(data):
+    x, y = data
+    model = compiled_cnn(learning_rate=0.01)
+    callback = LanczosCallback((x, y), top_k=2, num_samples=20, batch_size=8, seed=0)  # a new sample each time
+    model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[callback])
+    assert len(callback.history) == 4 and all(np.isfinite(m.eigenvalues).all() for m in callback.history)
+    assert callback._operator.num_traces == 1
+    # The reused operator gives what a fresh one gives on the last sample.
+    reference = top_eigenpairs(model, callback._operator.objective.dataset, k=2, tol=1e-3)
+    np.testing.assert_allclose(callback.history[-1].eigenvalues, reference.eigenvalues, rtol=1e-3)
+
+
 def test_csv_logger_history_and_prefix(data, tmp_path):
     x, y = data
     model = compiled_cnn(learning_rate=0.05)

@@ -134,6 +134,7 @@ class LanczosCallback(keras.callbacks.Callback):
         self._pending_logs: dict = {}
         self._warned = False
         self._first_measurement_of_run = True
+        self._operator = None  # reused across measurements so its graphs are traced once per run
 
     # keras-tuner deep-copies callbacks for every trial; a tf.data.Dataset (and
     # large arrays) are shared instead of copied: the callback only reads them.
@@ -143,6 +144,7 @@ class LanczosCallback(keras.callbacks.Callback):
         for name, value in self.__dict__.items():
             shared = name in ("data", "_model") or isinstance(value, (tf.data.Dataset, keras.Model))
             clone.__dict__[name] = value if shared else copy.deepcopy(value, memo)
+        clone._operator = None  # holds traced graphs of the original's model
         return clone
 
     def key(self, name: str) -> str:
@@ -198,11 +200,10 @@ class LanczosCallback(keras.callbacks.Callback):
             self._first_measurement_of_run = False
         epoch = self._epoch + 1 if final else self._epoch  # the final one follows the last epoch
         start = time.perf_counter()
-        operator = None
+        operator, first_matvec = None, 0
         try:
-            sample = self._sample()
-            operator = HessianOperator(self.model, sample, loss=self.loss, batch_size=self.batch_size,
-                                       training=self.training)
+            operator = self._operator_on(self._sample())
+            first_matvec = operator.num_matvecs
             result = lanczos(operator, k=min(self.top_k, operator.dim), tol=self.tol,
                              max_iterations=self.max_iterations, seed=int(self._rng.integers(2**31)),
                              initial_vectors=self.eigenvectors if self.warm_start else None,
@@ -211,7 +212,8 @@ class LanczosCallback(keras.callbacks.Callback):
                 raise ValueError(f"Lanczos returned non-finite eigenvalues {result.eigenvalues}.")
         except (ValueError, ArithmeticError, tf.errors.OpError) as error:
             measurement = Measurement(epoch, self._global_step, np.full(self.top_k, np.nan),
-                                      operator.num_matvecs if operator else 0, time.perf_counter() - start,
+                                      operator.num_matvecs - first_matvec if operator else 0,
+                                      time.perf_counter() - start,
                                       float("nan"), error=str(error).splitlines()[0])
             self._warn(measurement)
         else:
@@ -228,6 +230,20 @@ class LanczosCallback(keras.callbacks.Callback):
             self._pending_logs = self._measurement_logs(measurement)
         if self.save_dir:
             self._save_history()
+
+    def _operator_on(self, sample) -> HessianOperator:
+        """The Hessian on ``sample``: the previous operator moved to it when the model's variables are unchanged."""
+        variables = [id(v) for v in self.model.trainable_variables]
+        if self._operator is not None and self._operator.model is self.model and \
+                [id(v) for v in self._operator.variables] == variables:
+            try:
+                self._operator.set_data(sample)
+                return self._operator
+            except ValueError:
+                self._operator = None  # a sample of another structure: build afresh (and report its error)
+        self._operator = HessianOperator(self.model, sample, loss=self.loss, batch_size=self.batch_size,
+                                         training=self.training)
+        return self._operator
 
     def _measurement_logs(self, measurement: Measurement) -> dict:
         logs = {self.key(f"lambda_{i + 1}"): float(v) for i, v in enumerate(measurement.eigenvalues)}

@@ -63,14 +63,44 @@ class EmpiricalLoss:
         self.dtype = dtypes.pop()
         self.layout = FlatLayout.from_variables(self.variables)
         self._loss_fn = _resolve_loss(model, loss)
-        self.dataset = as_batched_dataset(data, batch_size)
-        # Arrays are cut into batches once and kept; a user's dataset is read on every pass.
-        self._cached_batches = None if isinstance(data, tf.data.Dataset) else list(self.dataset)
+        self.batch_size = batch_size
+        self._attach(data)
         # The batch dimension is left open so the last, smaller batch reuses a trace.
         self.batch_spec = tuple(_relax_batch_dim(spec) for spec in self.dataset.element_spec)
         self._graph_loss = tf.function(self.batch_loss, input_signature=[self.batch_spec])
         self._graph_gradient = None
         self.value = self.evaluate()
+
+    def _attach(self, data):
+        self.dataset = as_batched_dataset(data, self.batch_size)
+        # Arrays are cut into batches once and kept; a user's dataset is read on every pass.
+        self._cached_batches = None if isinstance(data, tf.data.Dataset) else list(self.dataset)
+
+    def set_data(self, data) -> None:
+        """Moves the loss to a new sample with the same structure, keeping the traced graphs.
+
+        A measurement repeated along training (a new sample each time) then
+        costs no new trace: tracing the double backprop of a network takes
+        seconds, and TensorFlow warns when functions are re-created in a loop.
+        The loss is evaluated on the new data (``value``), which validates it.
+
+        Raises:
+          ValueError: if the new batches differ from the old ones in anything
+            but the batch size (shapes, dtypes, with or without sample weights),
+            or the data is empty or gives a non-finite loss.
+        """
+        previous = (self.dataset, self._cached_batches, self.num_examples, self.num_batches, self.value)
+        try:
+            self._attach(data)
+            spec = tuple(_relax_batch_dim(s) for s in self.dataset.element_spec)
+            if spec != self.batch_spec:
+                raise ValueError(f"The new data's batches {spec} do not match the operator's {self.batch_spec}; "
+                                 "build a new operator for data of another structure.")
+            self.value = self.evaluate()
+        except ValueError:
+            # The operator stays as it was: still usable on its old data.
+            self.dataset, self._cached_batches, self.num_examples, self.num_batches, self.value = previous
+            raise
 
     def batches(self):
         """The batches of one pass over the data."""

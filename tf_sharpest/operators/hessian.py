@@ -64,6 +64,13 @@ class HessianOperator(LinearOperator):
             self._accumulate_batch,
             input_signature=[self.objective.batch_spec, parts_spec, parts_spec, tf.TensorSpec([], self.dtype)])
 
+    def set_data(self, data) -> None:
+        """The Hessian over a new sample of the same structure, without tracing again.
+
+        See :meth:`EmpiricalLoss.set_data`; ``num_matvecs`` keeps counting.
+        """
+        self.objective.set_data(data)
+
     @property
     def loss(self) -> float:
         """Mean loss over the data at the weights the operator was built at."""
