@@ -142,9 +142,11 @@ class LanczosCallback(keras.callbacks.Callback):
         clone = self.__class__.__new__(self.__class__)
         memo[id(self)] = clone
         for name, value in self.__dict__.items():
+            if name == "_operator":
+                clone._operator = None  # traced graphs of the original's model: the clone builds its own
+                continue
             shared = name in ("data", "_model") or isinstance(value, (tf.data.Dataset, keras.Model))
             clone.__dict__[name] = value if shared else copy.deepcopy(value, memo)
-        clone._operator = None  # holds traced graphs of the original's model
         return clone
 
     def key(self, name: str) -> str:
