@@ -1,0 +1,60 @@
+"""Study 2: the learning rate and the batch size set the peak of the top eigenvalues.
+
+The paper's claim: a larger learning rate or a smaller batch gives a lower
+and earlier peak of lambda_1 (and lambda_2). Paper settings: lr in
+{0.001, 0.01, 0.1} at batch 128; batch in {32 (or 8), 128, 1024} at lr 0.05;
+K=5, N=2250, no momentum.
+
+    python -m experiments.lr_batch_size.run             # reduced scale (see experiments/RESULTS.md)
+    python -m experiments.lr_batch_size.plot
+    python -m experiments.lr_batch_size.run --smoke --out /tmp/s2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from experiments import common
+
+STUDY = "lr_batch_size"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=None, help="folder of the runs (default runs/experiments/<study>)")
+    parser.add_argument("--lrs", default=None, help="learning rates of the lr sweep (default 0.001,0.01,0.1; "
+                        "0.01,0.1 with --smoke)")
+    parser.add_argument("--lr_sweep_batch_size", type=int, default=128)
+    parser.add_argument("--batch_sizes", default=None, help="batch sizes of the batch sweep (default 32,128,1024; "
+                        "32,128 with --smoke)")
+    parser.add_argument("--batch_sweep_lr", type=float, default=0.05)
+    parser.add_argument("--top_k", type=int, default=None, help="default 5 (2 with --smoke)")
+    parser.add_argument("--seed", type=int, default=0)
+    common.scale_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    args.out = args.out or common.default_out(STUDY, args.smoke)
+    scale = common.scale_from(args)
+    top_k = args.top_k or (2 if args.smoke else 5)
+    lrs = common.parse_floats(args.lrs or ("0.01,0.1" if args.smoke else "0.001,0.01,0.1"))
+    batch_sizes = common.parse_ints(args.batch_sizes or ("32,128" if args.smoke else "32,128,1024"))
+    runs = [("lr", lr, args.lr_sweep_batch_size) for lr in lrs]
+    runs += [("batch", args.batch_sweep_lr, bs) for bs in batch_sizes]
+    results = []
+    for sweep, lr, batch_size in runs:
+        out = os.path.join(args.out, f"{sweep}_sweep", f"lr{lr:g}_bs{batch_size}")
+        result = common.train_run(out, scale, lr=lr, batch_size=batch_size, top_k=top_k, seed=args.seed,
+                                  force=args.force)
+        result["sweep"] = sweep
+        print(f"{sweep} sweep, {common.run_label(result)}: lambda_1 per epoch "
+              f"{[round(m['eigenvalues'][0], 2) for m in result['lanczos']]} ({result['seconds']:.0f} s)", flush=True)
+        results.append(result)
+    return results
+
+
+if __name__ == "__main__":
+    main()

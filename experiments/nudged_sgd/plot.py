@@ -1,0 +1,111 @@
+"""Plots study 3: per gamma, lambda_1, ||H_K||, training loss and validation accuracy; writes the paper-style table.
+
+    python -m experiments.nudged_sgd.plot [--out RUNS] [--figures FOLDER] [--early_epoch 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+
+import numpy as np
+
+from experiments import common
+
+STUDY = "nudged_sgd"
+
+
+def table_row(result: dict, early_epoch: int) -> dict:
+    """The paper's table entries for one run (``early_epoch`` counts completed epochs, from 1)."""
+    logs = result["logs"]
+    best = common.best_validation_epoch(logs)
+    _, values = common.eigenvalue_curve(result)
+    early = min(early_epoch, len(logs["val_accuracy"])) - 1
+    return {
+        "test_at_best_val": logs["test_accuracy"][best],
+        "best_val_epoch": best + 1,
+        "val_early": logs["val_accuracy"][early],
+        "train_loss": result["final"]["train_loss"],
+        "lambda_1": float(values[-1, 0]),
+        "hk_norm": float(common.top_k_norm(values[-1])),
+        "distance": result["final"]["distance_from_init"],
+    }
+
+
+def by_gamma(results: list[dict]) -> dict[float, list[dict]]:
+    groups = collections.defaultdict(list)
+    for result in results:
+        groups[result["config"]["gamma"]].append(result)
+    return {g: sorted(groups[g], key=lambda r: r["config"]["seed"]) for g in sorted(groups)}
+
+
+def mean_and_runs(values, fmt: str) -> str:
+    values = [float(v) for v in values]
+    text = format(np.mean(values), fmt)
+    return text if len(values) == 1 else f"{text} ({' / '.join(format(v, fmt) for v in values)})"
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", default=common.default_out(STUDY))
+    parser.add_argument("--figures", default=common.default_figures(STUDY))
+    parser.add_argument("--early_epoch", type=int, default=2, help="epoch of the early validation accuracy")
+    args = parser.parse_args(argv)
+    groups = by_gamma(common.load_results(args.out))
+    first = next(iter(groups.values()))[0]
+    scale = common.Scale(**first["config"]["scale"])
+    plt = common.pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    colors = plt.cm.coolwarm(np.linspace(0, 1, len(groups)))
+    panels = [
+        (axes[0, 0], "$\\lambda_1$", True, lambda r: common.eigenvalue_curve(r)),
+        (axes[0, 1], "$\\|H_K\\| = \\sqrt{\\sum_{k \\leq K} \\lambda_k^2}$", True,
+         lambda r: (common.eigenvalue_curve(r)[0], common.top_k_norm(common.eigenvalue_curve(r)[1]))),
+        (axes[1, 0], "training loss (mean over the epoch)", True,
+         lambda r: (np.arange(1, len(r["logs"]["loss"]) + 1), np.array(r["logs"]["loss"]))),
+        (axes[1, 1], "validation accuracy", False,
+         lambda r: (np.arange(1, len(r["logs"]["val_accuracy"]) + 1), np.array(r["logs"]["val_accuracy"]))),
+    ]
+    for ax, ylabel, log, series in panels:
+        for color, (gamma, runs) in zip(colors, groups.items()):
+            curves = []
+            for seed_index, result in enumerate(runs):
+                x, y = series(result)
+                y = y[:, 0] if y.ndim == 2 else y
+                curves.append((x, y))
+                ax.plot(x, y, color=color, alpha=0.35, lw=0.8)
+            n = min(len(y) for _, y in curves)
+            mean = np.mean([y[:n] for _, y in curves], axis=0)
+            label = f"$\\gamma$ = {gamma:g}" + (" (SGD)" if gamma == 1 else "")
+            ax.plot(curves[0][0][:n], mean, color=color, marker="o", ms=3, lw=1.8, label=label)
+        if log:
+            ax.set_yscale("log")
+        ax.set_xlabel("epochs of training")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, which="both")
+    axes[0, 0].legend(fontsize=8)
+    c = first["config"]
+    fig.suptitle(f"Nudged SGD, $\\eta$ = {c['lr']:g}, batch {c['batch_size']}, K = {c['top_k']}: "
+                 f"mean of {max(len(r) for r in groups.values())} seed(s) (thick), each seed (thin)")
+    path = os.path.join(args.figures, "nudged_sgd.png")
+    common.save_figure(fig, path, f"Eigenvalues at the start of each epoch and after the last. {scale.describe()}.")
+    rows = []
+    for gamma, runs in groups.items():
+        entries = [table_row(r, args.early_epoch) for r in runs]
+        rows.append([f"{gamma:g}"] + [mean_and_runs([e[key] for e in entries], fmt) for key, fmt in (
+            ("test_at_best_val", ".4f"), ("val_early", ".4f"), ("train_loss", ".4f"), ("lambda_1", ".1f"),
+            ("hk_norm", ".1f"), ("distance", ".2f"))])
+    table = common.markdown_table(
+        ["gamma", "test acc. at best-val epoch", f"val. acc. after epoch {args.early_epoch}",
+         f"final train loss ({first['final']['train_eval_examples']:,} ex.)", "final lambda_1", "final ||H_K||",
+         "distance from init"], rows)
+    with open(os.path.join(args.figures, "table.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
+    print(f"figure: {path}")
+    return table
+
+
+if __name__ == "__main__":
+    main()

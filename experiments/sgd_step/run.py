@@ -1,0 +1,115 @@
+"""Study 4: what the SGD step does along the sharpest directions.
+
+At several points of an SGD run, on a fixed sample of training examples
+with gradient g and top-K Hessian eigenpairs (lambda_i, e_i): the loss after
+a step of gamma' * eta * (g . e_i) e_i along each e_i, along random unit
+directions, and after the full step gamma' * eta * g, for gamma' in
+{0.25, 0.5, 1, 2, 4}; and |cos(g, e_i)| against a random direction's.
+The paper's claim: the full-eta step along e_1 does not lower the loss (or
+raises it) while 0.5 eta does, and g is far more aligned with the top
+directions than chance. Uses tf_sharpest.hessian.top_eigenpairs and
+tf_sharpest.analysis.analyze_sgd_step.
+
+    python -m experiments.sgd_step.run                  # reduced scale (see experiments/RESULTS.md)
+    python -m experiments.sgd_step.plot
+    python -m experiments.sgd_step.run --smoke --out /tmp/s4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import keras
+import numpy as np
+
+from experiments import common
+from tf_sharpest.analysis import analyze_sgd_step
+from tf_sharpest.hessian import top_eigenpairs
+from tf_sharpest.utils.files import atomic_path
+
+STUDY = "sgd_step"
+MULTIPLIERS = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+class StepAnalysisAt(keras.callbacks.Callback):
+    """Analyses the SGD step at the start of the chosen epochs (and after training if ``epochs`` is among them)."""
+
+    def __init__(self, sample, epochs, last_epoch: int, *, learning_rate: float, top_k: int, num_random: int,
+                 batch_size: int, tol: float, path: str, seed: int):
+        super().__init__()
+        self.sample, self.epochs, self.last_epoch = sample, sorted(set(epochs)), last_epoch
+        self.learning_rate, self.top_k, self.num_random = learning_rate, top_k, num_random
+        self.batch_size, self.tol, self.path, self.seed = batch_size, tol, path, seed
+        self.records: list[dict] = []
+        self._previous = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch in self.epochs:
+            self._analyse(epoch)
+
+    def on_train_end(self, logs=None):
+        if self.last_epoch in self.epochs:
+            self._analyse(self.last_epoch)
+
+    def _analyse(self, epoch: int):
+        pairs = top_eigenpairs(self.model, self.sample, k=self.top_k, batch_size=self.batch_size, tol=self.tol,
+                               seed=self.seed + epoch, initial_vectors=self._previous)
+        self._previous = pairs.eigenvectors
+        report = analyze_sgd_step(self.model, self.sample, pairs.eigenvectors, self.learning_rate,
+                                  eigenvalues=pairs.eigenvalues, multipliers=MULTIPLIERS,
+                                  num_random=self.num_random, seed=self.seed + epoch, batch_size=self.batch_size)
+        record = {"epoch": epoch, "matvecs": pairs.num_matvecs}
+        for name, value in vars(report).items():
+            record[name] = np.asarray(value).tolist()
+        self.records.append(record)
+        with atomic_path(self.path) as temporary, open(temporary, "w") as f:
+            json.dump({"learning_rate": self.learning_rate, "records": self.records}, f, indent=1)
+        print(f"  epoch {epoch}: lambda {np.round(pairs.eigenvalues, 2)}, loss {report.loss:.4f}, "
+              f"loss change along e_1 at gamma' {MULTIPLIERS}: "
+              f"{np.round(report.along_eigenvectors[0] - report.loss, 5)}", flush=True)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=None, help="folder of the run (default runs/experiments/<study>)")
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--at_epochs", default=None,
+                        help="epochs to analyse at (default 0, 1, 2, half and all of --epochs)")
+    parser.add_argument("--top_k", type=int, default=None, help="default 5 (2 with --smoke)")
+    parser.add_argument("--num_random", type=int, default=5, help="random unit directions per point")
+    parser.add_argument("--seed", type=int, default=0)
+    common.scale_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    args.out = args.out or common.default_out(STUDY, args.smoke)
+    scale = common.scale_from(args)
+    top_k = args.top_k or (2 if args.smoke else 5)
+    at_epochs = (common.parse_ints(args.at_epochs) if args.at_epochs
+                 else sorted({e for e in (0, 1, 2, scale.epochs // 2, scale.epochs) if e <= scale.epochs}))
+    if max(at_epochs) > scale.epochs or min(at_epochs) < 0:
+        raise SystemExit(f"--at_epochs must lie in 0..{scale.epochs} (the number of epochs), got {at_epochs}.")
+    out = os.path.join(args.out, f"lr{args.lr:g}")
+    path = os.path.join(out, "step_analysis.json")
+    if os.path.exists(path) and os.path.exists(os.path.join(out, "result.json")) and not args.force:
+        with open(path) as f:
+            return json.load(f)
+    (x, y), _, _ = common.load_data(scale)
+    rng = np.random.default_rng(args.seed)
+    pick = np.sort(rng.choice(len(x), min(scale.num_samples, len(x)), replace=False))
+    analysis = StepAnalysisAt((x[pick], y[pick]), at_epochs, scale.epochs, learning_rate=args.lr, top_k=top_k,
+                              num_random=args.num_random, batch_size=scale.lanczos_batch_size, tol=scale.tol,
+                              path=path, seed=args.seed)
+    common.train_run(out, scale, lr=args.lr, batch_size=args.batch_size, top_k=top_k, seed=args.seed,
+                     force=True, callbacks=[analysis], measure=False)
+    with open(path) as f:
+        return json.load(f)
+
+
+if __name__ == "__main__":
+    main()

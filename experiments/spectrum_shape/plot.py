@@ -1,0 +1,68 @@
+"""Plots study 1: lambda_1..lambda_K per epoch for each learning rate, with 2/eta; writes a table.
+
+    python -m experiments.spectrum_shape.plot [--out RUNS] [--figures FOLDER]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+
+from experiments import common
+
+STUDY = "spectrum_shape"
+
+
+def summarize(result: dict) -> dict:
+    """Peak of lambda_1 (value, epoch), its final value, and 2/eta."""
+    epochs, values = common.eigenvalue_curve(result)
+    i, top = common.peak(values[:, 0])
+    lr = result["config"]["lr"]
+    return {"lr": lr, "peak": top, "peak_epoch": float(epochs[i]) if i >= 0 else float("nan"),
+            "final": float(values[-1, 0]), "first": float(values[0, 0]), "two_over_lr": 2.0 / lr,
+            "below_two_over_lr": bool(top < 2.0 / lr), "last_epoch": float(epochs[-1])}
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", default=common.default_out(STUDY))
+    parser.add_argument("--figures", default=common.default_figures(STUDY))
+    args = parser.parse_args(argv)
+    results = sorted(common.load_results(args.out), key=lambda r: r["config"]["lr"])
+    scale = common.Scale(**results[0]["config"]["scale"])
+    plt = common.pyplot()
+    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.2), squeeze=False)
+    for ax, result in zip(axes[0], results):
+        epochs, values = common.eigenvalue_curve(result)
+        colors = plt.cm.viridis(np.linspace(0, 0.9, values.shape[1]))
+        for k in range(values.shape[1]):
+            ax.plot(epochs, values[:, k], marker="o", ms=3, color=colors[k], label=f"$\\lambda_{{{k + 1}}}$")
+        lr = result["config"]["lr"]
+        ax.axhline(2 / lr, color="red", linestyle="--", label=f"$2/\\eta$ = {2 / lr:g}")
+        ax.set_yscale("log")
+        ax.set_xlabel("epochs of training")
+        ax.set_ylabel("Hessian eigenvalue")
+        ax.set_title(f"SGD, $\\eta$ = {lr:g}, batch {result['config']['batch_size']}")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, ncol=2, loc="lower right")
+    path = os.path.join(args.figures, "spectrum.png")
+    common.save_figure(fig, path, f"Top-{values.shape[1]} eigenvalues at the start of each epoch and after the "
+                                  f"last. {scale.describe()}.")
+    rows = []
+    for result in results:
+        s = summarize(result)
+        rows.append([f"{s['lr']:g}", f"{s['first']:.2f}", f"{s['peak']:.2f}", f"{s['peak_epoch']:g}",
+                     f"{s['final']:.2f}", f"{s['two_over_lr']:g}", "yes" if s["below_two_over_lr"] else "**no**"])
+    table = common.markdown_table(["lr", "lambda_1 at init", "peak lambda_1", "peak epoch", "final lambda_1",
+                                   "2/eta", "peak < 2/eta"], rows)
+    with open(os.path.join(args.figures, "table.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
+    print(f"figure: {path}")
+    return table
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Study 1: the shape of the top-K spectrum along SGD training.
+
+The paper's claim: lambda_1..lambda_K rise quickly early in training, peak,
+then fall or level off, and for SGD the peak stays below 2/eta. Paper
+settings: SimpleCNN, lr 0.01-0.1, batch 128, no momentum, K=10, N=2560.
+
+    python -m experiments.spectrum_shape.run            # reduced scale (see experiments/RESULTS.md)
+    python -m experiments.spectrum_shape.plot
+    python -m experiments.spectrum_shape.run --smoke --out /tmp/s1   # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from experiments import common
+
+STUDY = "spectrum_shape"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=None, help="folder of the runs (default runs/experiments/<study>)")
+    parser.add_argument("--lrs", default="0.01,0.1", help="learning rates, comma-separated")
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--top_k", type=int, default=None, help="default 10 (2 with --smoke)")
+    parser.add_argument("--seed", type=int, default=0)
+    common.scale_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    args.out = args.out or common.default_out(STUDY, args.smoke)
+    scale = common.scale_from(args)
+    top_k = args.top_k or (2 if args.smoke else 10)
+    results = []
+    for lr in common.parse_floats(args.lrs):
+        out = os.path.join(args.out, f"lr{lr:g}")
+        result = common.train_run(out, scale, lr=lr, batch_size=args.batch_size, top_k=top_k, seed=args.seed,
+                                  force=args.force)
+        print(f"{common.run_label(result)}: lambda_1 per epoch "
+              f"{[round(m['eigenvalues'][0], 2) for m in result['lanczos']]} ({result['seconds']:.0f} s)", flush=True)
+        results.append(result)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""The four studies of experiments/ end to end at smoke scale on real Fashion-MNIST, and their helpers."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from experiments import common  # noqa: E402
+
+FMNIST = "/usr/share/datasets/fashion-mnist"
+needs_fmnist = pytest.mark.skipif(not os.path.isdir(FMNIST), reason="Debian's dataset-fashion-mnist not installed")
+
+
+def finite(values):
+    return np.all(np.isfinite(np.asarray(values, dtype=float)))
+
+
+def test_helpers_on_known_numbers():
+    assert common.peak([1.0, 3.0, np.nan, 2.0]) == (1, 3.0)
+    assert common.peak([np.nan, np.nan])[0] == -1
+    assert common.best_validation_epoch({"val_accuracy": [0.5, 0.7, 0.7, 0.6]}) == 1
+    np.testing.assert_allclose(common.top_k_norm(np.array([[3.0, 4.0], [1.0, 0.0]])), [5.0, 1.0])
+    result = {"lanczos": [{"epoch": 0, "eigenvalues": [2.0, 1.0]}, {"epoch": 1, "eigenvalues": [4.0, 3.0]}]}
+    epochs, values = common.eigenvalue_curve(result)
+    np.testing.assert_array_equal(epochs, [0, 1])
+    np.testing.assert_array_equal(values, [[2, 1], [4, 3]])
+
+
+def test_quadratic_prediction_by_hand():
+    from experiments.sgd_step.plot import quadratic_prediction
+
+    record = {"multipliers": [0.5, 1.0], "alignment": [0.5], "gradient_norm": 2.0, "eigenvalues": [30.0]}
+    # g_1 = 1; step a = 0.05 and 0.1: -a (1 - 30 a / 2) = -0.0125 and +0.05
+    np.testing.assert_allclose(quadratic_prediction(record, 0.1), [[-0.0125, 0.05]])
+
+
+@needs_fmnist
+def test_spectrum_shape_smoke(tmp_path):
+    from experiments.spectrum_shape import plot, run
+
+    results = run.main(["--smoke", "--out", str(tmp_path / "runs")])
+    assert [r["config"]["lr"] for r in results] == [0.01, 0.1]
+    for result in results:
+        assert len(result["lanczos"]) == common.SMOKE.epochs + 1  # every epoch start and after training
+        assert all(finite(m["eigenvalues"]) and len(m["eigenvalues"]) == 2 for m in result["lanczos"])
+        assert len(result["logs"]["lambda_1"]) == common.SMOKE.epochs
+        assert finite(result["logs"]["test_accuracy"]) and result["final"]["distance_from_init"] > 0
+    # A second call reuses the stored runs; a changed configuration is refused, not silently reused.
+    assert run.main(["--smoke", "--out", str(tmp_path / "runs")])[0]["seconds"] == results[0]["seconds"]
+    with pytest.raises(SystemExit, match="another configuration"):
+        run.main(["--smoke", "--out", str(tmp_path / "runs"), "--epochs", "3"])
+    table = plot.main(["--out", str(tmp_path / "runs"), "--figures", str(tmp_path / "fig")])
+    assert os.path.getsize(tmp_path / "fig" / "spectrum.png") > 10_000
+    assert "| 0.01 |" in table and "| 200 |" in table  # 2/eta of lr 0.01
+
+
+@needs_fmnist
+def test_lr_batch_size_smoke(tmp_path):
+    from experiments.lr_batch_size import plot, run
+
+    results = run.main(["--smoke", "--out", str(tmp_path / "runs"), "--lrs", "0.1", "--batch_sizes", "32,64"])
+    assert [(r["config"]["lr"], r["config"]["batch_size"]) for r in results] == [(0.1, 128), (0.05, 32), (0.05, 64)]
+    assert [r["config"]["steps_per_epoch"] for r in results] == [2, 8, 4]
+    table = plot.main(["--out", str(tmp_path / "runs"), "--figures", str(tmp_path / "fig")])
+    assert os.path.getsize(tmp_path / "fig" / "lr_batch_size.png") > 10_000
+    assert table.count("\n") == 4  # header, rule, three runs
+
+
+@needs_fmnist
+def test_nudged_sgd_smoke(tmp_path):
+    from experiments.nudged_sgd import plot, run
+
+    results = run.main(["--smoke", "--out", str(tmp_path / "runs")])
+    assert [r["config"]["gamma"] for r in results] == [0.1, 1.0]
+    assert all(r["config"]["optimizer"] == "NSGD" for r in results)
+    assert all("nsgd_alpha_1" in r["logs"] and finite(r["logs"]["nsgd_alpha_1"]) for r in results)
+    # Same seed, same first measurement; gamma only acts once directions exist.
+    np.testing.assert_allclose(results[0]["lanczos"][0]["eigenvalues"], results[1]["lanczos"][0]["eigenvalues"])
+    table = plot.main(["--out", str(tmp_path / "runs"), "--figures", str(tmp_path / "fig"), "--early_epoch", "1"])
+    assert os.path.getsize(tmp_path / "fig" / "nudged_sgd.png") > 10_000
+    row = plot.table_row(results[1], early_epoch=1)
+    assert row["test_at_best_val"] == results[1]["logs"]["test_accuracy"][row["best_val_epoch"] - 1]
+    assert row["train_loss"] == results[1]["final"]["train_loss"]
+    assert f"{row['lambda_1']:.1f}" in table
+
+
+@needs_fmnist
+def test_sgd_step_smoke_agrees_with_a_quadratic_model_for_short_steps(tmp_path):
+    from experiments.sgd_step import plot, run
+
+    analysis = run.main(["--smoke", "--out", str(tmp_path / "runs")])
+    assert [r["epoch"] for r in analysis["records"]] == [0, 1, 2]
+    with open(tmp_path / "runs" / "lr0.05" / "result.json") as f:
+        assert json.load(f)["lanczos"] == []  # this study measures at its own points only
+    for record in analysis["records"]:
+        changes = plot.loss_changes(record)
+        assert changes["eigenvectors"].shape == (2, 5) and changes["random"].shape == (5, 5)
+        # The shortest step along e_1 (0.25 eta) is where the loss is closest to its quadratic model.
+        predicted = plot.quadratic_prediction(record, analysis["learning_rate"])
+        np.testing.assert_allclose(changes["eigenvectors"][0, 0], predicted[0, 0], rtol=0.1)
+        assert np.all(np.asarray(record["alignment"]) <= 1)
+    plot.main(["--out", str(tmp_path / "runs"), "--figures", str(tmp_path / "fig")])
+    for name in ("step_losses.png", "alignment.png", "table.md"):
+        assert os.path.getsize(tmp_path / "fig" / name) > 100, name
