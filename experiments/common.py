@@ -55,6 +55,23 @@ SMOKE = Scale(n_examples=256, epochs=2, n_filters=4, num_samples=64, lanczos_bat
               n_valid=128, n_test=128, n_train_eval=256)
 
 
+def study_parser(doc: str, study: str, top_k: int) -> argparse.ArgumentParser:
+    """The flags every study's run script takes: ``--out``, ``--top_k`` and the scale (with ``--smoke``)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=None, help=f"folder of the runs (default runs/experiments/{study})")
+    parser.add_argument("--top_k", type=int, default=None,
+                        help=f"eigenvalues measured (default {top_k}; 2 with --smoke)")
+    parser.set_defaults(study=study, default_top_k=top_k)
+    scale_arguments(parser)
+    return parser
+
+
+def study_setup(args: argparse.Namespace) -> tuple[Scale, int]:
+    """Resolves ``--out`` in place and returns the scale and the number of eigenvalues."""
+    args.out = args.out or default_out(args.study, args.smoke)
+    return scale_from(args), args.top_k or (2 if args.smoke else args.default_top_k)
+
+
 def scale_arguments(parser: argparse.ArgumentParser, default: Scale = Scale()) -> None:
     """Adds ``--smoke``, ``--force`` and one flag per :class:`Scale` field."""
     parser.add_argument("--smoke", action="store_true", help="tiny scale, seconds (for tests)")
@@ -246,6 +263,22 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def write_table(table: str, folder: str, *figures: str) -> str:
+    """Writes ``table.md`` next to the figures and prints both."""
+    with open(os.path.join(folder, "table.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
+    print("figures: " + ", ".join(figures))
+    return table
+
+
+def plot_parser(doc: str, study: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--out", default=default_out(study), help="folder of the runs")
+    parser.add_argument("--figures", default=default_figures(study), help="folder of the PNGs and table.md")
+    return parser
 
 
 def save_figure(fig, path: str, caption: str) -> None:

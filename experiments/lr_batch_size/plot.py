@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import numpy as np
@@ -23,9 +22,7 @@ def peak_summary(result: dict, k: int = 0) -> tuple[float, float]:
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", default=common.default_out(STUDY))
-    parser.add_argument("--figures", default=common.default_figures(STUDY))
+    parser = common.plot_parser(__doc__, STUDY)
     args = parser.parse_args(argv)
     lr_sweep = sorted(common.load_results(os.path.join(args.out, "lr_sweep")), key=lambda r: r["config"]["lr"])
     batch_sweep = sorted(common.load_results(os.path.join(args.out, "batch_sweep")),
@@ -65,12 +62,7 @@ def main(argv=None) -> str:
                          "yes" if result["final"]["diverged"] else "no"])
     table = common.markdown_table(["sweep", "lr", "batch", "peak lambda_1", "at epoch", "final lambda_1",
                                    "peak lambda_2", "at epoch", "final train loss", "diverged"], rows)
-    with open(os.path.join(args.figures, "table.md"), "w") as f:
-        f.write(table + "\n")
-    print(table)
-    print(f"figure: {path}")
-    return table
-
+    return common.write_table(table, args.figures, path)
 
 if __name__ == "__main__":
     main()

@@ -12,7 +12,6 @@ K=5, N=2250, no momentum.
 
 from __future__ import annotations
 
-import argparse
 import os
 
 from experiments import common
@@ -21,25 +20,20 @@ STUDY = "lr_batch_size"
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=None, help="folder of the runs (default runs/experiments/<study>)")
+    parser = common.study_parser(__doc__, STUDY, top_k=5)
     parser.add_argument("--lrs", default=None, help="learning rates of the lr sweep (default 0.001,0.01,0.1; "
                         "0.01,0.1 with --smoke)")
     parser.add_argument("--lr_sweep_batch_size", type=int, default=128)
     parser.add_argument("--batch_sizes", default=None, help="batch sizes of the batch sweep (default 32,128,1024; "
                         "32,128 with --smoke)")
     parser.add_argument("--batch_sweep_lr", type=float, default=0.05)
-    parser.add_argument("--top_k", type=int, default=None, help="default 5 (2 with --smoke)")
     parser.add_argument("--seed", type=int, default=0)
-    common.scale_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    args.out = args.out or common.default_out(STUDY, args.smoke)
-    scale = common.scale_from(args)
-    top_k = args.top_k or (2 if args.smoke else 5)
+    scale, top_k = common.study_setup(args)
     lrs = common.parse_floats(args.lrs or ("0.01,0.1" if args.smoke else "0.001,0.01,0.1"))
     batch_sizes = common.parse_ints(args.batch_sizes or ("32,128" if args.smoke else "32,128,1024"))
     runs = [("lr", lr, args.lr_sweep_batch_size) for lr in lrs]

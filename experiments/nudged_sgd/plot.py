@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 import collections
 import os
 
@@ -47,9 +46,7 @@ def mean_and_runs(values, fmt: str) -> str:
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", default=common.default_out(STUDY))
-    parser.add_argument("--figures", default=common.default_figures(STUDY))
+    parser = common.plot_parser(__doc__, STUDY)
     parser.add_argument("--early_epoch", type=int, default=2, help="epoch of the early validation accuracy")
     args = parser.parse_args(argv)
     groups = by_gamma(common.load_results(args.out))
@@ -100,12 +97,7 @@ def main(argv=None) -> str:
         ["gamma", "test acc. at best-val epoch", f"val. acc. after epoch {args.early_epoch}",
          f"final train loss ({first['final']['train_eval_examples']:,} ex.)", "final lambda_1", "final ||H_K||",
          "distance from init"], rows)
-    with open(os.path.join(args.figures, "table.md"), "w") as f:
-        f.write(table + "\n")
-    print(table)
-    print(f"figure: {path}")
-    return table
-
+    return common.write_table(table, args.figures, path)
 
 if __name__ == "__main__":
     main()

@@ -13,7 +13,6 @@ Paper settings: lr 0.01, no momentum, batch 128, K=5, gamma in
 
 from __future__ import annotations
 
-import argparse
 import os
 
 from experiments import common
@@ -22,23 +21,18 @@ STUDY = "nudged_sgd"
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=None, help="folder of the runs (default runs/experiments/<study>)")
+    parser = common.study_parser(__doc__, STUDY, top_k=5)
     parser.add_argument("--gammas", default=None, help="NSGD gammas, 1 is plain SGD (default 0.01,0.1,1,5; "
                         "0.1,1 with --smoke)")
     parser.add_argument("--seeds", default=None, help="default 0,1 (0 with --smoke)")
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--top_k", type=int, default=None, help="default 5 (2 with --smoke)")
-    common.scale_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    args.out = args.out or common.default_out(STUDY, args.smoke)
-    scale = common.scale_from(args)
-    top_k = args.top_k or (2 if args.smoke else 5)
+    scale, top_k = common.study_setup(args)
     results = []
     # Seeds outermost, so a study cut short still covers every gamma once.
     gammas = common.parse_floats(args.gammas or ("0.1,1" if args.smoke else "0.01,0.1,1,5"))

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
@@ -40,9 +39,7 @@ def quadratic_prediction(record: dict, learning_rate: float) -> np.ndarray:
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", default=common.default_out(STUDY))
-    parser.add_argument("--figures", default=common.default_figures(STUDY))
+    parser = common.plot_parser(__doc__, STUDY)
     args = parser.parse_args(argv)
     found = sorted(glob.glob(os.path.join(args.out, "*", "step_analysis.json")))
     if not found:
@@ -116,12 +113,7 @@ def main(argv=None) -> str:
         ["epoch", "lambda_1", "eta lambda_1", "dL along e_1, 0.5 eta", "... 1 eta", "... 2 eta", "dL full step",
          "dL random, 1 eta", "abs cos(g, e_1)", "max_i abs cos(g, e_i)", "abs cos(g, r) drawn", "E abs cos(g, r)"],
         rows)
-    with open(os.path.join(args.figures, "table.md"), "w") as f:
-        f.write(table + "\n")
-    print(table)
-    print(f"figures: {step_path}, {align_path}")
-    return table
-
+    return common.write_table(table, args.figures, step_path, align_path)
 
 if __name__ == "__main__":
     main()

@@ -17,7 +17,6 @@ tf_sharpest.analysis.analyze_sgd_step.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
@@ -72,24 +71,19 @@ class StepAnalysisAt(keras.callbacks.Callback):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=None, help="folder of the run (default runs/experiments/<study>)")
+    parser = common.study_parser(__doc__, STUDY, top_k=5)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--at_epochs", default=None,
                         help="epochs to analyse at (default 0, 1, 2, half and all of --epochs)")
-    parser.add_argument("--top_k", type=int, default=None, help="default 5 (2 with --smoke)")
     parser.add_argument("--num_random", type=int, default=5, help="random unit directions per point")
     parser.add_argument("--seed", type=int, default=0)
-    common.scale_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    args.out = args.out or common.default_out(STUDY, args.smoke)
-    scale = common.scale_from(args)
-    top_k = args.top_k or (2 if args.smoke else 5)
+    scale, top_k = common.study_setup(args)
     at_epochs = (common.parse_ints(args.at_epochs) if args.at_epochs
                  else sorted({e for e in (0, 1, 2, scale.epochs // 2, scale.epochs) if e <= scale.epochs}))
     if max(at_epochs) > scale.epochs or min(at_epochs) < 0:

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import numpy as np
@@ -26,9 +25,7 @@ def summarize(result: dict) -> dict:
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", default=common.default_out(STUDY))
-    parser.add_argument("--figures", default=common.default_figures(STUDY))
+    parser = common.plot_parser(__doc__, STUDY)
     args = parser.parse_args(argv)
     results = sorted(common.load_results(args.out), key=lambda r: r["config"]["lr"])
     scale = common.Scale(**results[0]["config"]["scale"])
@@ -57,12 +54,7 @@ def main(argv=None) -> str:
                      f"{s['final']:.2f}", f"{s['two_over_lr']:g}", "yes" if s["below_two_over_lr"] else "**no**"])
     table = common.markdown_table(["lr", "lambda_1 at init", "peak lambda_1", "peak epoch", "final lambda_1",
                                    "2/eta", "peak < 2/eta"], rows)
-    with open(os.path.join(args.figures, "table.md"), "w") as f:
-        f.write(table + "\n")
-    print(table)
-    print(f"figure: {path}")
-    return table
-
+    return common.write_table(table, args.figures, path)
 
 if __name__ == "__main__":
     main()

@@ -11,7 +11,6 @@ settings: SimpleCNN, lr 0.01-0.1, batch 128, no momentum, K=10, N=2560.
 
 from __future__ import annotations
 
-import argparse
 import os
 
 from experiments import common
@@ -20,21 +19,16 @@ STUDY = "spectrum_shape"
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=None, help="folder of the runs (default runs/experiments/<study>)")
+    parser = common.study_parser(__doc__, STUDY, top_k=10)
     parser.add_argument("--lrs", default="0.01,0.1", help="learning rates, comma-separated")
     parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--top_k", type=int, default=None, help="default 10 (2 with --smoke)")
     parser.add_argument("--seed", type=int, default=0)
-    common.scale_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    args.out = args.out or common.default_out(STUDY, args.smoke)
-    scale = common.scale_from(args)
-    top_k = args.top_k or (2 if args.smoke else 10)
+    scale, top_k = common.study_setup(args)
     results = []
     for lr in common.parse_floats(args.lrs):
         out = os.path.join(args.out, f"lr{lr:g}")
