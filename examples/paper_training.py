@@ -12,7 +12,8 @@ Positional arguments: CONFIG (a model preset) and SAVE_DIR. SAVE_DIR gets
 ``config.json`` (every flag), ``history.csv`` (one row per epoch: losses,
 accuracies, learning rate, ``lambda_1..K``), the Lanczos outputs
 (``lanczos.npz``/``lanczos.csv``), ``model_last.keras``, TensorBoard logs, a
-``backup/`` that lets the same command resume an interrupted run, and
+``backup/`` that lets the same command resume an interrupted run (see
+``epoch_backup.py``), and
 ``final.json`` with the test metrics.
 """
 
@@ -132,16 +133,10 @@ def trim_history(path: str, finished_epochs: int) -> None:
     header, body = rows[0], rows[1:]
     kept = [row for row in body if row and int(row[0]) < finished_epochs]
     if len(kept) != len(body):
-        with open(path, "w", newline="") as f:
+        from tf_sharpest.utils.files import atomic_path
+
+        with atomic_path(path) as temporary, open(temporary, "w", newline="") as f:
             csv.writer(f).writerows([header] + kept)
-
-
-def finished_epochs(backup_dir: str) -> int:
-    path = os.path.join(backup_dir, "training_metadata.json")
-    if not os.path.exists(path):
-        return 0
-    with open(path) as f:
-        return int(json.load(f)["epoch"])
 
 
 def build_optimizer(kwargs: dict):
@@ -173,6 +168,7 @@ def run(argv, family: str) -> dict:
 
     import keras
 
+    from epoch_backup import EpochBackup, finished_epochs, restore_backup
     from tf_sharpest import data, models
     from tf_sharpest.callbacks import LanczosCallback
 
@@ -204,6 +200,7 @@ def run(argv, family: str) -> dict:
     backup_dir = os.path.join(save_dir, "backup")
     history_path = os.path.join(save_dir, "history.csv")
     trim_history(history_path, finished_epochs(backup_dir))
+    initial_epoch = restore_backup(model, backup_dir)
     callbacks = []
     if FLAGS.lanczos_top_K:
         # As the paper did: the (augmented, when on) training stream, without dropout or BN updates.
@@ -228,9 +225,9 @@ def run(argv, family: str) -> dict:
         keras.callbacks.TensorBoard(os.path.join(save_dir, "tensorboard")),
         keras.callbacks.ModelCheckpoint(os.path.join(save_dir, "model_last.keras")),
         # Last, so that an epoch's row is written before the epoch counts as done.
-        keras.callbacks.BackupAndRestore(backup_dir),
+        EpochBackup(backup_dir),
     ]
-    model.fit(train, epochs=FLAGS.n_epochs, steps_per_epoch=steps_per_epoch,
+    model.fit(train, epochs=FLAGS.n_epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
               validation_data=data.eval_dataset(splits.x_valid, splits.y_valid), callbacks=callbacks,
               verbose=FLAGS.verbose, shuffle=False)  # the dataset shuffles itself
     test_loss, test_accuracy = model.evaluate(data.eval_dataset(splits.x_test, splits.y_test), verbose=0)

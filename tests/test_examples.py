@@ -131,6 +131,43 @@ def test_killed_run_resumes_without_duplicate_or_lost_rows(tmp_path):
     assert list(saved["epoch"]) == list(range(7))  # one per epoch and one after training, none twice
 
 
+def test_backup_survives_a_kill_while_the_next_epoch_is_written(tmp_path):
+    sys.path.insert(0, EXAMPLES)
+    import keras
+    from epoch_backup import EpochBackup, finished_epochs, restore_backup
+
+    def compiled_model():
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
+        return model
+
+    x, y = np.ones((8, 3), np.float32), np.zeros((8, 2), np.float32)
+    model = compiled_model()
+    backup_dir = str(tmp_path / "backup")
+    model.fit(x, y, epochs=2, verbose=0)
+    backup = EpochBackup(backup_dir)
+    backup.set_model(model)
+    backup.on_epoch_end(1)
+    saved_weights = [w.copy() for w in model.get_weights()]
+    saved_momentum = [v.numpy().copy() for v in model.optimizer.variables]
+    # The next epoch: trained further, then killed while its weights file was half written.
+    model.fit(x, y, epochs=1, verbose=0)
+    with open(os.path.join(backup_dir, "epoch0003.weights.h5"), "wb") as f:
+        f.write(b"\x89HDF\r\n\x1a\n" + bytes(88))
+
+    resumed = compiled_model()
+    assert finished_epochs(backup_dir) == 2 and restore_backup(resumed, backup_dir) == 2
+    for restored, expected in zip(resumed.get_weights(), saved_weights):
+        np.testing.assert_array_equal(restored, expected)
+    for restored, expected in zip(resumed.optimizer.variables, saved_momentum):
+        np.testing.assert_array_equal(restored.numpy(), expected)
+    assert restore_backup(compiled_model(), str(tmp_path / "none")) == 0
+    backup.on_epoch_end(2)  # rewrites the broken file and drops the older one
+    assert sorted(os.listdir(backup_dir)) == ["epoch0003.weights.h5", "state.json"]
+    backup.on_train_end()
+    assert not os.path.exists(backup_dir)
+
+
 @needs_fmnist
 def test_tune_gamma_runs_two_trials(tmp_path):
     result = run_script("tune_gamma.py", f"--out={tmp_path}", "--max_trials=2", "--epochs=1", "--n_examples=256",
