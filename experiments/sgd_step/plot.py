@@ -70,14 +70,14 @@ def main(argv=None) -> str:
         ax.set_xlabel("$\\gamma'$ (step = $\\gamma' \\eta$ times the SGD step's part)")
         ax.set_title(f"after {record['epoch']} epoch(s); loss {record['loss']:.3f}", fontsize=9)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=6, loc="lower left")
+        ax.legend(fontsize=6, loc="upper left")  # small steps lower the loss: the upper left is empty
     axes[0, 0].set_ylabel("loss change (symlog)")
     fig.suptitle(f"Loss change after a partial SGD step, SGD $\\eta$ = {lr:g} (full gradient of the sample)")
     step_path = os.path.join(args.figures, "step_losses.png")
     common.save_figure(fig, step_path, f"{scale.describe()}; the step, its gradient and its loss all on the same "
                                        f"{scale.num_samples:,} training examples.")
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4))
     k = len(records[0]["alignment"])
     width = 0.8 / (k + 1)
     positions = np.arange(len(records))
@@ -93,7 +93,7 @@ def main(argv=None) -> str:
     ax.set_xticks(positions + 0.4, [f"epoch {r['epoch']}" for r in records])
     ax.set_ylabel("alignment with the gradient")
     ax.set_title("Gradient alignment with the top eigenvectors")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: the bars fill the axes
     ax.grid(alpha=0.3, axis="y", which="both")
     align_path = os.path.join(args.figures, "alignment.png")
     common.save_figure(fig, align_path, scale.describe())
