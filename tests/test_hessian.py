@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from references import classification_data, explicit_hessian, sparse_ce, tiny_cnn, tiny_mlp
 from tf_sharpest.hessian import HessianOperator, top_eigenpairs
+from tf_sharpest.utils.batches import even_batch_size
 
 
 def random_vector(dim, dtype="float64", seed=0):
@@ -75,6 +76,39 @@ def test_set_data_moves_the_operator_to_a_new_sample_without_retracing():
     np.testing.assert_allclose(operator.matvec(v).numpy(), hessian @ v, rtol=1e-6, atol=1e-6 * np.abs(hessian).max())
     np.testing.assert_allclose(operator.loss, float(sparse_ce()(y[13:], model(x[13:]))), rtol=1e-12)
     assert (operator.num_examples, operator.num_batches, operator.num_traces, operator.num_matvecs) == (17, 4, 1, 2)
+
+
+def test_equal_batches_trace_their_fixed_shape_and_give_the_same_products():
+    model = tiny_mlp()
+    x, y = classification_data((4,), n=24, seed=3)
+    hessian = explicit_hessian(model, x, y, sparse_ce())
+    v = random_vector(hessian.shape[0], seed=4)
+    fixed = HessianOperator(model, (x, y), loss=sparse_ce(), batch_size=8)  # 8, 8, 8
+    open_batch = HessianOperator(model, (x, y), loss=sparse_ce(), batch_size=7)  # 7, 7, 7, 3
+    assert [s.shape[0] for s in fixed.objective.trace_spec] == [8, 8]
+    assert [s.shape[0] for s in open_batch.objective.trace_spec] == [None, None]
+    for operator in (fixed, open_batch):
+        np.testing.assert_allclose(operator.matvec(v).numpy(), hessian @ v, rtol=1e-6,
+                                   atol=1e-6 * np.abs(hessian).max())
+        np.testing.assert_allclose(operator.objective.gradient().numpy(), open_batch.objective.gradient().numpy(),
+                                   rtol=1e-10)
+    fixed.matvec(v)
+    assert fixed.num_traces == 1
+    # New data in batches of another size: one new trace, still exact.
+    fixed.set_data((x[:20], y[:20]))  # 8, 8, 4
+    part = explicit_hessian(model, x[:20], y[:20], sparse_ce())
+    np.testing.assert_allclose(fixed.matvec(v).numpy(), part @ v, rtol=1e-6, atol=1e-6 * np.abs(part).max())
+    fixed.matvec(v)
+    assert fixed.num_traces == 2
+
+
+def test_even_batch_size():
+    assert even_batch_size(2250, 128) == 125  # the paper's sample: 18 batches of 125
+    assert even_batch_size(512, 256) == 256
+    assert even_batch_size(1000, 128) == 125
+    assert even_batch_size(64, 128) == 64  # one batch
+    assert even_batch_size(1009, 128) == 128  # a prime: no equal cut of at least 64
+    assert even_batch_size(17, 4) == 4
 
 
 def test_set_data_of_another_structure_is_refused_and_the_operator_kept():

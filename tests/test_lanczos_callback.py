@@ -45,6 +45,7 @@ def test_one_trace_for_all_measurements_of_a_run(data):
     model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[callback])
     assert len(callback.history) == 4 and all(np.isfinite(m.eigenvalues).all() for m in callback.history)
     assert callback._operator.num_traces == 1
+    assert callback._operator.objective.trace_spec[0].shape[0] == 5  # 20 examples in equal batches of 5
     assert copy.deepcopy(callback)._operator is None  # a used callback still deep-copies (keras-tuner)
     # The reused operator gives what a fresh one gives on the last sample.
     reference = top_eigenpairs(model, callback._operator.objective.dataset, k=2, tol=1e-3)

@@ -83,6 +83,24 @@ def _check_dataset(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset
 
 
+def even_batch_size(num_examples: int, batch_size: int) -> int:
+    """The largest batch size ``<= batch_size`` that cuts ``num_examples`` into equal batches.
+
+    Equal batches let the curvature operators trace their graphs for one known
+    batch shape, which runs faster (see ``EmpiricalLoss.trace_spec``). Sizes
+    below half of ``batch_size`` are not considered (more, smaller batches
+    would cost more than they save); ``batch_size`` is returned when none fits.
+    For example 2,250 examples at ``batch_size=128`` give 18 batches of 125.
+    """
+    num_examples, batch_size = int(num_examples), int(batch_size)
+    if num_examples <= batch_size:
+        return max(num_examples, 1)
+    for size in range(batch_size, (batch_size + 1) // 2 - 1, -1):
+        if num_examples % size == 0:
+            return size
+    return batch_size
+
+
 def count_examples(batch) -> tf.Tensor:
     """Number of examples in one ``(x, y[, w])`` batch, as a scalar tensor."""
     return tf.shape(tf.nest.flatten(batch[1])[0], out_type=tf.int64)[0]
