@@ -2,7 +2,8 @@
 
 Part 1: time of one HVP over a batch divided by one gradient over the same
 batch, for SimpleCNN with 32 and 100 filters (medians over interleaved repeats,
-in one run), and the same HVP graph traced with an open batch dimension. Part 2: matvecs that ``tf_sharpest.linalg.lanczos`` and scipy's
+in one run), and the same HVP graph traced with an open batch dimension.
+Part 2: matvecs that ``tf_sharpest.linalg.lanczos`` and scipy's
 ``eigsh`` (ARPACK) need for the top-5 eigenvalues to a given relative accuracy
 on the same Hessian operator.
 

@@ -29,22 +29,25 @@ from tf_sharpest.utils.files import atomic_path
 STATE_FILE = "state.json"
 
 
-def finished_epochs(backup_dir: str) -> int:
-    """The number of epochs the backup in ``backup_dir`` holds (0 when there is none)."""
+def _read_state(backup_dir: str) -> dict | None:
     path = os.path.join(backup_dir, STATE_FILE)
     if not os.path.exists(path):
-        return 0
+        return None
     with open(path) as f:
-        return int(json.load(f)["epoch"])
+        return json.load(f)
+
+
+def finished_epochs(backup_dir: str) -> int:
+    """The number of epochs the backup in ``backup_dir`` holds (0 when there is none)."""
+    state = _read_state(backup_dir)
+    return int(state["epoch"]) if state else 0
 
 
 def restore_backup(model: keras.Model, backup_dir: str) -> int:
     """Loads the backed-up weights and optimizer state into ``model``; returns the epoch to start from."""
-    path = os.path.join(backup_dir, STATE_FILE)
-    if not os.path.exists(path):
+    state = _read_state(backup_dir)
+    if state is None:
         return 0
-    with open(path) as f:
-        state = json.load(f)
     if model.optimizer is not None and not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)  # its variables must exist to be loaded
     model.load_weights(os.path.join(backup_dir, state["weights"]))
