@@ -1,10 +1,10 @@
 """The one interface every curvature operator offers and every algorithm takes.
 
 An operator is a symmetric linear map on flat vectors (see
-:mod:`tf_sharpest.utils.flat`). Algorithms (Lanczos today; trace and spectral
-density estimators later) only ever call ``matvec`` and read ``dim`` and
-``dtype``, so the Hessian, and the GGN or Fisher operators that will follow,
-plug into all of them alike.
+:mod:`tf_sharpest.utils.flat`). Algorithms (eigensolvers, trace, diagonal and
+spectral density estimators) only ever call ``matvec``/``matmat`` and read
+``dim`` and ``dtype``, so every curvature operator (Hessian, GGN, empirical
+Fisher, blocks, preconditioned) plugs into all of them alike.
 """
 
 from __future__ import annotations
@@ -58,9 +58,28 @@ class LinearOperator(abc.ABC):
 
     __call__ = matvec
 
-    def reset_counter(self) -> None:
-        """Sets ``num_matvecs`` back to zero."""
-        self.num_matvecs = 0
+    def matmat(self, vectors) -> tf.Tensor:
+        """Returns ``A @ V`` for a block ``V`` of shape ``[dim, k]``, as a ``[dim, k]`` tensor.
+
+        The base implementation applies ``matvec`` column by column (``k``
+        products, counted in ``num_matvecs``); operators with a cheaper block
+        product override ``_matmat``. Probe-based algorithms (trace, diagonal,
+        block eigensolvers) call this.
+        """
+        vectors = tf.convert_to_tensor(vectors, dtype=self._dtype)
+        if vectors.shape.rank != 2 or vectors.shape[0] != self._dim:
+            raise ValueError(
+                f"matmat takes a [dim={self._dim}, k] block of vectors; got shape {tuple(vectors.shape)}."
+            )
+        if vectors.shape[1] == 0:
+            return tf.zeros([self._dim, 0], self._dtype)
+        result = self._matmat(vectors)
+        self.num_matvecs += int(vectors.shape[1])
+        return result
+
+    def _matmat(self, vectors: tf.Tensor) -> tf.Tensor:
+        """``A @ V`` for a ``[dim, k]`` tensor; override where a block product is cheaper than ``k`` matvecs."""
+        return tf.stack([self._matvec(vectors[:, i]) for i in range(vectors.shape[1])], axis=1)
 
     def to_dense(self) -> np.ndarray:
         """Forms the operator as a dense ``[dim, dim]`` NumPy matrix (``dim`` matvecs: small operators only)."""
@@ -82,6 +101,9 @@ class MatrixOperator(LinearOperator):
 
     def _matvec(self, vector):
         return tf.linalg.matvec(self._matrix, vector)
+
+    def _matmat(self, vectors):
+        return tf.matmul(self._matrix, vectors)
 
 
 class FunctionOperator(LinearOperator):
