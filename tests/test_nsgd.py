@@ -431,3 +431,29 @@ def test_bad_input():
         NSGD().set_directions(bad)
     with pytest.warns(UserWarning, match="not orthonormal"):
         optimizer.set_directions(2 * good)
+
+
+def test_numpy_scalars_are_accepted_and_bools_strings_and_out_of_range_refused():
+    # Keras's own SGD takes NumPy momentum values (np.float64 is a float); NSGD takes every NumPy scalar.
+    optimizer = NSGD(momentum=np.float32(0.9), gamma=np.float32(0.25), top_k=np.int64(3), nesterov=np.bool_(True))
+    assert optimizer.momentum == pytest.approx(0.9) and type(optimizer.momentum) is float
+    assert optimizer.gamma == 0.25 and type(optimizer.gamma) is float
+    assert optimizer.top_k == 3 and type(optimizer.top_k) is int and optimizer.nesterov is True
+    assert NSGD(momentum=np.float64(0.5), gamma=np.int32(2)).get_config()["momentum"] == 0.5
+    assert NSGD(momentum=1, nesterov=0).nesterov is False  # Python ints as before
+    optimizer.gamma = np.float16(0.5)
+    assert optimizer.gamma == 0.5
+    for momentum in (True, np.bool_(False), "0.9", np.float32(1.5), -0.1, np.float64("nan"), None):
+        with pytest.raises(ValueError, match=r"momentum must be a float in \[0, 1\], got"):
+            NSGD(momentum=momentum)
+    for gamma in (True, np.bool_(True), "0.1", np.float32("inf"), None):
+        with pytest.raises(ValueError, match="gamma must be a finite number, got"):
+            NSGD(gamma=gamma)
+        with pytest.raises(ValueError, match="gamma must be a finite number, got"):
+            optimizer.gamma = gamma
+    for top_k in (True, np.bool_(True), np.float32(3.0), "3", np.int64(0)):
+        with pytest.raises(ValueError, match="top_k must be a positive integer, got"):
+            NSGD(top_k=top_k)
+    for nesterov in ("False", 2, None):
+        with pytest.raises(ValueError, match="nesterov must be True or False, got"):
+            NSGD(nesterov=nesterov)

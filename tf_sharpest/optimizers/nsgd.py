@@ -78,13 +78,14 @@ class NSGD(keras.optimizers.Optimizer):
     Args:
       learning_rate: a float, a ``keras.optimizers.schedules.LearningRateSchedule``
         or a callable; ``ReduceLROnPlateau`` changes it as for any Keras optimizer.
-      momentum: float in ``[0, 1]``.
-      nesterov: use Nesterov momentum.
-      gamma: the nudge ("overshoot" in the paper's command lines): the factor
-        on the step inside the top-K subspace. ``1`` is SGD, ``0`` freezes the
-        subspace. Change it during training with ``optimizer.gamma = value``.
-      top_k: number of directions used; ``set_directions`` takes the first
-        ``top_k`` columns of what it receives.
+      momentum: float in ``[0, 1]`` (a Python or NumPy number).
+      nesterov: use Nesterov momentum (``True``/``False``).
+      gamma: the nudge ("overshoot" in the paper's command lines), a finite
+        (Python or NumPy) number: the factor on the step inside the top-K
+        subspace. ``1`` is SGD, ``0`` freezes the subspace. Change it during
+        training with ``optimizer.gamma = value``.
+      top_k: number of directions used (a positive Python or NumPy integer);
+        ``set_directions`` takes the first ``top_k`` columns of what it receives.
       nudge: ``"velocity"`` or ``"gradient"``, see above.
       name: the optimizer's name.
       **kwargs: the common ``keras.optimizers.Optimizer`` arguments
@@ -97,11 +98,14 @@ class NSGD(keras.optimizers.Optimizer):
         if keras.backend.backend() != "tensorflow":
             raise ValueError(f"NSGD needs Keras's TensorFlow backend, not {keras.backend.backend()!r}.")
         super().__init__(learning_rate=learning_rate, name=name or "nsgd", **kwargs)
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1:
+        if not _is_real(momentum) or not 0 <= momentum <= 1:
             raise ValueError(f"momentum must be a float in [0, 1], got {momentum!r}.")
-        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        if not _is_integer(top_k) or top_k < 1:
             raise ValueError(f"top_k must be a positive integer, got {top_k!r}.")
-        if nudge not in NUDGE_CHOICES:
+        if not (isinstance(nesterov, (bool, np.bool_)) or (_is_integer(nesterov) and nesterov in (0, 1))):
+            # bool("False") is True: a string here would silently turn Nesterov on.
+            raise ValueError(f"nesterov must be True or False, got {nesterov!r}.")
+        if not isinstance(nudge, str) or nudge not in NUDGE_CHOICES:
             raise ValueError(f"Unknown nudge {nudge!r}; choose one of {NUDGE_CHOICES}.")
         self.momentum = float(momentum)
         self.nesterov = bool(nesterov)
@@ -308,9 +312,18 @@ class NSGD(keras.optimizers.Optimizer):
         return config
 
 
+def _is_integer(value) -> bool:
+    """A Python or NumPy integer, not a bool (``True`` is an ``int`` but means no count)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value) -> bool:
+    """A finite Python or NumPy real number (``np.float32(0.9)`` included), not a bool."""
+    return (_is_integer(value) or isinstance(value, (float, np.floating))) and math.isfinite(value)
+
+
 def _check_gamma(gamma) -> float:
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float, np.floating, np.integer)) \
-            or not math.isfinite(gamma):
+    if not _is_real(gamma):
         raise ValueError(f"gamma must be a finite number, got {gamma!r}.")
     return float(gamma)
 
