@@ -49,10 +49,21 @@ def test_callable_with_dim_float32_and_counts():
         calls.append(1)
         return tf.linalg.matvec(matrix, v)
 
-    result = lanczos(matvec, 80, 3, tol=1e-5)
+    result = lanczos(matvec, 3, dim=80, tol=1e-5)
     assert result.eigenvectors.dtype == np.float32
     np.testing.assert_allclose(result.eigenvalues, np.linalg.eigvalsh(matrix.astype(np.float64))[::-1][:3], rtol=1e-5)
     assert result.num_matvecs == len(calls)
+
+
+def test_second_positional_argument_is_k():
+    matrix = symmetric_matrix(np.linspace(1.0, 30.0, 30), seed=2)
+    positional = lanczos(matrix, 2, tol=1e-8)
+    keyword = lanczos(matrix, k=2, tol=1e-8)
+    assert positional.eigenvalues.shape == (2,)
+    np.testing.assert_array_equal(positional.eigenvectors, keyword.eigenvectors)
+    np.testing.assert_allclose(positional.eigenvalues, [30.0, 29.0], rtol=1e-8)
+    with pytest.raises(TypeError):
+        lanczos(matrix, 30, 2)  # the old lanczos(fn, dim, k) order: dim is keyword-only now
 
 
 def test_whole_space_is_exact():
@@ -128,8 +139,10 @@ def test_bad_arguments(kwargs, message):
 
 
 def test_callable_needs_dim_and_non_finite_operator_is_reported():
-    with pytest.raises(ValueError, match="dim"):
+    with pytest.raises(ValueError, match=r"lanczos\(fn, k, dim=n\)"):
         lanczos(lambda v: v, k=1)
+    with pytest.raises(ValueError, match="dim="):
+        lanczos(lambda v: v, 1)
     with pytest.raises(ValueError, match="non-finite"):
         lanczos(FunctionOperator(lambda v: v * np.nan, 5, tf.float64), k=1)
 

@@ -6,7 +6,8 @@ import numpy as np
 import tensorflow as tf
 
 from tf_sharpest.linalg.result import EigenResult
-from tf_sharpest.operators.base import as_operator
+from tf_sharpest.linalg.tridiagonal import lanczos_step, next_basis_vector
+from tf_sharpest.operators.base import LinearOperator, as_operator
 
 WHICH_CHOICES = ("largest", "smallest")
 # Share of the warm-start vector drawn at random, so directions that were not
@@ -14,7 +15,7 @@ WHICH_CHOICES = ("largest", "smallest")
 WARM_START_NOISE = 0.01
 
 
-def lanczos(matvec, dim: int | None = None, k: int = 5, *, which: str = "largest", tol: float = 1e-4,
+def lanczos(matvec, k: int = 5, *, dim: int | None = None, which: str = "largest", tol: float = 1e-4,
             max_iterations: int | None = None, max_basis_size: int | None = None, initial_vectors=None,
             seed: int | None = 0, dtype=None, verbose: int = 0) -> EigenResult:
     """Top-``k`` (or bottom-``k``) eigenpairs of a symmetric operator.
@@ -31,15 +32,17 @@ def lanczos(matvec, dim: int | None = None, k: int = 5, *, which: str = "largest
 
     ```python
     hessian = tf_sharpest.operators.HessianOperator(model, (x, y))
-    result = lanczos(hessian, k=5)          # or lanczos(fn, dim, k) for a plain callable
+    result = lanczos(hessian, 5)             # the same as lanczos(hessian, k=5)
     result.eigenvalues, result.eigenvectors  # [5], [dim, 5]
+    lanczos(fn, 3, dim=n)                    # a plain callable needs its vectors' length
     ```
 
     Args:
       matvec: a :class:`~tf_sharpest.operators.LinearOperator`, a callable
-        ``v -> A v`` on flat vectors (then ``dim`` is required), or a square matrix.
-      dim: length of the vectors; optional for operators and matrices.
+        ``v -> A v`` on flat vectors (then ``dim=`` is required), or a square matrix.
       k: number of eigenpairs, ``1 <= k <= dim``.
+      dim: length of the vectors (keyword only); required for a callable,
+        optional for operators and matrices.
       which: ``"largest"`` (algebraic, descending) or ``"smallest"`` (algebraic,
         ascending: the most negative curvature).
       tol: a pair has converged when ``||A v - lambda v|| <= tol * |lambda_max|``,
@@ -60,6 +63,8 @@ def lanczos(matvec, dim: int | None = None, k: int = 5, *, which: str = "largest
     Raises:
       ValueError: for bad arguments, or an operator that returns non-finite values.
     """
+    if dim is None and callable(matvec) and not isinstance(matvec, LinearOperator):
+        raise ValueError("A callable matvec needs the length of its vectors: call lanczos(fn, k, dim=n).")
     operator = as_operator(matvec, dim, dtype)
     n = operator.dim
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
@@ -83,29 +88,21 @@ def lanczos(matvec, dim: int | None = None, k: int = 5, *, which: str = "largest
     projected = np.zeros((basis_size, basis_size))
     vector = tf.constant(_start_vector(n, rng, initial_vectors), dtype)
     first_matvec = operator.num_matvecs
-    eps = float(np.finfo(dtype.as_numpy_dtype).eps)
     progbar = _progbar(max_iterations) if verbose else None
 
     size, restarts = 0, 0
     while True:
-        basis[size].assign(vector)
-        product = operator.matvec(vector)
-        if not bool(tf.reduce_all(tf.math.is_finite(product))):
-            raise ValueError(
-                f"The operator returned non-finite values at matvec {operator.num_matvecs - first_matvec}; "
-                "the loss or the weights have diverged."
-            )
-        current = basis[: size + 1]
-        residual, coefficients = _orthogonalize(current, product)
-        projected[: size + 1, size] = coefficients
-        projected[size, : size + 1] = coefficients
-        beta = float(tf.norm(residual))
+        step = lanczos_step(operator, basis, size, vector, first_matvec=first_matvec)
+        # The projected matrix takes the explicit projections, not just alpha and
+        # beta, so it stays exact after thick restarts (where it is not tridiagonal).
+        projected[: size + 1, size] = step.coefficients
+        projected[size, : size + 1] = step.coefficients
         size += 1
 
         ritz_values, ritz_vectors = np.linalg.eigh(projected[:size, :size])
         wanted = _order(ritz_values, which)
         scale = max(float(np.max(np.abs(ritz_values))), np.finfo(float).tiny)
-        residual_norms = beta * np.abs(ritz_vectors[size - 1, wanted[:k]])
+        residual_norms = step.beta * np.abs(ritz_vectors[size - 1, wanted[:k]])
         converged = size >= k and bool(np.all(residual_norms <= tol * scale))
         spent = operator.num_matvecs - first_matvec
         if progbar is not None:
@@ -113,12 +110,7 @@ def lanczos(matvec, dim: int | None = None, k: int = 5, *, which: str = "largest
         if converged or size == n or spent >= max_iterations:
             break
 
-        # A residual that is only rounding noise means the basis already spans an
-        # invariant subspace; continue from a fresh random direction.
-        if beta <= 100 * eps * float(tf.norm(product)):
-            residual, _ = _orthogonalize(basis[:size], tf.constant(rng.standard_normal(n), dtype))
-            beta = 0.0
-        vector = residual / tf.norm(residual)
+        vector, beta = next_basis_vector(step, basis[:size], rng)
 
         if size == basis_size:  # thick restart: keep the best Ritz vectors and their coupling
             keep = max(k, min(basis_size - 2, k + (basis_size - k) // 2))
@@ -147,15 +139,6 @@ def lanczos(matvec, dim: int | None = None, k: int = 5, *, which: str = "largest
         converged=converged or size == n,
         num_restarts=restarts,
     )
-
-
-def _orthogonalize(basis: tf.Tensor, vector: tf.Tensor):
-    """Removes ``basis`` components from ``vector`` by two Gram-Schmidt passes ("twice is enough")."""
-    first = tf.linalg.matvec(basis, vector)
-    vector = vector - tf.linalg.matvec(basis, first, transpose_a=True)
-    second = tf.linalg.matvec(basis, vector)
-    vector = vector - tf.linalg.matvec(basis, second, transpose_a=True)
-    return vector, (first + second).numpy().astype(np.float64)
 
 
 def _order(values: np.ndarray, which: str) -> np.ndarray:
