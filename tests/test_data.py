@@ -267,7 +267,7 @@ def test_not_found_error_fashion_mnist(tmp_path, no_system_fmnist):
 
 # --------------------------------------------------------------------------- TFDS
 
-def test_tfds_source_with_mock_data(tmp_path):
+def test_tfds_source_with_mock_data(tmp_path, no_system_fmnist):
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=20):
         d = data.load("cifar10", source="tfds", data_dir=tmp_path, download=False)
@@ -276,9 +276,45 @@ def test_tfds_source_with_mock_data(tmp_path):
         assert d.x_test.shape == (20, 32, 32, 3)
         assert d.x_train.dtype == np.float32 and d.y_test.dtype == np.int64
         assert set(np.unique(d.y_train)) <= set(range(10))
-        f = data.load("fashion_mnist", data_dir=tmp_path, download=False)  # auto: TFDS first
+        f = data.load("fashion_mnist", data_dir=tmp_path, download=False)  # auto: no local files, then TFDS
         assert f.source.startswith("tfds:fashion_mnist")
         assert f.x_train.shape == (17, 28, 28, 1) and f.x_valid.shape == (3, 28, 28, 1)
+
+
+def test_auto_reads_local_files_without_asking_tfds(tmp_path, monkeypatch, no_system_fmnist):
+    from tf_sharpest.data import tfds_source
+
+    asked = []
+
+    def load_tfds(name, **kwargs):
+        asked.append((name, kwargs))
+        raise AssertionError("TFDS asked although local files exist")
+
+    monkeypatch.setattr(tfds_source, "load_tfds", load_tfds)
+    monkeypatch.setattr(idx, "FASHION_MNIST_COUNTS", (60, 10))
+    write_fmnist(tmp_path, 60, 10)
+    d = data.load("fashion_mnist", data_dir=tmp_path)  # auto, download allowed
+    assert d.source == f"files:{tmp_path}" and asked == []
+    assert (len(d.x_train), len(d.x_valid), len(d.x_test)) == (50, 10, 10)
+
+
+def test_auto_asks_tfds_quietly_when_there_are_no_local_files(tmp_path, caplog, no_system_fmnist):
+    pytest.importorskip("tensorflow_datasets")
+    import logging
+
+    from absl import logging as absl_logging
+
+    verbosity = absl_logging.get_verbosity()
+    with caplog.at_level(logging.INFO, logger="absl"):
+        with pytest.raises(DataNotFoundError) as info:
+            data.load("fashion_mnist", data_dir=tmp_path / "tfds", download=False)
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "dataset_info.json" not in logged and "Constructing tf.data.Dataset" not in logged
+    assert absl_logging.get_verbosity() == verbosity  # restored
+    message = str(info.value)
+    # Local files are named first, then the TFDS copy, then the skipped download.
+    assert message.index(str(tmp_path / "tfds" / "fashion-mnist")) < message.index(
+        "prepared tensorflow_datasets copy 'fashion_mnist'") < message.index("skipped (download=False)")
 
 
 # --------------------------------------------------------------------------- splits, preprocessing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -86,6 +87,28 @@ def _read_files(name, place):
     return idx.read_fashion_mnist(place)
 
 
+@contextlib.contextmanager
+def _quiet_absl():
+    """Mutes absl's log below ERROR, which TFDS logs through, while ``auto`` asks for a prepared copy.
+
+    Looking for a copy that is absent makes TFDS warn ("Variant folder ... has
+    no dataset_info.json") and log "Constructing tf.data.Dataset ..."; the
+    outcome is reported by ``load`` (its source, or every place tried).
+    A download is never muted: its progress is the user's to see.
+    """
+    try:
+        from absl import logging as absl_logging
+    except ImportError:  # absl comes with TensorFlow; without it there is nothing to mute
+        yield
+        return
+    previous = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(previous)
+
+
 def _raw(name: str, data_dir, source: str, download: bool):
     """``(x_train, y_train, x_test, y_test, description)`` from the chosen source(s)."""
     title = DATASETS[name]["title"]
@@ -103,17 +126,20 @@ def _raw(name: str, data_dir, source: str, download: bool):
             return (*_read_files(name, place), f"files:{place}")
         tried += lines
     else:  # auto
-        try:
-            return (*tfds_source.load_tfds(name, data_dir=data_dir, download=False),
-                    f"tfds:{tfds_source.TFDS_NAMES[name]} ({_tfds_where(data_dir)})")
-        except Exception as e:
-            tried.append(f"prepared tensorflow_datasets copy {tfds_source.TFDS_NAMES[name]!r} in "
-                         f"{_tfds_where(data_dir)}: {_reason(e)}")
+        # Local files first: reading them needs neither tensorflow_datasets nor the network, and asking TFDS
+        # first made every load print TFDS' warnings about a copy that is not there.
         place, lines = _find_files(name, data_dir)
         if place is not None:
             # A found but corrupt local copy raises here: never fall back silently.
             return (*_read_files(name, place), f"files:{place}")
         tried += lines
+        try:
+            with _quiet_absl():
+                return (*tfds_source.load_tfds(name, data_dir=data_dir, download=False),
+                        f"tfds:{tfds_source.TFDS_NAMES[name]} ({_tfds_where(data_dir)})")
+        except Exception as e:  # TFDS raises many types for an absent dataset
+            tried.append(f"prepared tensorflow_datasets copy {tfds_source.TFDS_NAMES[name]!r} in "
+                         f"{_tfds_where(data_dir)}: {_reason(e)}")
         if download:
             try:
                 return (*tfds_source.load_tfds(name, data_dir=data_dir, download=True),
@@ -156,16 +182,20 @@ def load(name: str, *, data_dir=None, data_seed: int = 777, source: str = "auto"
 
     Sources (``source``):
 
-    * ``"auto"`` (default) tries, in order: a prepared ``tensorflow_datasets``
-      copy in ``data_dir`` (TFDS' default directory when ``None``); local raw
-      files (Fashion-MNIST IDX files in ``data_dir``, ``data_dir/fashion_mnist``,
+    * ``"auto"`` (default) tries, in order: local raw files (Fashion-MNIST
+      IDX files in ``data_dir``, ``data_dir/fashion_mnist``,
       ``data_dir/fashion-mnist``, Keras' cache ``~/.keras/datasets/fashion-mnist``
       and ``/usr/share/datasets/fashion-mnist`` from Debian's
       ``dataset-fashion-mnist``; CIFAR-10 ``cifar-10-batches-py`` folder,
       batches or ``cifar-10-python.tar.gz`` in ``data_dir`` or
-      ``~/.keras/datasets``); then, if ``download``, ``tfds.load`` with
+      ``~/.keras/datasets``); a prepared ``tensorflow_datasets`` copy in
+      ``data_dir`` (TFDS' default directory when ``None``), looked for with
+      TFDS' log muted below errors; then, if ``download``, ``tfds.load`` with
       download into ``data_dir`` (needs internet). Local files that are found
       but corrupt raise :class:`CorruptDataError` rather than being skipped.
+      The returned ``source`` says which one was used. TFDS stores the
+      examples in its own order, so the seeded split of a TFDS copy need not
+      match that of the raw files: pass ``source`` to pin one.
     * ``"tfds"``: only ``tfds.load(..., data_dir=data_dir, download=download)``.
     * ``"files"`` (alias ``"idx"`` for Fashion-MNIST, ``"cifar_python"`` for
       CIFAR-10): only the local raw files above.
