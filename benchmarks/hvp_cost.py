@@ -48,7 +48,7 @@ def hvp_ratio(preset, batch_size, repeats, seed=0):
     # when the last batch is smaller): its per-batch graph with the batch dimension left open.
     flat = tf.TensorSpec([operator.dim], tf.float32)
     open_batch_graph = tf.function(operator._accumulate_batch,
-                                   input_signature=[operator.objective.batch_spec, flat, flat, tf.TensorSpec([])])
+                                   input_signature=[operator.sample.batch_spec, flat, flat, tf.TensorSpec([])])
     batch = next(iter(operator.objective.batches()))
     zeros, one = tf.zeros([operator.dim]), tf.constant(1.0)
     calls = {"gradient": lambda: gradient(x, y), "hvp": lambda: operator.matvec(v),

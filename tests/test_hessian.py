@@ -94,7 +94,7 @@ def test_equal_batches_trace_their_fixed_shape_and_give_the_same_products():
                                    rtol=1e-10)
     fixed.matvec(v)
     assert fixed.num_traces == 1
-    assert fixed._accumulate_fn.input_signature[0][0].shape[0] == 8  # the graph run is the fixed-shape one
+    assert fixed.traced_spec[0].shape[0] == 8  # the graph run is the fixed-shape one
     # New data in batches of another size: one new trace, still exact.
     fixed.set_data((x[:20], y[:20]))  # 8, 8, 4
     part = explicit_hessian(model, x[:20], y[:20], sparse_ce())

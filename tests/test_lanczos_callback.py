@@ -48,7 +48,7 @@ def test_one_trace_for_all_measurements_of_a_run(data):
     assert callback._operator.objective.trace_spec[0].shape[0] == 5  # 20 examples in equal batches of 5
     assert copy.deepcopy(callback)._operator is None  # a used callback still deep-copies (keras-tuner)
     # The reused operator gives what a fresh one gives on the last sample.
-    reference = top_eigenpairs(model, callback._operator.objective.dataset, k=2, tol=1e-3)
+    reference = top_eigenpairs(model, callback._operator.sample, k=2, tol=1e-3)
     np.testing.assert_allclose(callback.history[-1].eigenvalues, reference.eigenvalues, rtol=1e-3)
 
 
