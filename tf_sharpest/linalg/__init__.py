@@ -1,6 +1,9 @@
-"""Eigen-algorithms that act on any :class:`tf_sharpest.operators.LinearOperator`."""
+"""Algorithms on any :class:`tf_sharpest.operators.LinearOperator`: eigenpairs, trace, diagonal, spectral density."""
 
+from tf_sharpest.linalg.density import MomentEstimate, SpectralDensity, spectral_density
 from tf_sharpest.linalg.lanczos import lanczos
 from tf_sharpest.linalg.result import EigenResult
+from tf_sharpest.linalg.trace import DiagonalResult, TraceResult, diagonal, trace
 
-__all__ = ["lanczos", "EigenResult"]
+__all__ = ["lanczos", "EigenResult", "trace", "diagonal", "TraceResult", "DiagonalResult",
+           "spectral_density", "SpectralDensity", "MomentEstimate"]
