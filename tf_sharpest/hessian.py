@@ -10,16 +10,18 @@ import keras
 
 from tf_sharpest.linalg.lanczos import lanczos
 from tf_sharpest.linalg.result import EigenResult
+from tf_sharpest.operators.factory import curvature_operator
 from tf_sharpest.operators.hessian import HessianOperator
+from tf_sharpest.utils.checks import positive_float, positive_int
 
 __all__ = ["HessianOperator", "top_eigenpairs", "EigenResult"]
 
 
-def top_eigenpairs(model: keras.Model, data, k: int = 5, *, loss=None, batch_size: int | None = None,
-                   training: bool = False, which: str = "largest", tol: float = 1e-4,
-                   max_iterations: int | None = None, seed: int | None = 0, initial_vectors=None,
-                   verbose: int = 0) -> EigenResult:
-    """The ``k`` extreme eigenpairs of the Hessian of ``model``'s mean loss over ``data``.
+def top_eigenpairs(model: keras.Model, data, k: int = 5, *, curvature: str = "hessian", variables=None,
+                   loss=None, batch_size: int | None = None, training: bool = False, which: str = "largest",
+                   tol: float = 1e-4, max_iterations: int | None = None, seed: int | None = 0,
+                   initial_vectors=None, verbose: int = 0) -> EigenResult:
+    """The ``k`` extreme eigenpairs of the Hessian (or another curvature) of ``model``'s mean loss over ``data``.
 
     Example:
 
@@ -27,13 +29,26 @@ def top_eigenpairs(model: keras.Model, data, k: int = 5, *, loss=None, batch_siz
     result = tf_sharpest.hessian.top_eigenpairs(model, (x[:2250], y[:2250]), k=5)
     print(result.eigenvalues)        # descending, NumPy float64
     result.eigenvectors.shape        # (num_trainable_parameters, 5)
+    # The Gauss-Newton matrix of the last layer only:
+    top_eigenpairs(model, (x[:2250], y[:2250]), k=5, curvature="ggn", variables=model.layers[-1])
     ```
+
+    Args:
+      curvature: ``"hessian"`` (default), ``"ggn"`` (generalized
+        Gauss-Newton) or ``"empirical_fisher"``; see
+        :mod:`tf_sharpest.operators`.
+      variables: ``None`` for all trainable variables, or a block of them (a
+        variable, a layer, or a list of variables and layers).
 
     ``model``, ``data``, ``loss``, ``batch_size`` and ``training`` are as in
     :class:`HessianOperator`; ``which``, ``tol``, ``max_iterations``, ``seed``,
     ``initial_vectors`` and ``verbose`` as in :func:`tf_sharpest.linalg.lanczos`.
-    Eigenvectors use the flat layout of ``model.trainable_variables``.
+    Eigenvectors use the flat layout of the chosen variables
+    (``model.trainable_variables`` by default).
     """
-    operator = HessianOperator(model, data, loss=loss, batch_size=batch_size, training=training)
+    positive_float("tol", tol)
+    positive_int("max_iterations", max_iterations, allow_none=True)
+    operator = curvature_operator(curvature, model, data, loss=loss, batch_size=batch_size, training=training,
+                                  variables=variables)
     return lanczos(operator, k=k, which=which, tol=tol, max_iterations=max_iterations, seed=seed,
                    initial_vectors=initial_vectors, verbose=verbose)

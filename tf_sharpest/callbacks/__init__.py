@@ -1,5 +1,7 @@
 """Keras callbacks that measure and act on the sharpest directions during training."""
 
-from tf_sharpest.callbacks.lanczos_callback import LanczosCallback, Measurement
+from tf_sharpest.callbacks.lanczos_callback import LanczosCallback
+from tf_sharpest.callbacks.measurement_log import Measurement, MeasurementLog
+from tf_sharpest.callbacks.sampling import SampleSource
 
-__all__ = ["LanczosCallback", "Measurement"]
+__all__ = ["LanczosCallback", "Measurement", "MeasurementLog", "SampleSource"]

@@ -1,10 +1,8 @@
-"""LanczosCallback: the top Hessian eigenvalues along training, logged like any metric."""
+"""LanczosCallback: the top curvature eigenvalues along training, logged like any metric."""
 
 from __future__ import annotations
 
 import copy
-import csv
-import dataclasses
 import os
 import time
 import warnings
@@ -13,46 +11,54 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_sharpest.callbacks.measurement_log import Measurement, MeasurementLog
+from tf_sharpest.callbacks.sampling import SampleSource
 from tf_sharpest.linalg.lanczos import lanczos
-from tf_sharpest.operators.hessian import HessianOperator
-from tf_sharpest.utils.batches import even_batch_size, materialize
+from tf_sharpest.operators.factory import check_curvature, curvature_operator
+from tf_sharpest.operators.preconditioned import (PreconditionedOperator, optimizer_preconditioner,
+                                                   optimizer_preconditioner_supports)
+from tf_sharpest.utils.batches import even_batch_size, num_examples_of
+from tf_sharpest.utils.checks import positive_float, positive_int
 from tf_sharpest.utils.files import atomic_path
 
-
-@dataclasses.dataclass
-class Measurement:
-    """One measurement of the top eigenvalues (NaN where it failed)."""
-
-    epoch: int
-    step: int
-    eigenvalues: np.ndarray
-    matvecs: int
-    seconds: float
-    loss: float
-    error: str = ""
+# Errors a measurement may raise that must not stop training: bad data or
+# diverged weights (ValueError), numerical failures, and TensorFlow op errors.
+MEASUREMENT_ERRORS = (ValueError, ArithmeticError, tf.errors.OpError, np.linalg.LinAlgError)
+VERBOSE_CHOICES = ("auto", 0, 1, 2)
 
 
 class LanczosCallback(keras.callbacks.Callback):
-    """Measures the top-K Hessian eigenvalues of the training loss as ``model.fit`` runs.
+    """Measures the top-K eigenvalues of the loss's curvature as ``model.fit`` runs.
 
     At the start of every epoch (or every ``frequency`` training batches), the
-    callback draws ``num_samples`` examples from ``data``, forms the Hessian of
-    the loss at the current weights on them (BatchNorm in inference mode and
-    dropout off unless ``training=True``) and finds its top ``top_k``
-    eigenpairs by Lanczos. The eigenvalues go into that epoch's ``logs`` as
-    ``lambda_1`` ... ``lambda_K`` with ``lanczos_matvecs`` and
-    ``lanczos_seconds`` (all prefixed with ``log_prefix``), so ``History``,
+    callback draws ``num_samples`` examples from ``data``, forms the curvature
+    (the Hessian by default) of the loss at the current weights on them
+    (BatchNorm in inference mode and dropout off unless ``training=True``) and
+    finds its top ``top_k`` eigenpairs by Lanczos. The eigenvalues go into that
+    epoch's ``logs`` as ``lambda_1`` ... ``lambda_K`` with ``lanczos_matvecs``
+    and ``lanczos_seconds`` (all prefixed with ``log_prefix``), so ``History``,
     ``CSVLogger``, ``TensorBoard`` and keras-tuner see them like any metric.
     Place this callback before ``CSVLogger``/``TensorBoard`` in the list:
     Keras hands each callback the epoch's logs in list order.
 
-    If the model's optimizer is :class:`tf_sharpest.optimizers.NSGD`, it is
-    handed the eigenvectors after each measurement, and its projections of the
+    If the model's optimizer has ``set_directions`` (e.g.
+    :class:`tf_sharpest.optimizers.NSGD`), it is handed the eigenvectors after
+    each measurement of the whole parameter vector; NSGD's projections of the
     gradient on them are logged as ``nsgd_alpha_i`` and ``nsgd_alpha_ratio_i``.
 
-    A measurement that fails (non-finite loss or eigenvalues, or any error in
-    the eigensolver) never stops training: it logs NaN, warns once with the
-    reason, and NSGD keeps its previous directions.
+    A measurement never changes the model, and never stops training: one that
+    fails (non-finite loss or eigenvalues, any error in the eigensolver or in
+    handing the directions over) logs NaN, warns once with the reason, and the
+    optimizer keeps its previous directions. A new model, or a new set of
+    trainable variables (layers frozen or unfrozen), starts Lanczos cold.
+
+    BatchNorm: in inference mode (``training=False``) the network measured uses
+    the moving statistics. Early in training they have not yet caught up with
+    the network being trained, and the curvature of the inference-mode network
+    can be orders of magnitude off (a ResNet-32 measured λ1 ≈ 10^6 at step 0).
+    The callback warns once when a BatchNorm layer's moving statistics have
+    seen fewer than about ``1 / (1 - momentum)`` updates; ``training=True``
+    measures with batch statistics instead, leaving the moving statistics untouched.
 
     Example:
 
@@ -67,50 +73,69 @@ class LanczosCallback(keras.callbacks.Callback):
     ```
 
     Args:
-      data: ``(x, y)`` arrays, or a batched ``tf.data.Dataset`` of ``(x, y)``
-        (e.g. the augmented training stream; it may repeat forever).
-      top_k: number of eigenvalues measured.
+      data: ``(x, y)`` arrays (``x`` may be a dict for multi-input models), or
+        a batched ``tf.data.Dataset`` of ``(x, y)`` (e.g. the augmented
+        training stream; it may repeat forever).
+      top_k: number of eigenvalues measured (beyond the number of parameters,
+        the extra ones are logged as NaN).
       num_samples: examples per measurement (the paper: 2,250).
-      batch_size: largest batch size of the Hessian-vector products (the
-        sample is cut into equal batches where a size of at least half of
-        this allows, e.g. 2,250 examples into 18 batches of 125).
+      batch_size: largest batch size of the curvature products (the sample is
+        cut into equal batches where a size of at least half of this allows,
+        e.g. 2,250 examples into 18 batches of 125).
       frequency: ``"epoch"`` to measure at the start of each epoch, or an int
         to measure every that many training batches.
-      resample: draw a fresh sample for every measurement (seeded); ``False``
-        keeps the first draw.
-      training: call the model in training mode while measuring.
+      resample: draw a fresh sample for every measurement (seeded; a dataset
+        is drawn through a seeded shuffle buffer); ``False`` keeps the first draw.
+      training: measure with the model in training mode (BatchNorm batch
+        statistics, one fixed dropout mask); the model is left unchanged.
       warm_start: start Lanczos from the previous eigenvectors.
       save_dir: folder for ``lanczos.npz``/``lanczos.csv`` (every measurement)
         and eigenvector files; ``None`` saves nothing.
       save_eigenvectors_every: save the eigenvectors every this many epochs
         (0: never) as ``eigenvectors_epoch{E:04d}.npz``.
       seed: seed of the sampling and of Lanczos's start vectors.
-      verbose: 1 shows a progress bar per measurement and a line with its result.
+      verbose: ``"auto"`` (default) follows ``fit``'s verbosity: a progress
+        bar per measurement with ``verbose=1`` (one line instead when measuring
+        every few batches, not to break the epoch's bar), one line per
+        measurement with ``verbose=2``, nothing with ``verbose=0``. Or 0, 1, 2.
       log_prefix: prefix of every logged key.
       tol: Lanczos residual tolerance, relative to the largest eigenvalue.
       max_iterations: most matvecs per measurement.
       loss: loss to differentiate; ``None`` uses the model's compiled loss.
+      curvature: ``"hessian"`` (default), ``"ggn"`` or ``"empirical_fisher"``.
+      variables: ``None`` for all trainable variables, or a block: a layer, a
+        variable, or a list of them (eigenvectors are then in the block's layout).
+      preconditioned: measure ``D^-1/2 A D^-1/2`` with ``D`` read from the
+        model's adaptive optimizer (Adam, RMSprop, ...) at each measurement:
+        the preconditioned sharpness that sets Adam's stability.
+      blocks: ``{"name": layer_or_variables, ...}``: also measure each block's
+        own top-K eigenvalues, logged as ``<name>_lambda_i``.
     """
 
     def __init__(self, data, top_k: int = 5, num_samples: int = 2250, batch_size: int = 128,
                  frequency="epoch", resample: bool = True, training: bool = False, warm_start: bool = True,
                  save_dir: str | None = None, save_eigenvectors_every: int = 0, seed: int | None = None,
-                 verbose: int = 0, log_prefix: str = "", tol: float = 1e-3, max_iterations: int | None = None,
-                 loss=None):
+                 verbose="auto", log_prefix: str = "", tol: float = 1e-3, max_iterations: int | None = None,
+                 loss=None, curvature: str = "hessian", variables=None, preconditioned: bool = False,
+                 blocks: dict | None = None):
         super().__init__()
-        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-            raise ValueError(f"top_k must be a positive integer, got {top_k!r}.")
-        if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
+        self.top_k = positive_int("top_k", top_k)
+        self.num_samples = positive_int("num_samples", num_samples)
+        self.batch_size = positive_int("batch_size", batch_size)
         if frequency != "epoch" and (isinstance(frequency, bool) or not isinstance(frequency, (int, np.integer))
                                      or frequency < 1):
             raise ValueError(f"frequency must be 'epoch' or a positive number of batches, got {frequency!r}.")
         if not isinstance(data, tf.data.Dataset) and not (isinstance(data, (tuple, list)) and len(data) in (2, 3)):
             raise ValueError("data must be (x, y) arrays or a batched tf.data.Dataset of (x, y).")
+        if verbose not in VERBOSE_CHOICES or isinstance(verbose, bool):
+            raise ValueError(f"verbose must be one of {VERBOSE_CHOICES}, got {verbose!r}.")
+        if isinstance(save_eigenvectors_every, bool) or not isinstance(save_eigenvectors_every, (int, np.integer)) \
+                or save_eigenvectors_every < 0:
+            raise ValueError(f"save_eigenvectors_every must be an integer >= 0, got {save_eigenvectors_every!r}.")
+        if blocks is not None and (not isinstance(blocks, dict) or not all(isinstance(k, str) and k
+                                                                           for k in blocks)):
+            raise ValueError("blocks must be a dict {name: layer or variables}, with non-empty string names.")
         self.data = data
-        self.top_k = int(top_k)
-        self.num_samples = int(num_samples)
-        self.batch_size = int(batch_size)
         self.frequency = frequency
         self.resample = bool(resample)
         self.training = bool(training)
@@ -118,25 +143,30 @@ class LanczosCallback(keras.callbacks.Callback):
         self.save_dir = save_dir
         self.save_eigenvectors_every = int(save_eigenvectors_every)
         self.seed = seed
-        self.verbose = int(verbose)
+        self.verbose = verbose
         self.log_prefix = log_prefix
-        self.tol = tol
-        self.max_iterations = max_iterations
+        self.tol = positive_float("tol", tol)
+        self.max_iterations = positive_int("max_iterations", max_iterations, allow_none=True)
         self.loss = loss
+        self.curvature = check_curvature(curvature)
+        self.variables = variables
+        self.preconditioned = bool(preconditioned)
+        self.blocks = dict(blocks or {})
         #: Every measurement, in order: one per epoch or per ``frequency`` batches, and one after training.
         self.history: list[Measurement] = []
         self.eigenvectors: np.ndarray | None = None
+        self._source = SampleSource(data, self.num_samples, resample=self.resample, seed=seed)
+        self._targets = {}  # target name ("" for the main one) -> _Target
         self._reset_run_state()
 
     def _reset_run_state(self):
+        self._source.reset()
         self._rng = np.random.default_rng(self.seed)
-        self._fixed_sample = None
         self._epoch = 0
         self._global_step = 0
         self._pending_logs: dict = {}
-        self._warned = False
+        self._warned = set()
         self._first_measurement_of_run = True
-        self._operator = None  # reused across measurements so its graphs are traced once per run
 
     # keras-tuner deep-copies callbacks for every trial; a tf.data.Dataset (and
     # large arrays) are shared instead of copied: the callback only reads them.
@@ -144,12 +174,19 @@ class LanczosCallback(keras.callbacks.Callback):
         clone = self.__class__.__new__(self.__class__)
         memo[id(self)] = clone
         for name, value in self.__dict__.items():
-            if name == "_operator":
-                clone._operator = None  # traced graphs of the original's model: the clone builds its own
+            if name == "_targets":
+                clone._targets = {}  # traced graphs of the original's model: the clone builds its own
                 continue
-            shared = name in ("data", "_model") or isinstance(value, (tf.data.Dataset, keras.Model))
+            shared = name in ("data", "_model", "variables", "blocks") or isinstance(value, (tf.data.Dataset,
+                                                                                              keras.Model))
             clone.__dict__[name] = value if shared else copy.deepcopy(value, memo)
         return clone
+
+    @property
+    def operator(self):
+        """The curvature operator of the latest measurement (None before the first); reused across measurements."""
+        target = self._targets.get("")
+        return None if target is None else target.operator
 
     def key(self, name: str) -> str:
         """The logged key for ``name`` (with ``log_prefix``)."""
@@ -159,8 +196,12 @@ class LanczosCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._reset_run_state()
         self._check_optimizer()
-        if self.save_dir and os.path.exists(self._history_path):
-            self.history = _load_history(self._history_path)  # a resumed run continues the saved history
+        # The global step survives a resumed run (BackupAndRestore restores the optimizer).
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None and getattr(optimizer, "built", False):
+            self._global_step = int(optimizer.iterations.numpy())
+        if self.save_dir and self._log.exists():
+            self.history = self._log.read()  # a resumed run continues the saved history
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = int(epoch)
@@ -188,14 +229,6 @@ class LanczosCallback(keras.callbacks.Callback):
         self._measure(final=True)
 
     # -- measurement ---------------------------------------------------------------------
-    def _sample(self):
-        if self._fixed_sample is not None:
-            return self._fixed_sample
-        sample = materialize(self.data, self.num_samples, seed=int(self._rng.integers(2**31)))
-        if not self.resample:
-            self._fixed_sample = sample
-        return sample
-
     def _measure(self, final: bool = False):
         if self._first_measurement_of_run:
             # A run measures again from its first epoch on (a fresh fit() from 0, a run
@@ -204,90 +237,164 @@ class LanczosCallback(keras.callbacks.Callback):
             self._first_measurement_of_run = False
         epoch = self._epoch + 1 if final else self._epoch  # the final one follows the last epoch
         start = time.perf_counter()
-        operator, first_matvec = None, 0
+        progress = self._progress_mode()
         try:
-            operator = self._operator_on(self._sample())
-            first_matvec = operator.num_matvecs
-            result = lanczos(operator, k=min(self.top_k, operator.dim), tol=self.tol,
-                             max_iterations=self.max_iterations, seed=int(self._rng.integers(2**31)),
-                             initial_vectors=self.eigenvectors if self.warm_start else None,
-                             verbose=self.verbose)
-            if not np.all(np.isfinite(result.eigenvalues)):
-                raise ValueError(f"Lanczos returned non-finite eigenvalues {result.eigenvalues}.")
-        except (ValueError, ArithmeticError, tf.errors.OpError) as error:
-            measurement = Measurement(epoch, self._global_step, np.full(self.top_k, np.nan),
-                                      operator.num_matvecs - first_matvec if operator else 0,
-                                      time.perf_counter() - start,
-                                      float("nan"), error=str(error).splitlines()[0])
-            self._warn(measurement)
+            sample = self._source.draw()
+            self._warn_about_batchnorm()
+            main = self._solve("", self.variables, sample, progress)
+        except MEASUREMENT_ERRORS as error:
+            measurement = Measurement(epoch, self._global_step, np.full(self.top_k, np.nan), 0,
+                                      time.perf_counter() - start, float("nan"), error=describe_error(error))
+            self._warn_failure(measurement)
         else:
-            self.eigenvectors = result.eigenvectors
-            self._hand_to_optimizer(result.eigenvectors)
-            measurement = Measurement(epoch, self._global_step, result.eigenvalues, result.num_matvecs,
-                                      time.perf_counter() - start, operator.loss)
-            if self.verbose:
-                print(f"Lanczos at epoch {epoch}, step {self._global_step}: top-{self.top_k} eigenvalues "
-                      f"{np.array2string(result.eigenvalues, precision=4)} ({result.num_matvecs} matvecs, "
-                      f"{measurement.seconds:.1f}s)")
+            eigenvalues, matvecs, loss, vectors = main
+            self.eigenvectors = vectors
+            if self.variables is None and not self.preconditioned:
+                self._hand_to_optimizer(vectors)
+            values = {}
+            for name, block in self.blocks.items():
+                try:
+                    block_values, block_matvecs, _, _ = self._solve(name, block, sample, 0)
+                except MEASUREMENT_ERRORS as error:
+                    block_values, block_matvecs = np.full(self.top_k, np.nan), 0
+                    self._warn_once(f"block:{name}", f"the measurement of block {name!r} failed and was logged as "
+                                                     f"NaN; training goes on. Reason: {describe_error(error)}")
+                values[f"{name}_lambda"] = block_values
+                matvecs += block_matvecs
+            measurement = Measurement(epoch, self._global_step, eigenvalues, matvecs, time.perf_counter() - start,
+                                      loss, values=values)
+            if progress:
+                print(f"{type(self).__name__} at epoch {epoch}, step {self._global_step}: top-{self.top_k} "
+                      f"eigenvalues {np.array2string(eigenvalues, precision=4)} ({measurement.matvecs} matvecs, "
+                      f"{measurement.seconds:.1f}s)", flush=True)
         self.history.append(measurement)
         if not final:
             self._pending_logs = self._measurement_logs(measurement)
         if self.save_dir:
-            self._save_history()
-
-    def _operator_on(self, sample) -> HessianOperator:
-        """The Hessian on ``sample``: the previous operator moved to it when the model's variables are unchanged."""
-        variables = [id(v) for v in self.model.trainable_variables]
-        if self._operator is not None and self._operator.model is self.model and \
-                [id(v) for v in self._operator.variables] == variables:
             try:
-                self._operator.set_data(sample)
-                return self._operator
+                self._log.write(self.history, self.top_k)
+            except OSError as error:
+                self._warn_once("save", f"could not write {self._log.npz_path} ({error}); training goes on.")
+
+    def _solve(self, name: str, variables, sample, progress):
+        """Eigenvalues (padded to ``top_k`` with NaN), matvecs, loss and eigenvectors of one target."""
+        target = self._target(name, variables, sample)
+        operator = target.operator
+        if self.preconditioned:
+            operator = PreconditionedOperator(operator, optimizer_preconditioner(self.model.optimizer,
+                                                                                operator.variables))
+        k = min(self.top_k, operator.dim)
+        if k < self.top_k:
+            self._warn_once(f"dim:{name}", f"top_k={self.top_k} exceeds the {operator.dim} parameters measured"
+                                           f"{' in block ' + repr(name) if name else ''}: eigenvalues "
+                                           f"{k + 1}..{self.top_k} are logged as NaN.")
+        initial = target.eigenvectors if self.warm_start else None
+        result = lanczos(operator, k=k, tol=self.tol, max_iterations=self.max_iterations,
+                         seed=int(self._rng.integers(2**31)), initial_vectors=initial, verbose=int(progress == 1))
+        if not np.all(np.isfinite(result.eigenvalues)):
+            raise ValueError(f"Lanczos returned non-finite eigenvalues {result.eigenvalues}.")
+        target.eigenvectors = result.eigenvectors
+        eigenvalues = np.full(self.top_k, np.nan)
+        eigenvalues[:k] = result.eigenvalues
+        return eigenvalues, result.num_matvecs, target.operator.loss, result.eigenvectors
+
+    def _target(self, name: str, variables, sample) -> "_Target":
+        """The operator for one target on ``sample``: reused (no new trace) while the model's variables stay."""
+        # Identity and shape of every trainable variable: a new model, or layers frozen or
+        # unfrozen, changes it, and then warm-start vectors and traced graphs are stale.
+        signature = (id(self.model), tuple((id(v), tuple(v.shape)) for v in self.model.trainable_variables))
+        target = self._targets.get(name)
+        if target is not None and target.signature == signature:
+            try:
+                target.operator.set_data(sample)
+                return target
             except ValueError:
-                self._operator = None  # a sample of another structure: build afresh (and report its error)
+                pass  # a sample of another structure: build afresh (and report its error)
         # Equal batches (at most batch_size) let the operator trace one fixed, faster batch shape.
-        batch_size = even_batch_size(len(tf.nest.flatten(sample[1])[0]), self.batch_size)
-        self._operator = HessianOperator(self.model, sample, loss=self.loss, batch_size=batch_size,
-                                         training=self.training)
-        return self._operator
+        batch_size = even_batch_size(num_examples_of(sample), self.batch_size)
+        operator = curvature_operator(self.curvature, self.model, sample, loss=self.loss, batch_size=batch_size,
+                                      training=self.training, variables=variables)
+        target = _Target(signature, operator)
+        self._targets[name] = target
+        if not name:
+            self.eigenvectors = None
+        return target
 
     def _measurement_logs(self, measurement: Measurement) -> dict:
         logs = {self.key(f"lambda_{i + 1}"): float(v) for i, v in enumerate(measurement.eigenvalues)}
         logs[self.key("lanczos_matvecs")] = float(measurement.matvecs)
         logs[self.key("lanczos_seconds")] = float(measurement.seconds)
+        for name in self.blocks:
+            values = measurement.values.get(f"{name}_lambda", np.full(self.top_k, np.nan))
+            logs.update({self.key(f"{name}_lambda_{i + 1}"): float(v) for i, v in enumerate(values)})
         return logs
 
-    def _warn(self, measurement: Measurement):
-        if not self._warned:
-            warnings.warn(
-                f"LanczosCallback: the measurement at epoch {measurement.epoch}, step {measurement.step} failed "
-                f"and was logged as NaN; training goes on (further failures are not reported). Reason: "
-                f"{measurement.error}", RuntimeWarning, stacklevel=2)
-            self._warned = True
+    def _progress_mode(self) -> int:
+        """0: silent; 1: a progress bar and a line; 2: a line per measurement."""
+        if self.verbose != "auto":
+            return int(self.verbose)
+        fit_verbose = int((self.params or {}).get("verbose", 0) or 0)
+        if fit_verbose == 0:
+            return 0
+        return 1 if fit_verbose == 1 and self.frequency == "epoch" else 2
 
-    # -- NSGD --------------------------------------------------------------------------------
-    def _nsgd(self):
-        from tf_sharpest.optimizers import NSGD  # the optimizer is optional for this callback
+    def _warn_once(self, key: str, message: str):
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(f"{type(self).__name__}: {message}", RuntimeWarning, stacklevel=3)
 
+    def _warn_failure(self, measurement: Measurement):
+        self._warn_once("failure", f"the measurement at epoch {measurement.epoch}, step {measurement.step} failed "
+                                   f"and was logged as NaN; training goes on (further failures are not reported). "
+                                   f"Reason: {measurement.error}")
+
+    def _warn_about_batchnorm(self):
+        if self.training or "batchnorm" in self._warned:
+            return
+        steps = self._global_step
+        for layer in all_layers(self.model):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                settle = 1.0 / max(1.0 - float(layer.momentum), 1e-12)
+                if steps < settle:
+                    self._warn_once("batchnorm", (
+                        f"BatchNorm layer {layer.name!r} has seen only {steps} updates of its moving statistics "
+                        f"(momentum {layer.momentum}: they settle after about {settle:.0f}); in inference mode "
+                        "the measured network is not yet the one being trained and its curvature can be far off. "
+                        "Pass training=True to measure with batch statistics (the moving statistics are left "
+                        "untouched)."))
+                return
+
+    # -- the optimizer -------------------------------------------------------------------------
+    def _steered_optimizer(self):
         optimizer = getattr(self.model, "optimizer", None)
-        return optimizer if isinstance(optimizer, NSGD) else None
+        return optimizer if callable(getattr(optimizer, "set_directions", None)) else None
 
     def _check_optimizer(self):
-        optimizer = self._nsgd()
-        if optimizer is not None and optimizer.top_k > self.top_k:
+        if self.preconditioned:
+            # Refused before training (not at every measurement) when it can never work.
+            optimizer_preconditioner_supports(getattr(self.model, "optimizer", None))
+        optimizer = self._steered_optimizer()
+        needed = getattr(optimizer, "top_k", None)
+        if isinstance(needed, (int, np.integer)) and needed > self.top_k:
             raise ValueError(
-                f"NSGD nudges top_k={optimizer.top_k} directions but LanczosCallback measures only "
-                f"top_k={self.top_k}; give the callback top_k >= {optimizer.top_k}."
+                f"{type(optimizer).__name__} nudges top_k={needed} directions but LanczosCallback measures only "
+                f"top_k={self.top_k}; give the callback top_k >= {needed}."
             )
 
     def _hand_to_optimizer(self, eigenvectors):
-        optimizer = self._nsgd()
-        if optimizer is not None:
+        optimizer = self._steered_optimizer()
+        if optimizer is None:
+            return
+        try:
             optimizer.set_directions(eigenvectors)
+        except (ValueError, tf.errors.OpError) as error:
+            self._warn_once("directions", f"{type(optimizer).__name__}.set_directions refused the measured "
+                                          f"eigenvectors ({describe_error(error)}); it keeps its previous "
+                                          "directions and training goes on.")
 
     def _nsgd_logs(self) -> dict:
-        optimizer = self._nsgd()
-        if optimizer is None or not optimizer.built:
+        optimizer = self._steered_optimizer()
+        if optimizer is None or not getattr(optimizer, "built", False) or not hasattr(optimizer, "alpha"):
             return {}
         logs = {}
         for name, values in (("nsgd_alpha", optimizer.alpha), ("nsgd_alpha_ratio", optimizer.alpha_ratio)):
@@ -297,48 +404,52 @@ class LanczosCallback(keras.callbacks.Callback):
 
     # -- files -------------------------------------------------------------------------------
     @property
-    def _history_path(self) -> str:
-        return os.path.join(self.save_dir, "lanczos.npz")
-
-    def _save_history(self):
-        eigenvalues = np.array([m.eigenvalues for m in self.history], dtype=np.float64).reshape(-1, self.top_k)
-        columns = {
-            "epoch": np.array([m.epoch for m in self.history], dtype=np.int64),
-            "step": np.array([m.step for m in self.history], dtype=np.int64),
-            "eigenvalues": eigenvalues,
-            "matvecs": np.array([m.matvecs for m in self.history], dtype=np.int64),
-            "seconds": np.array([m.seconds for m in self.history], dtype=np.float64),
-            "loss": np.array([m.loss for m in self.history], dtype=np.float64),
-            "error": np.array([m.error for m in self.history], dtype=str),
-        }
-        with atomic_path(self._history_path) as path:
-            np.savez(path, **columns)
-        with atomic_path(os.path.join(self.save_dir, "lanczos.csv")) as path, open(path, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["epoch", "step"] + [f"lambda_{i + 1}" for i in range(self.top_k)]
-                            + ["matvecs", "seconds", "loss", "error"])
-            for m in self.history:
-                writer.writerow([m.epoch, m.step] + [repr(float(v)) for v in m.eigenvalues]
-                                + [m.matvecs, f"{m.seconds:.3f}", repr(float(m.loss)), m.error])
+    def _log(self) -> MeasurementLog:
+        return MeasurementLog(self.save_dir, "lanczos")
 
     def _save_eigenvectors(self, epoch: int):
-        variables = self.model.trainable_variables
+        target = self._targets.get("")
+        variables = target.operator.variables if target is not None else self.model.trainable_variables
         last = self.history[-1]
         with atomic_path(os.path.join(self.save_dir, f"eigenvectors_epoch{epoch:04d}.npz")) as path:
             np.savez(path, eigenvectors=self.eigenvectors, eigenvalues=last.eigenvalues, epoch=epoch,
                      step=last.step,
                      variable_names=np.array([getattr(v, "path", v.name) for v in variables], dtype=str),
-                     variable_shapes=np.array([json_shape(v.shape) for v in variables], dtype=str))
+                     variable_shapes=np.array([shape_text(v.shape) for v in variables], dtype=str))
 
 
-def json_shape(shape) -> str:
-    """A variable's shape as text, e.g. ``"3,3,1,32"`` (``""`` for a scalar)."""
+def all_layers(model) -> list:
+    """Every layer inside ``model``, nested models included (depth first)."""
+    found = []
+    for layer in getattr(model, "layers", []):
+        found.append(layer)
+        found.extend(all_layers(layer))
+    return found
+
+
+class _Target:
+    """One measured operator (the main one or a block) and its latest eigenvectors (for warm starts)."""
+
+    def __init__(self, signature, operator):
+        self.signature = signature
+        self.operator = operator
+        self.eigenvectors = None
+
+
+def shape_text(shape) -> str:
+    """A variable's shape as comma-separated text, e.g. ``"3,3,1,32"`` (``""`` for a scalar)."""
     return ",".join(str(int(d)) for d in shape)
 
 
-def _load_history(path: str) -> list[Measurement]:
-    with np.load(path) as saved:
-        return [Measurement(int(e), int(s), np.array(v), int(m), float(sec), float(l), str(err))
-                for e, s, v, m, sec, l, err in zip(saved["epoch"], saved["step"], saved["eigenvalues"],
-                                                   saved["matvecs"], saved["seconds"], saved["loss"],
-                                                   saved["error"])]
+def describe_error(error: BaseException) -> str:
+    """The line of an error's message that says what went wrong.
+
+    TensorFlow's graph errors open with a generic line ("Graph execution
+    error:", "in user code:") and put the op's message last.
+    """
+    text = error.message if isinstance(error, tf.errors.OpError) else str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    generic = lines[0].endswith(":") or lines[0] in ("Graph execution error:", "in user code:")
+    return lines[-1] if generic and len(lines) > 1 else lines[0]

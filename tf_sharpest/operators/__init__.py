@@ -10,6 +10,7 @@ from tf_sharpest.operators.base import FunctionOperator, LinearOperator, MatrixO
 from tf_sharpest.operators.blocks import resolve_variables
 from tf_sharpest.operators.curvature import CurvatureOperator
 from tf_sharpest.operators.empirical_loss import EmpiricalLoss
+from tf_sharpest.operators.factory import CURVATURES, curvature_operator
 from tf_sharpest.operators.fisher import EmpiricalFisherOperator
 from tf_sharpest.operators.ggn import GGNOperator
 from tf_sharpest.operators.hessian import HessianOperator
@@ -20,4 +21,5 @@ from tf_sharpest.operators.sample import Sample
 
 __all__ = ["LinearOperator", "MatrixOperator", "FunctionOperator", "as_operator", "CurvatureOperator",
            "EmpiricalLoss", "ModelLoss", "Sample", "HessianOperator", "GGNOperator", "EmpiricalFisherOperator",
-           "OutputCurvatureOperator", "PreconditionedOperator", "optimizer_preconditioner", "resolve_variables"]
+           "OutputCurvatureOperator", "PreconditionedOperator", "optimizer_preconditioner", "resolve_variables",
+           "CURVATURES", "curvature_operator"]

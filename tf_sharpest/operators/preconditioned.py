@@ -104,12 +104,7 @@ def optimizer_preconditioner(optimizer: keras.optimizers.Optimizer, variables) -
       ValueError: for an optimizer without second-moment slots (SGD, NSGD,
         Lion, ...), one not built yet, or a variable it does not update.
     """
-    kind = next((name for name in _SUPPORTED if any(c.__name__ == name for c in type(optimizer).__mro__)), None)
-    if kind is None:
-        raise ValueError(
-            f"{type(optimizer).__name__} has no second-moment slots to precondition with; "
-            f"optimizer_preconditioner supports {', '.join(_SUPPORTED)}. For SGD the plain Hessian is the "
-            "sharpness that matters.")
+    kind = optimizer_preconditioner_supports(optimizer)
     if not optimizer.built:
         raise ValueError(f"The {kind} optimizer is not built yet: train at least one step (model.fit) first.")
     variables = list(variables)
@@ -119,6 +114,17 @@ def optimizer_preconditioner(optimizer: keras.optimizers.Optimizer, variables) -
         index = _slot_index(optimizer, variable)
         parts.append(np.reshape(_denominator(optimizer, kind, index, step), [-1]))
     return np.concatenate(parts).astype(np.float64)
+
+
+def optimizer_preconditioner_supports(optimizer) -> str:
+    """The supported Keras class ``optimizer`` is (or derives from); a ``ValueError`` if none."""
+    kind = next((name for name in _SUPPORTED if any(c.__name__ == name for c in type(optimizer).__mro__)), None)
+    if kind is None:
+        raise ValueError(
+            f"{type(optimizer).__name__} has no second-moment slots to precondition with; "
+            f"optimizer_preconditioner supports {', '.join(_SUPPORTED)}. For SGD the plain Hessian is the "
+            "sharpness that matters.")
+    return kind
 
 
 def _slot(optimizer, attribute: str, index: int) -> np.ndarray:

@@ -109,10 +109,11 @@ def count_examples(batch) -> tf.Tensor:
 def materialize(data, num_samples: int | None = None, *, seed: int | None = None) -> tuple:
     """Draws up to ``num_samples`` examples from ``data`` into NumPy arrays ``(x, y[, w])``.
 
-    Arrays are sampled without replacement with ``seed`` (all of them when
+    ``x`` may be a dict or list of arrays (multi-input models). Arrays are
+    sampled without replacement with ``seed`` (all of them when
     ``num_samples`` is None or not smaller). A dataset, which may be infinite
     or augmented, is read batch by batch until ``num_samples`` examples are
-    collected; it must then be given a ``num_samples``.
+    collected (its first ones); it must then be given a ``num_samples``.
     """
     if isinstance(data, tf.data.Dataset):
         if num_samples is None and int(data.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
@@ -121,20 +122,28 @@ def materialize(data, num_samples: int | None = None, *, seed: int | None = None
         for batch in data:
             if not isinstance(batch, tuple) or len(batch) not in (2, 3):
                 raise ValueError("Each dataset element must be a tuple (x, y) or (x, y, sample_weight).")
-            batch = tuple(np.asarray(t) for t in batch)
-            if batch[1].ndim == 0:
+            batch = tf.nest.map_structure(np.asarray, batch)
+            labels = tf.nest.flatten(batch[1])[0]
+            if labels.ndim == 0:
                 raise ValueError("The dataset looks unbatched (scalar labels); call dataset.batch(n) first.")
             chunks.append(batch)
-            collected += len(batch[1])
+            collected += len(labels)
             if num_samples is not None and collected >= num_samples:
                 break
         if not chunks:
             raise ValueError("The dataset is empty: need at least one example.")
-        arrays = tuple(np.concatenate(parts, axis=0) for parts in zip(*chunks))
-        return tuple(a[:num_samples] for a in arrays) if num_samples is not None else arrays
-    arrays = tuple(np.asarray(a) for a in data)
-    total = len(arrays[0])
+        arrays = tf.nest.map_structure(lambda *parts: np.concatenate(parts, axis=0), *chunks)
+        if num_samples is not None:
+            arrays = tf.nest.map_structure(lambda a: a[:num_samples], arrays)
+        return tuple(arrays)
+    arrays = tf.nest.map_structure(np.asarray, tuple(data))
+    total = len(tf.nest.flatten(arrays[1])[0])
     if num_samples is None or num_samples >= total:
         return arrays
     index = np.sort(np.random.default_rng(seed).choice(total, size=int(num_samples), replace=False))
-    return tuple(a[index] for a in arrays)
+    return tuple(tf.nest.map_structure(lambda a: a[index], arrays))
+
+
+def num_examples_of(arrays) -> int:
+    """Number of examples in ``(x, y[, w])`` arrays (``x`` may be nested)."""
+    return len(tf.nest.flatten(arrays[1])[0])
