@@ -10,41 +10,62 @@ Small by default (minutes on a CPU); the flags give real scale.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import keras_tuner  # noqa: E402
+from cli import HelpFormatter, positive_float, positive_int  # noqa: E402
 
-from tf_sharpest import data, models  # noqa: E402
-from tf_sharpest.callbacks import LanczosCallback  # noqa: E402
-from tf_sharpest.optimizers import NSGD  # noqa: E402
+# TensorFlow, keras-tuner and tf_sharpest are imported in main() once the arguments are parsed: --help and
+# usage errors then come back at once instead of after TensorFlow's import (seconds).
 
 
 def number_list(text: str, kind=float) -> list:
+    """Comma-separated numbers: finite for ``float``, positive for ``int``; at least one."""
+    kind_name = "positive integers" if kind is int else "finite numbers"
     try:
-        return [kind(v) for v in text.split(",") if v.strip()]
+        values = [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated {kind_name}, got {text!r}") from None
+    if not values or any(v < 1 if kind is int else not math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated {kind_name}, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--out", default="runs/tune_gamma",
+                        help="keras-tuner's folder (its nsgd_gamma project is replaced at each run)")
+    parser.add_argument("--gammas", type=number_list, default=[0.01, 0.1, 1.0, 5.0],
+                        help="comma-separated NSGD gammas to choose from")
+    parser.add_argument("--top_ks", type=lambda t: number_list(t, int), default=[1, 5],
+                        help="comma-separated NSGD top_k values (K) to choose from")
+    parser.add_argument("--max_trials", type=positive_int, default=3, help="trials of the random search")
+    parser.add_argument("--epochs", type=positive_int, default=2, help="training epochs per trial")
+    parser.add_argument("--n_examples", type=positive_int, default=2000, help="training examples (of the 50,000)")
+    parser.add_argument("--n_filters", type=positive_int, default=8, help="SimpleCNN filters (root preset: 32)")
+    parser.add_argument("--lr", type=positive_float, default=0.05, help="learning rate")
+    parser.add_argument("--num_samples", type=positive_int, default=256, help="examples per Lanczos measurement")
+    parser.add_argument("--batch_size", type=positive_int, default=128, help="training batch size")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the search, batches and Lanczos samples")
+    return parser
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/tune_gamma")
-    parser.add_argument("--gammas", type=number_list, default=[0.01, 0.1, 1.0, 5.0])
-    parser.add_argument("--top_ks", type=lambda t: number_list(t, int), default=[1, 5])
-    parser.add_argument("--max_trials", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--n_examples", type=int, default=2000)
-    parser.add_argument("--n_filters", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--num_samples", type=int, default=256)
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = build_parser()
     args = parser.parse_args()
 
+    import keras_tuner
+
+    from tf_sharpest import data, models
+    from tf_sharpest.callbacks import LanczosCallback
+    from tf_sharpest.optimizers import NSGD
+
     splits = data.load("fashion_mnist")
+    print(f"Data: Fashion-MNIST from {splits.source}", flush=True)
+    if args.n_examples > len(splits.x_train):
+        parser.error(f"--n_examples={args.n_examples} is more than the {len(splits.x_train):,} training examples")
     x, y = splits.x_train[: args.n_examples], splits.y_train[: args.n_examples]
     x_valid, y_valid = splits.x_valid[:2000], splits.y_valid[:2000]
 
