@@ -43,6 +43,12 @@ def finished_epochs(backup_dir: str) -> int:
     return int(state["epoch"]) if state else 0
 
 
+def training_finished(backup_dir: str) -> bool:
+    """Whether the backup in ``backup_dir`` is of a ``fit`` that ended (``EpochBackup(delete_on_train_end=False)``)."""
+    state = _read_state(backup_dir)
+    return bool(state and state.get("finished"))
+
+
 def restore_backup(model: keras.Model, backup_dir: str) -> int:
     """Loads the backed-up weights and optimizer state into ``model``; returns the epoch to start from."""
     state = _read_state(backup_dir)
@@ -62,23 +68,37 @@ class EpochBackup(keras.callbacks.Callback):
 
     Args:
       backup_dir: a folder for this run's backup only.
+      delete_on_train_end: delete the backup when ``fit`` ends (a rerun then
+        starts afresh, as with Keras's ``BackupAndRestore``). With ``False``
+        the backup is kept and marked finished (see :func:`training_finished`),
+        for a caller that still has work to do after ``fit`` and deletes the
+        backup itself once that is done.
     """
 
-    def __init__(self, backup_dir: str):
+    def __init__(self, backup_dir: str, delete_on_train_end: bool = True):
         super().__init__()
         self.backup_dir = backup_dir
+        self.delete_on_train_end = delete_on_train_end
+
+    def _write_state(self, state: dict) -> None:
+        with atomic_path(os.path.join(self.backup_dir, STATE_FILE)) as path, open(path, "w") as f:
+            json.dump(state, f)
 
     def on_epoch_end(self, epoch, logs=None):
         os.makedirs(self.backup_dir, exist_ok=True)
         name = f"epoch{epoch + 1:04d}.weights.h5"
         self.model.save_weights(os.path.join(self.backup_dir, name), overwrite=True)
-        with atomic_path(os.path.join(self.backup_dir, STATE_FILE)) as path, open(path, "w") as f:
-            json.dump({"epoch": epoch + 1, "weights": name}, f)
+        self._write_state({"epoch": epoch + 1, "weights": name})
         # Only now is the previous epoch's file no longer the current backup.
         for stale in glob.glob(os.path.join(self.backup_dir, "epoch*.weights.h5")):
             if os.path.basename(stale) != name:
                 os.remove(stale)
 
     def on_train_end(self, logs=None):
-        # A finished run starts afresh when rerun, as with Keras's BackupAndRestore.
-        shutil.rmtree(self.backup_dir, ignore_errors=True)
+        if self.delete_on_train_end:
+            shutil.rmtree(self.backup_dir, ignore_errors=True)
+            return
+        state = _read_state(self.backup_dir)
+        if state is not None:
+            # fit ended (all epochs, or early stopping): a rerun must not train this run any further.
+            self._write_state({**state, "finished": True})

@@ -15,6 +15,10 @@ accuracies, learning rate, ``lambda_1..K``), the Lanczos outputs
 ``backup/`` that lets the same command resume an interrupted run (see
 ``epoch_backup.py``), and
 ``final.json`` with the test metrics.
+
+Rerunning a command whose SAVE_DIR holds ``final.json`` prints that the run is
+complete and exits (status 0) without training; ``--overwrite`` deletes the
+run's outputs and trains from scratch. ``--help`` lists the flags.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ from __future__ import annotations
 import ast
 import csv
 import json
+import math
 import os
+import shutil
+import sys
 
 from absl import app, flags
 
@@ -38,29 +45,85 @@ MODEL_FLAGS = {
     "resnet": ("depth", "bn", "dropout", "init_scale", "l2", "width", "activation"),
 }
 
+#: Longest accepted value of a dict-literal flag (``--opt_kwargs``, ``--reduce_callback_kwargs``), in
+#: characters. Real values are a few dozen characters; a literal of millions of elements took tens of seconds
+#: and gigabytes to parse before it could be refused, so longer values are refused before they are parsed.
+MAX_DICT_FLAG_CHARS = 4096
+
+#: Characters of a refused flag value quoted back in the error message.
+QUOTED_CHARS = 80
+
+#: Files and folders a run writes into SAVE_DIR; ``--overwrite`` deletes them (and nothing else there).
+RUN_OUTPUTS = ("config.json", "history.csv", "lanczos.npz", "lanczos.csv", "model_last.keras", "final.json",
+               "backup", "tensorboard")
+
+#: Arguments that show this script's help (absl's own ``--help`` exits with status 1 and, since the flags
+#: are defined here rather than in the script, lists none of them).
+HELP_ARGS = ("--help", "-help", "--helpshort", "-helpshort", "-h", "-?")
+HELPFULL_ARGS = ("--helpfull", "-helpfull")
+
+
+def _define_model_flag(name: str) -> None:
+    """Defines one model flag; each script defines only its own family's."""
+    definitions = {
+        "n_filters": (flags.DEFINE_integer, "Filters of the first convolutions (the preset's when unset)."),
+        "kernel_size": (flags.DEFINE_integer, "Kernel size (the preset's when unset)."),
+        "n_dense": (flags.DEFINE_integer, "Units of the hidden dense layer (the preset's when unset)."),
+        "dropout": (flags.DEFINE_float, "Dropout rate in [0, 1) (the preset's when unset)."),
+        "bn": (flags.DEFINE_boolean, "BatchNormalization (the preset's when unset)."),
+        "use_bias": (flags.DEFINE_boolean, "Biases (the preset's when unset)."),
+        "activation": (flags.DEFINE_string, "Keras activation name (the preset's when unset)."),
+        "kernel_initializer": (flags.DEFINE_string, "Keras kernel initializer name (the preset's when unset)."),
+        "l2": (flags.DEFINE_float, "L2 regularization coefficient, >= 0 (the preset's when unset)."),
+        "depth": (flags.DEFINE_integer, "Depth, 6n+2: 20, 32, 44, 56, 110, ... (the preset's when unset)."),
+        "init_scale": (flags.DEFINE_float, "Initialisation scale, > 0 (the preset's when unset)."),
+        "width": (flags.DEFINE_integer, "Filter multiplier w: stages of 16w, 32w and 64w filters (the preset's "
+                  "when unset)."),
+    }
+    define, help_text = definitions[name]
+    define(name, None, help_text)
+
+
+def _check(name: str, test, message: str) -> None:
+    """A validator run when the flags are parsed: before any data is read or anything is built."""
+    flags.register_validator(name, test, f"--{name} {message}")
+
+
+def _is_set_and(test):
+    return lambda value: value is None or test(value)
+
 
 #: Names of the flags ``define_flags`` defined (written to config.json).
 TRAINING_FLAGS: list[str] = []
 
 
 def define_flags(family: str) -> None:
-    """Defines the training flags; ``family`` is ``"simple_cnn"`` or ``"resnet"``."""
+    """Defines the training flags; ``family`` is ``"simple_cnn"`` or ``"resnet"``.
+
+    The model flags are the family's own (``MODEL_FLAGS[family]``), so each
+    script's ``--help`` lists only the flags it takes. Sizes, counts and
+    rates are checked when the flags are parsed: a negative or zero size is a
+    usage error before any data is loaded.
+    """
+    if family not in MODEL_FLAGS:
+        raise ValueError(f"Unknown model family {family!r}; choose one of {sorted(MODEL_FLAGS)}.")
     before = set(FLAGS)
     flags.DEFINE_enum("optim", "sgd", ["sgd", "nsgd", "adam"], "Optimizer.")
     flags.DEFINE_float("lr", 0.01, "Learning rate.")
     flags.DEFINE_float("m", 0.0, "Momentum (sgd, nsgd).")
     flags.DEFINE_string("opt_kwargs", "{}", "Dict literal of optimizer keywords; for nsgd 'overshoot' (gamma), "
-                        "'KK' (top_k), 'nudge', 'nesterov'.")
+                        f"'KK' (top_k), 'nudge', 'nesterov'. At most {MAX_DICT_FLAG_CHARS} characters.")
     flags.DEFINE_integer("batch_size", 128, "Training batch size.")
     flags.DEFINE_integer("n_epochs", 10, "Epochs.")
-    flags.DEFINE_integer("epoch_size", 0, "Training examples per epoch (0: the whole training set). A smaller or "
-                         "larger value cycles through a repeating, reshuffled stream.")
+    flags.DEFINE_integer("epoch_size", None, "Training examples per epoch (unset: one pass over the training set). "
+                         "A smaller or larger value cycles through a repeating, reshuffled stream.")
     flags.DEFINE_integer("seed", 777, "Seed of weights, shuffling, augmentation and Lanczos samples.")
     flags.DEFINE_integer("data_seed", 777, "Seed of the train/valid split.")
     flags.DEFINE_enum("dataset", "cifar", ["cifar", "fmnist"], "CIFAR-10 or Fashion-MNIST.")
     flags.DEFINE_boolean("augmentation", False, "Random shifts (0.125) and horizontal flips.")
     flags.DEFINE_boolean("reduce_callback", False, "Use ReduceLROnPlateau.")
-    flags.DEFINE_string("reduce_callback_kwargs", "{}", "Dict literal of ReduceLROnPlateau keywords.")
+    flags.DEFINE_string("reduce_callback_kwargs", "{}", "Dict literal of ReduceLROnPlateau keywords. At most "
+                        f"{MAX_DICT_FLAG_CHARS} characters.")
     flags.DEFINE_boolean("early_stopping", False, "Use EarlyStopping on val_loss.")
     flags.DEFINE_integer("early_stopping_patience", 10, "EarlyStopping patience in epochs.")
     flags.DEFINE_integer("lanczos_top_K", 5, "Top Hessian eigenvalues measured each epoch (0: none).")
@@ -68,34 +131,65 @@ def define_flags(family: str) -> None:
     flags.DEFINE_float("lanczos_tol", 1e-3, "Lanczos residual tolerance (relative).")
     flags.DEFINE_integer("lanczos_batch_size", 128, "Batch size of the Hessian-vector products.")
     flags.DEFINE_string("data_dir", None, "Folder with a tfds copy or raw files of the dataset.")
-    flags.DEFINE_integer("n_examples", 0, "Train on the first N training examples (0: all).")
-    flags.DEFINE_integer("verbose", 2, "Keras fit verbosity.")
-    flags.DEFINE_integer("n_filters", None, "SimpleCNN: filters of the first convolutions.")
-    flags.DEFINE_integer("kernel_size", None, "SimpleCNN: kernel size.")
-    flags.DEFINE_integer("n_dense", None, "SimpleCNN: units of the hidden dense layer.")
-    flags.DEFINE_float("dropout", None, "Dropout rate.")
-    flags.DEFINE_boolean("bn", None, "BatchNormalization.")
-    flags.DEFINE_boolean("use_bias", None, "SimpleCNN: biases.")
-    flags.DEFINE_string("activation", None, "Activation.")
-    flags.DEFINE_string("kernel_initializer", None, "SimpleCNN: kernel initializer.")
-    flags.DEFINE_float("l2", None, "L2 regularization coefficient (the preset's when unset).")
-    flags.DEFINE_integer("depth", None, "ResNet: depth (6n+2).")
-    flags.DEFINE_float("init_scale", None, "ResNet: initialisation scale.")
-    flags.DEFINE_integer("width", None, "ResNet: filters of the first stage.")
-    flags.register_validator("batch_size", lambda v: v > 0, "--batch_size must be positive.")
-    flags.register_validator("n_epochs", lambda v: v > 0, "--n_epochs must be positive.")
+    flags.DEFINE_integer("n_examples", None, "Train on the first N training examples (unset: all).")
+    flags.DEFINE_integer("verbose", 2, "Keras fit verbosity: 0, 1 or 2.")
+    flags.DEFINE_boolean("overwrite", False, "Train from scratch in a SAVE_DIR that holds a complete or "
+                         "interrupted run, deleting its outputs; without it a complete run is left as it is and "
+                         "an interrupted one resumes.")
+    for name in MODEL_FLAGS[family]:
+        _define_model_flag(name)
+
+    positive = "must be a positive integer"
+    _check("batch_size", lambda v: v > 0, f"{positive}.")
+    _check("n_epochs", lambda v: v > 0, f"{positive}.")
+    _check("lr", lambda v: math.isfinite(v) and v > 0, "must be a positive number.")
+    _check("m", lambda v: 0 <= v <= 1, "(momentum) must be in [0, 1].")
+    _check("epoch_size", _is_set_and(lambda v: v > 0),
+           f"{positive} (examples per epoch); leave it unset for one pass over the training set per epoch.")
+    _check("n_examples", _is_set_and(lambda v: v > 0),
+           f"{positive} (training examples used); leave it unset to train on all of them.")
+    _check("early_stopping_patience", lambda v: v >= 0, "must be 0 or more epochs.")
+    _check("lanczos_top_K", lambda v: v >= 0, "must be 0 (no measurements) or a positive number of eigenvalues.")
+    _check("lanczos_top_K_N", lambda v: v > 0, f"{positive} (training examples per Lanczos measurement).")
+    _check("lanczos_batch_size", lambda v: v > 0, f"{positive}.")
+    _check("lanczos_tol", lambda v: math.isfinite(v) and v > 0, "must be a positive number.")
+    _check("verbose", lambda v: v in (0, 1, 2), "must be 0, 1 or 2.")
+    for name in ("n_filters", "kernel_size", "n_dense", "depth", "width"):
+        if name in MODEL_FLAGS[family]:
+            _check(name, _is_set_and(lambda v: v > 0), f"{positive} (leave it unset for the preset's).")
+    if "dropout" in MODEL_FLAGS[family]:
+        _check("dropout", _is_set_and(lambda v: 0 <= v < 1), "must be in [0, 1) (leave it unset for the preset's).")
+    if "l2" in MODEL_FLAGS[family]:
+        _check("l2", _is_set_and(lambda v: math.isfinite(v) and v >= 0), "must be 0 or more.")
+    if "init_scale" in MODEL_FLAGS[family]:
+        _check("init_scale", _is_set_and(lambda v: math.isfinite(v) and v > 0), "must be a positive number.")
     TRAINING_FLAGS[:] = sorted(set(FLAGS) - before)
 
 
+def _quote(text: str) -> str:
+    """``text`` for an error message: its start only when it is long."""
+    if len(text) <= QUOTED_CHARS:
+        return repr(text)
+    return f"{text[:QUOTED_CHARS]!r}... ({len(text):,} characters)"
+
+
 def parse_dict_flag(name: str, text: str) -> dict:
-    """Parses a dict-valued flag as a Python literal; anything else (code included) is refused."""
+    """Parses a dict-valued flag as a Python literal; anything else (code included) is refused.
+
+    Values longer than :data:`MAX_DICT_FLAG_CHARS` are refused before they are
+    parsed, and error messages quote only the start of a long value.
+    """
+    if len(text) > MAX_DICT_FLAG_CHARS:
+        raise app.UsageError(f"--{name} is {len(text):,} characters long; at most {MAX_DICT_FLAG_CHARS:,} are "
+                             f"accepted (a dict literal such as \"{{'overshoot': 0.1, 'KK': 5}}\"). It starts "
+                             f"{text[:QUOTED_CHARS]!r} and was not parsed.")
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         raise app.UsageError(f"--{name} must be a dict literal such as \"{{'overshoot': 0.1, 'KK': 5}}\"; "
-                             f"{text!r} is not a literal and was not run.") from None
+                             f"{_quote(text)} is not a literal and was not run.") from None
     if not isinstance(value, dict):
-        raise app.UsageError(f"--{name} must be a dict literal, got {type(value).__name__}: {text!r}.")
+        raise app.UsageError(f"--{name} must be a dict literal, got {type(value).__name__}: {_quote(text)}.")
     return value
 
 
@@ -139,6 +233,67 @@ def trim_history(path: str, finished_epochs: int) -> None:
             csv.writer(f).writerows([header] + kept)
 
 
+def help_text(full: bool = False) -> str:
+    """The running script's docstring and its flags (with ``full``, absl's own flags as well)."""
+    doc = (getattr(sys.modules["__main__"], "__doc__", None) or "").strip("\n")
+    if full:
+        listing = FLAGS.get_help()
+    else:
+        # module_help starts with a "paper_training:" heading, which means nothing to the user.
+        lines = FLAGS.module_help(__name__).strip("\n").splitlines()
+        listing = "\n".join(lines[1:] if lines and lines[0].strip() == f"{__name__}:" else lines)
+        listing += "\n\nTry --helpfull to list absl's own flags as well."
+    return f"{doc}\n\nflags:\n{listing}\n"
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """``app.run``'s ``flags_parser``: ``--help`` prints the script's flags and exits with status 0.
+
+    absl's own ``--help`` exits with status 1 and lists only flags defined in
+    the script itself, i.e. none, since they are defined here. Other arguments
+    are parsed by absl (``app.parse_flags_with_usage``), which checks every
+    flag's validator.
+    """
+    options = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+    if any(arg in HELP_ARGS for arg in options):
+        sys.stdout.write(help_text())
+        sys.exit(0)
+    if any(arg in HELPFULL_ARGS for arg in options):
+        sys.stdout.write(help_text(full=True))
+        sys.exit(0)
+    return app.parse_flags_with_usage(argv)
+
+
+def _differences(save_dir: str, config: str) -> list[str]:
+    """Names of what this command sets differently from the run saved in ``save_dir`` (its config.json)."""
+    try:
+        with open(os.path.join(save_dir, "config.json")) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return []
+    current = {name: FLAGS[name].value for name in TRAINING_FLAGS if name != "overwrite"}
+    differ = [name for name, value in current.items() if saved.get("flags", {}).get(name, value) != value]
+    if saved.get("config", config) != config:
+        differ.insert(0, "CONFIG")
+    return differ
+
+
+def _clear_outputs(save_dir: str) -> None:
+    """Deletes the outputs of an earlier run (``RUN_OUTPUTS``) from ``save_dir``, nothing else."""
+    removed = []
+    for name in RUN_OUTPUTS:
+        path = os.path.join(save_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+        else:
+            continue
+        removed.append(name)
+    if removed:
+        print(f"--overwrite: deleted the earlier run's {', '.join(removed)} in {save_dir}; training from scratch.")
+
+
 def build_optimizer(kwargs: dict):
     import keras
 
@@ -166,30 +321,59 @@ def run(argv, family: str) -> dict:
         raise app.UsageError(f"--optim=nsgd nudges top_k={opt_kwargs.get('top_k', 5)} directions: set "
                              "--lanczos_top_K at least that large so they are measured.")
 
+    final_path = os.path.join(save_dir, "final.json")
+    if os.path.exists(final_path) and not FLAGS.overwrite:
+        # final.json is written last (atomically): its presence means this run trained and was tested.
+        try:
+            with open(final_path) as f:
+                final = json.load(f)
+            summary = f"test accuracy {final['test_accuracy']:.4f}, test loss {final['test_loss']:.4f}"
+        except (OSError, ValueError, KeyError, TypeError):
+            final, summary = {}, "final.json unreadable"
+        differ = _differences(save_dir, config)
+        note = f" This command differs from that run in: {', '.join(differ)}." if differ else ""
+        print(f"The run in {save_dir} is complete ({summary}); nothing to do.{note} Pass --overwrite to delete "
+              "its outputs and train again from scratch.")
+        return final
+    if FLAGS.overwrite:
+        _clear_outputs(save_dir)
+
     import keras
 
-    from epoch_backup import EpochBackup, finished_epochs, restore_backup
+    from epoch_backup import EpochBackup, finished_epochs, restore_backup, training_finished
     from tf_sharpest import data, models
     from tf_sharpest.callbacks import LanczosCallback
+    from tf_sharpest.utils.files import atomic_path
 
     factory = models.simple_cnn if family == "simple_cnn" else models.resnet
     presets = models.SIMPLE_CNN_PRESETS if family == "simple_cnn" else models.RESNET_PRESETS
     if config not in presets:
         raise app.UsageError(f"Unknown CONFIG {config!r}; choose one of {sorted(presets)}.")
+    dataset = "cifar10" if FLAGS.dataset == "cifar" else "fashion_mnist"
+
+    # The model and optimizer are built before the data is read, so that a flag they refuse (a depth that is
+    # not 6n+2, a kernel too large for the images, ...) is a usage error within seconds. Loading the data
+    # draws no random numbers, so the weights are those of a model built after it.
+    keras.utils.set_random_seed(FLAGS.seed)
+    try:
+        model = factory(config, input_shape=data.DATASETS[dataset]["shape"], num_classes=10,
+                        **model_overrides(family))
+    except ValueError as error:
+        raise app.UsageError(f"The model flags do not fit CONFIG {config!r}: {error}") from None
+    model.compile(optimizer=build_optimizer(opt_kwargs), loss=models.default_loss(), metrics=["accuracy"])
 
     os.makedirs(save_dir, exist_ok=True)
     with open(os.path.join(save_dir, "config.json"), "w") as f:
         json.dump({"config": config, "save_dir": save_dir, "family": family, "optimizer_kwargs": opt_kwargs,
                    "flags": {name: FLAGS[name].value for name in TRAINING_FLAGS}}, f, indent=2, sort_keys=True)
 
-    keras.utils.set_random_seed(FLAGS.seed)
-    splits = data.load("cifar10" if FLAGS.dataset == "cifar" else "fashion_mnist", data_dir=FLAGS.data_dir,
-                       data_seed=FLAGS.data_seed)
+    splits = data.load(dataset, data_dir=FLAGS.data_dir, data_seed=FLAGS.data_seed)
     x_train, y_train = splits.x_train, splits.y_train
     if FLAGS.n_examples:
+        if FLAGS.n_examples > len(x_train):
+            raise app.UsageError(f"--n_examples={FLAGS.n_examples} is more than the {len(x_train):,} training "
+                                 "examples; leave it unset to train on all of them.")
         x_train, y_train = x_train[: FLAGS.n_examples], y_train[: FLAGS.n_examples]
-    model = factory(config, input_shape=x_train.shape[1:], num_classes=10, **model_overrides(family))
-    model.compile(optimizer=build_optimizer(opt_kwargs), loss=models.default_loss(), metrics=["accuracy"])
 
     train = data.train_dataset(x_train, y_train, FLAGS.batch_size, augment=FLAGS.augmentation, seed=FLAGS.seed)
     steps_per_epoch = None
@@ -224,16 +408,21 @@ def run(argv, family: str) -> dict:
         keras.callbacks.CSVLogger(history_path, append=True),
         keras.callbacks.TensorBoard(os.path.join(save_dir, "tensorboard")),
         keras.callbacks.ModelCheckpoint(os.path.join(save_dir, "model_last.keras")),
-        # Last, so that an epoch's row is written before the epoch counts as done.
-        EpochBackup(backup_dir),
+        # Last, so that an epoch's row is written before the epoch counts as done. The backup is kept, marked
+        # finished, until final.json is written: a run killed while it is tested is then tested again when
+        # rerun, not trained again.
+        EpochBackup(backup_dir, delete_on_train_end=False),
     ]
-    model.fit(train, epochs=FLAGS.n_epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
-              validation_data=data.eval_dataset(splits.x_valid, splits.y_valid), callbacks=callbacks,
-              verbose=FLAGS.verbose, shuffle=False)  # the dataset shuffles itself
+    if training_finished(backup_dir):
+        print(f"Training in {save_dir} had finished ({initial_epoch} epochs); testing the backed-up model.")
+    else:
+        model.fit(train, epochs=FLAGS.n_epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
+                  validation_data=data.eval_dataset(splits.x_valid, splits.y_valid), callbacks=callbacks,
+                  verbose=FLAGS.verbose, shuffle=False)  # the dataset shuffles itself
     test_loss, test_accuracy = model.evaluate(data.eval_dataset(splits.x_test, splits.y_test), verbose=0)
     final = {"test_loss": float(test_loss), "test_accuracy": float(test_accuracy)}
-    with open(os.path.join(save_dir, "final.json"), "w") as f:
+    with atomic_path(final_path) as path, open(path, "w") as f:
         json.dump(final, f, indent=2)
+    shutil.rmtree(backup_dir, ignore_errors=True)  # the run is complete: a rerun says so instead of resuming
     print(f"Test accuracy {test_accuracy:.4f}, test loss {test_loss:.4f}; results in {save_dir}")
     return final
-

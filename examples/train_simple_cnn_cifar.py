@@ -2,8 +2,10 @@
 
     python examples/train_simple_cnn_cifar.py CONFIG SAVE_DIR [flags]
 
-CONFIG is a SimpleCNN preset (root, medium, medium_fmnist); see
-examples/paper_training.py and --helpfull for the flags.
+CONFIG is a SimpleCNN preset (root, medium, medium_fmnist). A SAVE_DIR that
+holds a complete run is left as it is (--overwrite trains it again); an
+interrupted run resumes. --help lists the flags (see also
+examples/paper_training.py).
 """
 
 import os
@@ -24,4 +26,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=paper_training.parse_flags)

@@ -182,6 +182,189 @@ def test_main_demo_at_tiny_scale(tmp_path):
     result = run_script("fashion_mnist_demo.py", f"--out={tmp_path}", "--n_examples=256", "--epochs=2",
                         "--n_filters=4", "--num_samples=64", "--top_k=2")
     assert "| NSGD gamma=0.1 |" in result.stdout and "| SGD |" in result.stdout
+    # The local files are read without asking TFDS first, and the demo says where its data came from.
+    assert f"Data: Fashion-MNIST from files:{FMNIST}" in result.stdout
+    assert "dataset_info.json" not in result.stderr and "Constructing tf.data.Dataset" not in result.stderr
     assert os.path.getsize(tmp_path / "eigenvalues.png") > 10_000
     summary = json.load(open(tmp_path / "summary.json"))
     assert len(summary["SGD"]["eigenvalues"]) == 3
+
+
+# --------------------------------------------------------------------------- first use and bad input (issue 16)
+
+@pytest.mark.parametrize("flag, message", [
+    ("--n_examples=-49900", "--n_examples must be a positive integer (training examples used); leave it unset"),
+    ("--n_examples=0", "--n_examples must be a positive integer"),
+    ("--epoch_size=-100", "--epoch_size must be a positive integer (examples per epoch); leave it unset"),
+    ("--epoch_size=0", "--epoch_size must be a positive integer"),
+    ("--lanczos_top_K=-1", "--lanczos_top_K must be 0 (no measurements) or a positive number"),
+    ("--lanczos_top_K_N=-5", "--lanczos_top_K_N must be a positive integer"),
+    ("--lanczos_batch_size=0", "--lanczos_batch_size must be a positive integer"),
+    ("--n_filters=-4", "--n_filters must be a positive integer"),
+    ("--lr=nan", "--lr must be a positive number"),
+])
+def test_bad_sizes_are_usage_errors_before_any_data_is_loaded(tmp_path, flag, message):
+    save_dir = tmp_path / "run"
+    result = run_script("train_simple_cnn_cifar.py", "root", str(save_dir), "--dataset=fmnist", flag,
+                        check=False, timeout=60)
+    assert result.returncode == 1
+    assert f"FATAL Flags parsing error: flag {flag}: {message}" in result.stderr
+    assert "Loaded fashion_mnist" not in result.stderr + result.stdout and not save_dir.exists()
+
+
+def test_dict_flags_are_bounded_before_parsing_and_quoted_briefly(tmp_path):
+    sys.path.insert(0, EXAMPLES)
+    import paper_training
+    from absl import app
+
+    huge = "[" + "0," * 5_000_000 + "]"  # took 39 s and 4.8 GB to parse before it was refused
+    start = time.perf_counter()
+    with pytest.raises(app.UsageError) as info:
+        paper_training.parse_dict_flag("opt_kwargs", huge)
+    assert time.perf_counter() - start < 1.0
+    assert f"--opt_kwargs is {len(huge):,} characters long; at most 4,096 are accepted" in str(info.value)
+    assert len(str(info.value)) < 400
+    assert paper_training.MAX_DICT_FLAG_CHARS == 4096
+    assert paper_training.parse_dict_flag("opt_kwargs", "{'a': [" + "0," * 2000 + "]}")["a"] == [0] * 2000
+
+    nested = "[" * 4000  # under the bound, but too deep to parse: refused with its start only
+    result = run_script("train_simple_cnn_cifar.py", "root", str(tmp_path / "run"), f"--opt_kwargs={nested}",
+                        check=False, timeout=60)
+    assert result.returncode == 1
+    assert "--opt_kwargs must be a dict literal" in result.stderr
+    assert "... (4,000 characters) is not a literal and was not run." in result.stderr
+    assert len(result.stderr) < 2000 and not (tmp_path / "run").exists()
+    result = run_script("train_simple_cnn_cifar.py", "root", str(tmp_path / "run"),
+                        "--reduce_callback_kwargs=" + "{" * 5000, check=False, timeout=60)
+    assert result.returncode == 1 and "--reduce_callback_kwargs is 5,000 characters long" in result.stderr
+    assert len(result.stderr) < 2000
+
+
+SIMPLE_CNN_ONLY = ("--n_filters", "--kernel_size", "--n_dense", "--use_bias", "--kernel_initializer")
+RESNET_ONLY = ("--depth", "--init_scale", "--width")
+SHARED = ("--lanczos_top_K_N", "--opt_kwargs", "--n_examples", "--overwrite", "--dropout", "--bn", "--l2")
+
+
+@pytest.mark.parametrize("script, own, other", [
+    ("train_simple_cnn_cifar.py", SIMPLE_CNN_ONLY, RESNET_ONLY),
+    ("train_resnet_cifar.py", RESNET_ONLY, SIMPLE_CNN_ONLY),
+])
+def test_training_scripts_help_lists_their_own_flags_and_exits_0(script, own, other):
+    for help_flag in ("--help", "-h", "--helpshort"):
+        result = run_script(script, help_flag, check=False, timeout=60)
+        assert result.returncode == 0, result.stderr
+        listed = [line.split(":")[0].strip().replace("[no]", "") for line in result.stdout.splitlines()
+                  if line.startswith("  --")]
+        for name in own + SHARED:
+            assert name in listed, name
+        for name in other:
+            assert name not in listed, name
+        assert "CONFIG SAVE_DIR" in result.stdout
+    full = run_script(script, "--helpfull", check=False, timeout=60)
+    assert full.returncode == 0 and "--lanczos_top_K_N" in full.stdout
+
+
+def imports_tensorflow_for(script, *args):
+    """(exit status, stdout, whether TensorFlow was imported) of ``script`` run in a fresh interpreter."""
+    code = ("import runpy, sys\n"
+            f"sys.argv = {[script, *args]!r}\n"
+            f"sys.path.insert(0, {EXAMPLES!r})\n"
+            "try:\n"
+            f"    runpy.run_path({os.path.join(EXAMPLES, script)!r}, run_name='__main__')\n"
+            "    status = 0\n"
+            "except SystemExit as e:\n"
+            "    status = e.code\n"
+            "print('STATUS', status, 'TF', 'tensorflow' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    return result.stdout.splitlines()[-1], result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("script", ["tune_gamma.py", "fashion_mnist_demo.py"])
+def test_argparse_scripts_help_is_fast_and_shows_defaults(script):
+    last, out, _ = imports_tensorflow_for(script, "--help")
+    assert last == "STATUS 0 TF False"  # parsed before TensorFlow is imported
+    assert "--num_samples NUM_SAMPLES" in out and "examples per Lanczos measurement (default:" in out
+    if script == "tune_gamma.py":
+        assert "(default: [0.01, 0.1, 1.0, 5.0])" in " ".join(out.split())
+        assert "comma-separated NSGD gammas to choose from" in out
+
+
+@pytest.mark.parametrize("script, flag, message", [
+    ("fashion_mnist_demo.py", "--epochs=0", "argument --epochs: must be a positive integer, got 0"),
+    ("fashion_mnist_demo.py", "--n_examples=-5", "argument --n_examples: must be a positive integer, got -5"),
+    ("fashion_mnist_demo.py", "--lr=0", "argument --lr: must be a positive number, got '0'"),
+    ("tune_gamma.py", "--epochs=0", "argument --epochs: must be a positive integer, got 0"),
+    ("tune_gamma.py", "--top_ks=0,2", "argument --top_ks: expected comma-separated positive integers, got '0,2'"),
+    ("tune_gamma.py", "--gammas=nan", "argument --gammas: expected comma-separated finite numbers, got 'nan'"),
+])
+def test_argparse_scripts_refuse_bad_sizes_before_loading(script, flag, message):
+    last, _, err = imports_tensorflow_for(script, flag)
+    assert last == "STATUS 2 TF False" and message in err
+
+
+def run_in_process(argv):
+    """``paper_training.run`` on ``argv`` in this process (ResNet flags), as the script's main would."""
+    from absl import flags
+
+    sys.path.insert(0, EXAMPLES)
+    import paper_training
+
+    if "optim" not in flags.FLAGS:
+        paper_training.define_flags("resnet")
+    flags.FLAGS.unparse_flags()
+    remaining = flags.FLAGS(argv)
+    try:
+        return paper_training.run(remaining, "resnet")
+    finally:
+        flags.FLAGS.unparse_flags()
+
+
+def test_rerunning_a_complete_run_leaves_it_unless_overwrite(tmp_path, monkeypatch, capsys):
+    from tf_sharpest import data
+    from tf_sharpest.data import cifar
+
+    monkeypatch.setattr(cifar, "CIFAR10_BATCH_EXAMPLES", None)
+    write_fake_cifar(str(tmp_path / "data"))
+    save_dir = str(tmp_path / "run")
+    argv = ["train_resnet_cifar.py", "cifar10_resnet32_nobn_nodrop", save_dir, f"--data_dir={tmp_path / 'data'}",
+            "--depth=8", "--n_epochs=1", "--batch_size=32", "--lanczos_top_K=1", "--lanczos_top_K_N=32",
+            "--lanczos_batch_size=32", "--verbose=0", "--epoch_size=64"]
+
+    # Killed after fit, while the test set was read: the rerun tests it without training it again.
+    eval_dataset = data.eval_dataset
+
+    def killed_on_the_test_set(x, y, *args, **kwargs):
+        if len(x) == 64:  # the test split; the validation split has 32 images
+            raise KeyboardInterrupt
+        return eval_dataset(x, y, *args, **kwargs)
+
+    monkeypatch.setattr(data, "eval_dataset", killed_on_the_test_set)
+    with pytest.raises(KeyboardInterrupt):
+        run_in_process(argv)
+    monkeypatch.setattr(data, "eval_dataset", eval_dataset)
+    assert [r["epoch"] for r in history_rows(save_dir)] == ["0"]
+    assert not os.path.exists(os.path.join(save_dir, "final.json"))
+    final = run_in_process(argv)
+    assert "had finished (1 epochs); testing the backed-up model" in capsys.readouterr().out
+    assert [r["epoch"] for r in history_rows(save_dir)] == ["0"]
+    assert list(np.load(os.path.join(save_dir, "lanczos.npz"))["epoch"]) == [0, 1]
+    assert json.load(open(os.path.join(save_dir, "final.json"))) == final
+    assert not os.path.exists(os.path.join(save_dir, "backup"))
+
+    outputs = {name: open(os.path.join(save_dir, name), "rb").read()
+               for name in ("history.csv", "lanczos.npz", "final.json", "config.json")}
+    result = run_script("train_resnet_cifar.py", *argv[1:], check=False, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert (f"The run in {save_dir} is complete (test accuracy {final['test_accuracy']:.4f}, test loss "
+            f"{final['test_loss']:.4f}); nothing to do. Pass --overwrite") in result.stdout
+    result = run_script("train_resnet_cifar.py", *argv[1:], "--n_epochs=3", check=False, timeout=60)
+    assert result.returncode == 0 and "This command differs from that run in: n_epochs." in result.stdout
+    for name, content in outputs.items():
+        assert open(os.path.join(save_dir, name), "rb").read() == content, name
+
+    again = run_in_process(argv + ["--overwrite", "--seed=5"])
+    assert "--overwrite: deleted the earlier run's config.json, history.csv, lanczos.npz" in capsys.readouterr().out
+    assert [r["epoch"] for r in history_rows(save_dir)] == ["0"]  # started over, not appended
+    assert list(np.load(os.path.join(save_dir, "lanczos.npz"))["epoch"]) == [0, 1]
+    assert json.load(open(os.path.join(save_dir, "config.json")))["flags"]["seed"] == 5
+    assert json.load(open(os.path.join(save_dir, "final.json"))) == again
