@@ -74,7 +74,7 @@ def _flat_jacobian(tape, target, variables):
 
 
 def _zeros_for_none(grads, variables):
-    return [tf.zeros(v.shape, "float64") if g is None else g for g, v in zip(grads, variables)]
+    return [tf.zeros(v.shape, tf.as_dtype(v.dtype)) if g is None else g for g, v in zip(grads, variables)]
 
 
 def regularization_hessian(model, variables=None):

@@ -311,3 +311,43 @@ def test_preconditioner_bad_input():
     adaptive_steps(optimizer, model, x, y, steps=1)
     with pytest.raises(ValueError, match="does not update"):
         optimizer_preconditioner(optimizer, tiny_mlp(seed=4).trainable_variables)
+
+
+# -- samples ------------------------------------------------------------------------------------------
+
+def endless_dataset():
+    def forever():
+        rng = np.random.default_rng(0)
+        while True:
+            yield rng.standard_normal((2, 4)), rng.integers(0, 3, 2)
+
+    return tf.data.Dataset.from_generator(forever, output_signature=(
+        tf.TensorSpec([None, 4], tf.float64), tf.TensorSpec([None], tf.int64)))
+
+
+def test_a_dataset_that_never_ends_is_refused_within_the_bound(monkeypatch):
+    from tf_sharpest.hessian import top_eigenpairs
+    from tf_sharpest.operators import Sample, sample as sample_module
+
+    with pytest.raises(ValueError, match="has not ended after 25 batches.*dataset.take"):
+        Sample.from_data(endless_dataset(), max_batches=25)
+    monkeypatch.setattr(sample_module, "MAX_BATCHES", 40)  # the documented, configurable default
+    with pytest.raises(ValueError, match="has not ended after 40 batches"):
+        top_eigenpairs(tiny_mlp(), endless_dataset(), k=1, loss=sparse_ce())
+    finite = Sample.from_data(endless_dataset().take(30), max_batches=30)  # a known end within the bound
+    assert finite.num_examples == 60 and finite.equal_batches and finite.weights[0] == pytest.approx(1 / 30)
+
+
+def test_sample_is_immutable_and_set_data_swaps_it_whole():
+    model, x, y, _ = nonlinear_case("mlp")
+    operator = HessianOperator(model, (x, y), loss=sparse_ce(), batch_size=4)
+    first = operator.sample
+    with pytest.raises(AttributeError):
+        first.sizes = (1,)
+    operator.matvec(np.ones(operator.dim))
+    assert operator.sample is first  # a product sets nothing
+    operator.set_data((x[:6], y[:6]))
+    assert operator.sample is not first and operator.sample.sizes == (4, 2) and first.sizes == (4, 4, 4, 1)
+    with pytest.raises(ValueError, match="do not match"):
+        operator.set_data((x[:6, :3], y[:6]))
+    assert operator.sample.sizes == (4, 2)  # kept after a refused move

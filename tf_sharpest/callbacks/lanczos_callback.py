@@ -445,11 +445,22 @@ def describe_error(error: BaseException) -> str:
     """The line of an error's message that says what went wrong.
 
     TensorFlow's graph errors open with a generic line ("Graph execution
-    error:", "in user code:") and put the op's message last.
+    error:", "in user code:") followed by where the op was defined; the op's
+    own message comes after the stack frames and their source lines.
     """
     text = error.message if isinstance(error, tf.errors.OpError) else str(error)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not lines:
-        return type(error).__name__
-    generic = lines[0].endswith(":") or lines[0] in ("Graph execution error:", "in user code:")
-    return lines[-1] if generic and len(lines) > 1 else lines[0]
+    lines = text.splitlines()
+    first = next((line.strip() for line in lines if line.strip()), "")
+    if first not in ("Graph execution error:", "in user code:"):
+        return first or type(error).__name__
+    kept, after_frame = [], False
+    for line in lines[1:]:
+        stripped = line.strip()
+        if after_frame and stripped:  # the source line TensorFlow echoes under a frame
+            after_frame = False
+            continue
+        after_frame = stripped.startswith('File "')
+        if after_frame or not stripped or stripped.startswith(("Detected at node", "[[")):
+            continue
+        kept.append(stripped)
+    return kept[-1] if kept else first

@@ -22,7 +22,7 @@ from tf_sharpest.utils.batches import as_batched_dataset, count_examples
 #: Most batches read from a dataset of unknown cardinality (e.g. built with
 #: ``from_generator``) before it is refused as possibly endless. Pass
 #: ``max_batches=`` to :meth:`Sample.from_data` to change it.
-MAX_BATCHES = 100_000
+MAX_BATCHES = 10_000
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -51,7 +51,7 @@ class Sample:
     batch_spec: Any
 
     @classmethod
-    def from_data(cls, data, batch_size: int | None = None, *, max_batches: int = MAX_BATCHES) -> "Sample":
+    def from_data(cls, data, batch_size: int | None = None, *, max_batches: int | None = None) -> "Sample":
         """Reads ``data`` once into a ``Sample``.
 
         Args:
@@ -61,7 +61,8 @@ class Sample:
           batch_size: batch size for array ``data`` (default 128); must be
             None for a dataset, which is already batched.
           max_batches: a dataset whose cardinality TensorFlow cannot tell is
-            refused if it has not ended after this many batches.
+            refused if it has not ended after this many batches (default:
+            the module's ``MAX_BATCHES``, 10,000).
 
         Raises:
           ValueError: for empty, infinite or malformed data, or a dataset of
@@ -71,6 +72,7 @@ class Sample:
             if batch_size is not None:
                 raise ValueError("batch_size does not apply to a Sample, which is already cut into batches.")
             return data
+        max_batches = MAX_BATCHES if max_batches is None else max_batches
         if isinstance(max_batches, bool) or not isinstance(max_batches, (int, np.integer)) or max_batches < 1:
             raise ValueError(f"max_batches must be a positive integer, got {max_batches!r}.")
         dataset = as_batched_dataset(data, batch_size)

@@ -14,11 +14,17 @@ import tensorflow as tf
 DEFAULT_BATCH_SIZE = 128
 
 
-def _num_rows(array) -> int:
-    shape = getattr(array, "shape", None)
-    if shape is None or len(shape) == 0:
-        raise ValueError("x and y must be arrays or tensors with a leading example dimension.")
-    return int(shape[0])
+def _num_rows(arrays) -> int:
+    """Examples in one part of the data (``x`` may be a dict or list of arrays, all of one length)."""
+    rows = set()
+    for array in tf.nest.flatten(arrays):
+        shape = getattr(array, "shape", None)
+        if shape is None or len(shape) == 0:
+            raise ValueError("x and y must be arrays or tensors with a leading example dimension.")
+        rows.add(int(shape[0]))
+    if len(rows) != 1:
+        raise ValueError(f"The inputs of x must have the same number of examples, got {sorted(rows)}.")
+    return rows.pop()
 
 
 def as_batched_dataset(data, batch_size: int | None = None) -> tf.data.Dataset:
