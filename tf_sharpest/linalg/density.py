@@ -158,7 +158,8 @@ class SpectralDensity:
         ax.set_ylabel("density")
         if log:
             ax.set_yscale("log")
-            ax.set_ylim(bottom=1e-10 * float(np.max(values)))
+            if np.max(values) > 0:  # Gaussian tails underflow to 0, which a log axis cannot show
+                ax.set_ylim(bottom=1e-10 * float(np.max(values)))
         return ax
 
     def _node_range(self) -> tuple[float, float]:

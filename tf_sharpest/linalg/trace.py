@@ -49,7 +49,8 @@ class TraceResult:
       stderr: its estimated standard error: for ``"hutchinson"`` the probes'
         sample standard deviation over ``sqrt(m)``; for ``"hutch++"`` that of
         the Hutchinson part given the sketch; for ``"xtrace"`` the spread of its
-        exchangeable estimates over ``sqrt(m / 2)``; 0.0 for ``"exact"``; None
+        exchangeable estimates over ``sqrt(m / 2)`` (approximate: those
+        estimates share probes, so are correlated); 0.0 for ``"exact"``; None
         where a single probe leaves nothing to measure.
       num_matvecs: operator products spent.
       method: the estimator used.
