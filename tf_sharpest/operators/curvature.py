@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from tf_sharpest.operators.base import LinearOperator
 from tf_sharpest.operators.empirical_loss import EmpiricalLoss
+from tf_sharpest.operators.strategy import ReplicaPlan, resolve_strategy
 
 
 class CurvatureOperator(LinearOperator):
@@ -50,6 +51,12 @@ class CurvatureOperator(LinearOperator):
       variables: ``None`` for all trainable variables, or a block: a
         variable, a layer, or a list of variables and layers. ``dim`` and the
         flat layout are then those of the block, in model order.
+      strategy: the ``tf.distribute`` strategy the products run under;
+        default: the one the model was built under
+        (``model.distribute_strategy``). With several replicas, each takes one
+        shard of the sample and one all-reduce per product sums their parts;
+        under ``MultiWorkerMirroredStrategy`` every worker must hold the same
+        sample, and every worker gets the same products.
 
     Attributes:
       objective: the :class:`EmpiricalLoss` on the same sample and variables.
@@ -58,7 +65,8 @@ class CurvatureOperator(LinearOperator):
     """
 
     def __init__(self, model: keras.Model, data, *, loss=None, batch_size: int | None = None,
-                 training: bool = False, variables=None):
+                 training: bool = False, variables=None, strategy: tf.distribute.Strategy | None = None):
+        self.strategy = resolve_strategy(model, strategy)
         self.objective = EmpiricalLoss(model, data, loss=loss, batch_size=batch_size, training=training,
                                        variables=variables)
         super().__init__(self.objective.layout.dim, self.objective.dtype)
@@ -68,6 +76,10 @@ class CurvatureOperator(LinearOperator):
         self.model_loss = self.objective.model_loss
         self.num_traces = 0
         self._graph = None  # (trace_spec, traced function)
+        self._distributed_step = None
+        self._plan = None  # (sample, ReplicaPlan) of the latest distributed product
+        if self.num_replicas > 1:
+            self.replica_plan  # refuse now a sample smaller than the number of replicas
 
     # -- the sample ------------------------------------------------------------------------------
     def set_data(self, data, batch_size: int | None = None) -> None:
@@ -134,12 +146,42 @@ class CurvatureOperator(LinearOperator):
             self._graph = (spec, function)
         return self._graph[1]
 
+    @property
+    def num_replicas(self) -> int:
+        """Replicas that share each product (1 without a multi-replica strategy)."""
+        return int(self.strategy.num_replicas_in_sync)
+
+    @property
+    def replica_plan(self) -> ReplicaPlan:
+        """How the current sample is shared among the replicas (computed once per sample)."""
+        if self._plan is None or self._plan[0] is not self.sample:
+            self._plan = (self.sample, ReplicaPlan(self.sample, self.strategy))
+        return self._plan[1]
+
     def _matvec(self, vector):
+        if self.num_replicas > 1:
+            return self._distributed_matvec(vector)
         accumulate = self._accumulate_function()
         accumulated = tf.zeros([self.dim], self.dtype)
         for batch, weight in self.objective.batch_weights():
             accumulated = accumulate(batch, vector, accumulated, weight)
         return accumulated
+
+    def _distributed_matvec(self, vector):
+        plan = self.replica_plan
+        if self._distributed_step is None:
+            # strategy.run inside one tf.function, as Keras runs its train step; traced again
+            # only for a new batch shape (the smaller batches at a shard's end).
+            def step(batch, vector, accumulated, weight):
+                return self.strategy.run(self._accumulate_batch, args=(batch, vector, accumulated, weight))
+
+            self._distributed_step = tf.function(step, reduce_retracing=True)
+        accumulated = plan.zeros(self.dim, self.dtype)
+        for index in range(plan.num_steps):
+            batch, weight = plan.step(index, self.dtype)
+            accumulated = self._distributed_step(batch, vector, accumulated, weight)
+        # The one all-reduce of the product: the replicas' partial sums, added.
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, accumulated, axis=None)
 
     def matvec_structured(self, vectors) -> list[tf.Tensor]:
         """Returns ``A @ v`` for ``v`` given as variable-shaped tensors (one per chosen variable)."""

@@ -43,8 +43,9 @@ class EmpiricalFisherOperator(OutputCurvatureOperator):
     """
 
     def __init__(self, model, data, *, loss=None, batch_size: int | None = None, training: bool = False,
-                 variables=None):
-        super().__init__(model, data, loss=loss, batch_size=batch_size, training=training, variables=variables)
+                 variables=None, strategy=None):
+        super().__init__(model, data, loss=loss, batch_size=batch_size, training=training, variables=variables,
+                         strategy=strategy)
         self.model_loss._per_example_function()  # fail now, with a clear message, rather than in a graph
 
     def _output_product(self, x, y, sample_weight, y_pred, tangent):

@@ -46,8 +46,10 @@ class GGNOperator(OutputCurvatureOperator):
     """
 
     def __init__(self, model: keras.Model, data, *, loss=None, batch_size: int | None = None,
-                 training: bool = False, variables=None):
-        super().__init__(model, data, loss=loss, batch_size=batch_size, training=training, variables=variables)
+                 training: bool = False, variables=None,
+                 strategy=None):
+        super().__init__(model, data, loss=loss, batch_size=batch_size, training=training, variables=variables,
+                         strategy=strategy)
         self._softmax_scale = self.model_loss.softmax_cross_entropy_scale()
 
     @property

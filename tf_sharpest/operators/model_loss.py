@@ -75,18 +75,44 @@ class ModelLoss:
         return y_pred, regularization
 
     def output_loss(self, x, y, y_pred, sample_weight=None) -> tf.Tensor:
-        """The data term of the batch loss as a function of ``y_pred`` (no regularization)."""
+        """The data term of the batch loss as a function of ``y_pred`` (no regularization).
+
+        Under a strategy with ``R`` replicas, Keras's TF backend divides
+        mean-reduced losses, and the model's additional losses inside
+        ``compute_loss``, by ``R`` (so that summed replica gradients average).
+        A curvature operator weights its batches itself, so this undoes that
+        scaling and returns the batch's own data term.
+        """
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        data_scale = 1.0 / replicas if replicas > 1 and self._keras_scales_for_replicas() else 1.0
         if self._loss_object is None:
             # compute_loss adds the model's regularization losses: read in a fresh
             # stateless scope, they are the weight regularizers only, constant in
-            # y_pred, so subtracting them leaves the data term and its derivatives.
+            # y_pred; taking them out leaves the data term and its derivatives.
             with keras.StatelessScope(state_mapping=[(v, v.value) for v in self.model.variables]):
                 total = self.model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                                                 training=self.training)
                 losses = list(self.model.losses)
             if losses:
-                total = total - tf.add_n([tf.cast(l, total.dtype) for l in losses])
-            return total
+                additional_scale = 1.0 / replicas  # Keras 3's TF trainer scales additional losses too
+                total = total - additional_scale * tf.add_n([tf.cast(l, total.dtype) for l in losses])
+            return total / data_scale
+        return self._explicit_output_loss(y, y_pred, sample_weight) / data_scale
+
+    def _keras_scales_for_replicas(self) -> bool:
+        loss = self._loss_object
+        if loss is None:
+            try:
+                loss = _single_compiled_loss(self.model)
+            except ValueError:
+                return True  # several compiled losses: Keras wraps each in a mean-reduced Loss
+            if not isinstance(loss, keras.losses.Loss):
+                return True  # a function passed to compile() is wrapped in a mean-reduced Loss
+        if not isinstance(loss, keras.losses.Loss):
+            return False
+        return loss.reduction in ("sum_over_batch_size", "mean", "mean_with_sample_weight")
+
+    def _explicit_output_loss(self, y, y_pred, sample_weight):
         loss = self._loss_object
         if sample_weight is not None and isinstance(loss, keras.losses.Loss):
             value = loss(y, y_pred, sample_weight=sample_weight)

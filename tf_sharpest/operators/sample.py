@@ -136,6 +136,35 @@ class Sample:
         for batch, weight in zip(self.batches, self.weights):
             yield batch, tf.constant(weight, dtype)
 
+    def split(self, num_shards: int) -> tuple:
+        """The examples cut into ``num_shards`` contiguous shards, each a ``Sample`` in batches of at most the largest
+        batch size here: each replica of a distributed product takes one shard.
+
+        Shard sizes differ by at most one example, so every example is in
+        exactly one shard, however unevenly the sample divides.
+
+        Raises:
+          ValueError: if the sample has fewer examples than ``num_shards``.
+        """
+        if self.num_examples < num_shards:
+            raise ValueError(
+                f"The sample has {self.num_examples} examples, fewer than the {num_shards} replicas that share "
+                "each product: every replica needs at least one. Measure on more examples.")
+        if num_shards == 1:
+            return (self,)
+        examples = tf.nest.map_structure(lambda *parts: tf.concat(parts, axis=0), *self.batches)
+        batch_size = max(self.sizes)
+        base, extra = divmod(self.num_examples, num_shards)
+        shards, start = [], 0
+        for index in range(num_shards):
+            size = base + (1 if index < extra else 0)
+            cuts = list(range(start, start + size, batch_size)) + [start + size]
+            batches = tuple(tuple(tf.nest.map_structure(lambda t, a=a, b=b: t[a:b], examples))
+                            for a, b in zip(cuts[:-1], cuts[1:]))
+            shards.append(Sample(batches, tuple(b - a for a, b in zip(cuts[:-1], cuts[1:])), self.batch_spec))
+            start += size
+        return tuple(shards)
+
     def check_compatible(self, other: "Sample") -> None:
         """Raises a ``ValueError`` unless ``other`` has batches of the same structure (any batch size)."""
         if other.batch_spec != self.batch_spec:

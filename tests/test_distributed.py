@@ -1,0 +1,68 @@
+"""Curvature products under tf.distribute.MirroredStrategy over two logical CPUs, against one device."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from references import classification_data, sparse_ce, tiny_cnn
+from tf_sharpest.hessian import top_eigenpairs
+from tf_sharpest.operators import CURVATURES, HessianOperator, Sample
+
+
+def twin_models(strategy, seed=0):
+    """The same tiny CNN with the same weights, once under ``strategy`` and once on one device."""
+    single = tiny_cnn("float32", seed=seed)
+    single.compile(loss=sparse_ce("float32"))
+    with strategy.scope():
+        mirrored = tiny_cnn("float32", seed=seed)
+        mirrored.compile(loss=sparse_ce("float32"))
+    mirrored.set_weights(single.get_weights())
+    return single, mirrored
+
+
+@pytest.mark.parametrize("name", sorted(CURVATURES))
+@pytest.mark.parametrize("loss", ["compiled", "explicit"])
+def test_products_equal_single_device_ones_on_an_uneven_sample(mirrored_strategy, name, loss):
+    single, mirrored = twin_models(mirrored_strategy)
+    x, y = classification_data((6, 6, 1), n=23, dtype="float32", seed=2)  # 12 + 11 examples, batches of 5
+    kwargs = {} if loss == "compiled" else {"loss": sparse_ce("float32")}
+    reference = CURVATURES[name](single, (x, y), batch_size=5, **kwargs)
+    distributed = CURVATURES[name](mirrored, (x, y), batch_size=5, **kwargs)
+    assert distributed.strategy is mirrored_strategy and distributed.num_replicas == 2
+    assert distributed.replica_plan.examples_per_replica == [12, 11]
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        v = rng.standard_normal(reference.dim).astype("float32")
+        expected = reference.matvec(v).numpy()
+        actual = distributed.matvec(v).numpy()
+        assert np.linalg.norm(actual - expected) <= 1e-5 * np.linalg.norm(expected)
+
+
+def test_eigenpairs_under_the_strategy_equal_single_device(mirrored_strategy):
+    single, mirrored = twin_models(mirrored_strategy, seed=1)
+    x, y = classification_data((6, 6, 1), n=19, dtype="float32", seed=3)
+    expected = top_eigenpairs(single, (x, y), k=3, batch_size=4, tol=1e-6).eigenvalues
+    actual = top_eigenpairs(mirrored, (x, y), k=3, batch_size=4, tol=1e-6).eigenvalues
+    np.testing.assert_allclose(actual, expected, rtol=1e-4)
+
+
+def test_sample_split_puts_every_example_in_one_shard():
+    x, y = classification_data((3,), n=11, dtype="float32")
+    shards = Sample.from_data((x, y), batch_size=4).split(3)
+    assert [s.num_examples for s in shards] == [4, 4, 3]
+    labels = np.concatenate([b[1].numpy() for s in shards for b in s.batches])
+    np.testing.assert_array_equal(labels, y)
+    with pytest.raises(ValueError, match="fewer than the 12 replicas"):
+        Sample.from_data((x, y)).split(12)
+
+
+def test_bad_strategies_are_refused(mirrored_strategy):
+    single, mirrored = twin_models(mirrored_strategy)
+    x, y = classification_data((6, 6, 1), n=8, dtype="float32")
+    with pytest.raises(ValueError, match="built under _DefaultDistributionStrategy, not the MirroredStrategy"):
+        HessianOperator(single, (x, y), strategy=mirrored_strategy)
+    with pytest.raises(ValueError, match="fewer than the 2 replicas"):
+        HessianOperator(mirrored, (x[:1], y[:1]))
+    with pytest.raises(ValueError, match="must be a tf.distribute.Strategy"):
+        HessianOperator(mirrored, (x, y), strategy="mirrored")
