@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import inspect
 import json
 import math
 import os
@@ -361,6 +362,20 @@ def run(argv, family: str) -> dict:
     except ValueError as error:
         raise app.UsageError(f"The model flags do not fit CONFIG {config!r}: {error}") from None
     model.compile(optimizer=build_optimizer(opt_kwargs), loss=models.default_loss(), metrics=["accuracy"])
+    reduce_callback = None
+    if FLAGS.reduce_callback:
+        # ReduceLROnPlateau takes **kwargs and ignores unknown keys: a misspelt 'patience' would silently
+        # leave the default.
+        known = [name for name in inspect.signature(keras.callbacks.ReduceLROnPlateau.__init__).parameters
+                 if name not in ("self", "kwargs")]
+        unknown = sorted(set(reduce_kwargs) - set(known))
+        if unknown:
+            raise app.UsageError(f"Unknown --reduce_callback_kwargs key(s) {unknown}; ReduceLROnPlateau takes "
+                                 f"{known}.")
+        try:
+            reduce_callback = keras.callbacks.ReduceLROnPlateau(**reduce_kwargs)
+        except (TypeError, ValueError) as error:
+            raise app.UsageError(f"--reduce_callback_kwargs: {error}") from None
 
     os.makedirs(save_dir, exist_ok=True)
     with open(os.path.join(save_dir, "config.json"), "w") as f:
@@ -395,11 +410,8 @@ def run(argv, family: str) -> dict:
                                          num_samples=FLAGS.lanczos_top_K_N, batch_size=FLAGS.lanczos_batch_size,
                                          tol=FLAGS.lanczos_tol, seed=FLAGS.seed, save_dir=save_dir,
                                          verbose=1 if FLAGS.verbose == 1 else 0))
-    if FLAGS.reduce_callback:
-        try:
-            callbacks.append(keras.callbacks.ReduceLROnPlateau(**reduce_kwargs))
-        except TypeError as error:
-            raise app.UsageError(f"--reduce_callback_kwargs: {error}") from None
+    if reduce_callback is not None:
+        callbacks.append(reduce_callback)
     if FLAGS.early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=FLAGS.early_stopping_patience))
     callbacks += [
@@ -414,7 +426,8 @@ def run(argv, family: str) -> dict:
         EpochBackup(backup_dir, delete_on_train_end=False),
     ]
     if training_finished(backup_dir):
-        print(f"Training in {save_dir} had finished ({initial_epoch} epochs); testing the backed-up model.")
+        print(f"Training in {save_dir} had finished ({initial_epoch} of {FLAGS.n_epochs} epochs run); testing the "
+              "backed-up model.")
     else:
         model.fit(train, epochs=FLAGS.n_epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
                   validation_data=data.eval_dataset(splits.x_valid, splits.y_valid), callbacks=callbacks,

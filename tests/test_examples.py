@@ -69,6 +69,20 @@ def test_unknown_opt_kwargs_and_config_are_clear_errors(tmp_path):
     assert result.returncode != 0 and "Unknown --opt_kwargs key(s) ['overshot']" in result.stderr + result.stdout
 
 
+def test_model_and_callback_flags_are_refused_before_any_data_is_loaded(tmp_path):
+    # Keras's ReduceLROnPlateau ignores unknown keywords, and the model refuses a depth only when built.
+    result = run_script("train_simple_cnn_cifar.py", "root", str(tmp_path / "a"), "--dataset=fmnist",
+                        "--reduce_callback", "--reduce_callback_kwargs={'patiance': 5}", check=False, timeout=120)
+    assert result.returncode == 1
+    assert "Unknown --reduce_callback_kwargs key(s) ['patiance']; ReduceLROnPlateau takes ['monitor'" in result.stderr
+    assert not (tmp_path / "a").exists()
+    result = run_script("train_resnet_cifar.py", "cifar10_resnet32", str(tmp_path / "b"), "--depth=7",
+                        check=False, timeout=120)
+    assert result.returncode == 1 and "The model flags do not fit CONFIG 'cifar10_resnet32': resnet depth must " \
+        "be 6n+2" in result.stderr
+    assert "Loaded " not in result.stderr + result.stdout and not (tmp_path / "b").exists()
+
+
 def write_fake_cifar(directory, n=64):
     folder = os.path.join(directory, "cifar-10-batches-py")
     os.makedirs(folder)
@@ -345,7 +359,7 @@ def test_rerunning_a_complete_run_leaves_it_unless_overwrite(tmp_path, monkeypat
     assert [r["epoch"] for r in history_rows(save_dir)] == ["0"]
     assert not os.path.exists(os.path.join(save_dir, "final.json"))
     final = run_in_process(argv)
-    assert "had finished (1 epochs); testing the backed-up model" in capsys.readouterr().out
+    assert "had finished (1 of 1 epochs run); testing the backed-up model" in capsys.readouterr().out
     assert [r["epoch"] for r in history_rows(save_dir)] == ["0"]
     assert list(np.load(os.path.join(save_dir, "lanczos.npz"))["epoch"]) == [0, 1]
     assert json.load(open(os.path.join(save_dir, "final.json"))) == final
