@@ -3,5 +3,6 @@
 from tf_sharpest.callbacks.lanczos_callback import LanczosCallback
 from tf_sharpest.callbacks.measurement_log import Measurement, MeasurementLog
 from tf_sharpest.callbacks.sampling import SampleSource
+from tf_sharpest.callbacks.spectrum_callback import SpectrumCallback
 
-__all__ = ["LanczosCallback", "Measurement", "MeasurementLog", "SampleSource"]
+__all__ = ["LanczosCallback", "Measurement", "MeasurementLog", "SampleSource", "SpectrumCallback"]

@@ -1,0 +1,567 @@
+"""SpectrumCallback: the trace and the spectral density of the loss's curvature along training."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import io
+import os
+import time
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_sharpest.callbacks.lanczos_callback import MEASUREMENT_ERRORS, VERBOSE_CHOICES, all_layers, describe_error
+from tf_sharpest.callbacks.measurement_log import Measurement, MeasurementLog
+from tf_sharpest.callbacks.sampling import SampleSource
+from tf_sharpest.linalg.density import SpectralDensity, spectral_density
+from tf_sharpest.linalg.trace import MIN_MATVECS, TRACE_METHODS, trace
+from tf_sharpest.operators.factory import check_curvature, curvature_operator
+from tf_sharpest.utils.batches import even_batch_size, num_examples_of
+from tf_sharpest.utils.checks import positive_int
+from tf_sharpest.utils.files import atomic_path
+
+#: Subfolder of a TensorBoard log dir that the callback's summaries go to (a run of its own in TensorBoard).
+TENSORBOARD_SUBDIR = "spectrum"
+#: Buckets of the density histogram written to TensorBoard.
+HISTOGRAM_BUCKETS = 60
+# Names of the curvatures in plot titles.
+_TITLES = {"hessian": "Hessian", "ggn": "Gauss-Newton", "empirical_fisher": "Empirical Fisher"}
+# How far up the call stack to look for the CallbackList that called on_train_begin (see _fit_callbacks).
+_CALLER_DEPTH = 8
+
+
+class SpectrumCallback(keras.callbacks.Callback):
+    """Measures the trace and the spectral density of the loss's curvature as ``model.fit`` runs.
+
+    A sibling of :class:`~tf_sharpest.callbacks.LanczosCallback` with the
+    same sampling, operator choice, files and schedule. At the start of every
+    epoch (or every ``frequency`` training batches), and once after training,
+    it draws ``num_samples`` examples from ``data``, forms the curvature (the
+    Hessian by default) of the loss at the current weights on them, and
+    estimates its trace with :func:`tf_sharpest.linalg.trace`
+    (``trace_method``, ``trace_matvecs`` products). The estimate goes into
+    that epoch's ``logs`` as ``hessian_trace`` (``ggn_trace``,
+    ``empirical_fisher_trace`` for the other curvatures) with
+    ``hessian_trace_stderr``, ``spectrum_matvecs`` and ``spectrum_seconds``
+    (all prefixed with ``log_prefix``), so ``History``, ``CSVLogger``,
+    ``TensorBoard`` and keras-tuner see it like any metric. Place this callback
+    before ``CSVLogger``/``TensorBoard`` in the list: Keras hands each callback
+    the epoch's logs in list order.
+
+    Every ``density_every`` epochs (epochs 0, N, 2N, ...) and after training
+    (``final_density``), the same measurement also computes the spectral
+    density by stochastic Lanczos quadrature
+    (:func:`tf_sharpest.linalg.spectral_density`, ``num_probes`` x
+    ``num_steps`` products) on the same sample, and writes it:
+
+    * to ``save_dir`` as ``density_epoch{E:04d}.npz`` (``nodes``, ``weights``,
+      ``dim``, ``epoch``, ``step``, ...; read back with :func:`load_density`)
+      and, when matplotlib is installed, ``density_epoch{E:04d}.png`` (log
+      scale, as PyHessian's plots);
+    * to TensorBoard, into the ``spectrum`` subfolder of ``tensorboard_dir``
+      (by default the ``log_dir`` of a ``keras.callbacks.TensorBoard`` in the
+      same ``fit``): the same plot as an image (``spectral_density``, the view
+      that shows the outliers next to the bulk), and a histogram
+      (``eigenvalue_histogram``) whose bucket counts are the estimated number
+      of eigenvalues in each bucket (they sum to ``dim``), so the Histograms
+      dashboard shows how the bulk moves from epoch to epoch. The step of both
+      is the epoch. The trace is written there too as a scalar, at every
+      measurement (step: the epoch, or the global training step when
+      measuring every ``frequency`` batches).
+
+    Every measurement of a run uses one operator, moved to each new sample
+    with ``set_data``: its graph is traced once. A measurement never changes
+    the model and never stops training: one that fails (a non-finite loss or
+    estimate, an error in the estimators, a file that cannot be written) logs
+    NaN, warns once with the reason, and training goes on. Under
+    ``tf.distribute`` with several workers, only the chief writes files and
+    summaries (``strategy.extended.should_checkpoint`` /
+    ``should_save_summary``); every worker measures.
+
+    Cost: ``trace_matvecs`` curvature-vector products per measurement, plus
+    ``num_probes * num_steps`` for each density; each product is about two
+    to three gradients' work on ``num_samples`` examples.
+
+    Example:
+
+    ```python
+    spectrum = SpectrumCallback((x_train, y_train), num_samples=2048, trace_matvecs=30,
+                                density_every=5, num_probes=5, num_steps=50, save_dir="runs/sgd")
+    history = model.fit(x_train, y_train, epochs=20, callbacks=[
+        spectrum, keras.callbacks.TensorBoard("runs/sgd/tb")])   # densities also in TensorBoard
+    history.history["hessian_trace"]          # one estimate per epoch
+    spectrum.density.plot(log=True)           # the density measured after training
+    spectrum.densities[5].moment(1, normalized=False)   # trace from the density at epoch 5
+    ```
+
+    Args:
+      data: ``(x, y)`` arrays (``x`` may be a dict for multi-input models), or
+        a batched ``tf.data.Dataset`` of ``(x, y)`` (it may repeat forever).
+      num_samples: examples per measurement.
+      batch_size: largest batch size of the curvature products (the sample is
+        cut into equal batches where a size of at least half of this allows).
+      frequency: ``"epoch"`` to measure the trace at the start of each epoch,
+        or an int to measure it every that many training batches (a density
+        then goes with the first measurement in each of its epochs).
+      trace_method: ``"hutch++"`` (default), ``"hutchinson"``, ``"xtrace"``
+        or ``"exact"`` (``dim`` products: small models only).
+      trace_matvecs: products per trace estimate (at least 3 for Hutch++, 4
+        for XTrace; ignored by ``"exact"``).
+      density_every: compute the density at the start of every that many
+        epochs (0: not during training).
+      final_density: also compute the density after training.
+      num_probes: SLQ probes per density, ``>= 1``.
+      num_steps: Lanczos steps per probe, ``>= 1``.
+      resample: draw a fresh sample for every measurement (seeded); ``False``
+        keeps the first draw.
+      training: measure with the model in training mode (BatchNorm batch
+        statistics, one fixed dropout mask); the model is left unchanged.
+      save_dir: folder for ``spectrum.npz``/``spectrum.csv`` (every
+        measurement: epoch, step, matvecs, seconds, loss, ``trace``,
+        ``trace_stderr``, ``density_matvecs``) and the density files;
+        ``None`` saves nothing.
+      tensorboard_dir: ``"auto"`` (default) writes the summaries under the
+        ``log_dir`` of a ``keras.callbacks.TensorBoard`` callback in the same
+        ``fit``, if any; a path writes them under that log dir; ``None``
+        writes none.
+      seed: seed of the sampling and of the estimators' probes.
+      verbose: ``"auto"`` (default) prints one line per measurement unless
+        ``fit`` runs with ``verbose=0``; or 0 (silent), 1, 2 (one line each).
+      log_prefix: prefix of every logged key.
+      loss: loss to differentiate; ``None`` uses the model's compiled loss.
+      curvature: ``"hessian"`` (default), ``"ggn"`` or ``"empirical_fisher"``.
+      variables: ``None`` for all trainable variables, or a block: a layer, a
+        variable, or a list of them.
+    """
+
+    def __init__(self, data, num_samples: int = 2250, batch_size: int = 128, frequency="epoch",
+                 trace_method: str = "hutch++", trace_matvecs: int = 30, density_every: int = 10,
+                 final_density: bool = True, num_probes: int = 5, num_steps: int = 50, resample: bool = True,
+                 training: bool = False, save_dir: str | None = None, tensorboard_dir: str | None = "auto",
+                 seed: int | None = None, verbose="auto", log_prefix: str = "", loss=None,
+                 curvature: str = "hessian", variables=None):
+        super().__init__()
+        if not isinstance(data, tf.data.Dataset) and not (isinstance(data, (tuple, list)) and len(data) in (2, 3)):
+            raise ValueError("data must be (x, y) arrays or a batched tf.data.Dataset of (x, y).")
+        self.num_samples = positive_int("num_samples", num_samples)
+        self.batch_size = positive_int("batch_size", batch_size)
+        if frequency != "epoch" and (isinstance(frequency, bool) or not isinstance(frequency, (int, np.integer))
+                                     or frequency < 1):
+            raise ValueError(f"frequency must be 'epoch' or a positive number of batches, got {frequency!r}.")
+        if trace_method not in TRACE_METHODS:
+            raise ValueError(f"trace_method must be one of {TRACE_METHODS}, got {trace_method!r}.")
+        if trace_method != "exact":
+            least = MIN_MATVECS[trace_method]
+            if isinstance(trace_matvecs, bool) or not isinstance(trace_matvecs, (int, np.integer)) \
+                    or trace_matvecs < least:
+                raise ValueError(f"trace_matvecs must be an integer >= {least} for trace_method={trace_method!r}, "
+                                 f"got {trace_matvecs!r}.")
+        if isinstance(density_every, bool) or not isinstance(density_every, (int, np.integer)) or density_every < 0:
+            raise ValueError(f"density_every must be an integer >= 0 (0: not during training), got "
+                             f"{density_every!r}.")
+        if verbose not in VERBOSE_CHOICES or isinstance(verbose, bool):
+            raise ValueError(f"verbose must be one of {VERBOSE_CHOICES}, got {verbose!r}.")
+        if tensorboard_dir is not None and not (isinstance(tensorboard_dir, (str, os.PathLike))
+                                                and os.fspath(tensorboard_dir)):
+            raise ValueError(f"tensorboard_dir must be 'auto', a log folder or None, got {tensorboard_dir!r}.")
+        if save_dir is not None and not (isinstance(save_dir, (str, os.PathLike)) and os.fspath(save_dir)):
+            raise ValueError(f"save_dir must be a folder or None, got {save_dir!r}.")
+        self.data = data
+        self.frequency = frequency
+        self.trace_method = trace_method
+        self.trace_matvecs = trace_matvecs  # checked above; "exact" ignores it
+        self.density_every = int(density_every)
+        self.final_density = bool(final_density)
+        self.num_probes = positive_int("num_probes", num_probes)
+        self.num_steps = positive_int("num_steps", num_steps)
+        self.resample = bool(resample)
+        self.training = bool(training)
+        self.save_dir = None if save_dir is None else os.fspath(save_dir)
+        self.tensorboard_dir = None if tensorboard_dir is None else os.fspath(tensorboard_dir)
+        self.seed = seed
+        self.verbose = verbose
+        self.log_prefix = log_prefix
+        self.loss = loss
+        self.curvature = check_curvature(curvature)
+        self.variables = variables
+        #: Every measurement, in order: one per epoch or per ``frequency`` batches, and one after training.
+        self.history: list[Measurement] = []
+        #: The densities of the latest run, by epoch (the one after training has the number of epochs run).
+        self.densities: dict[int, SpectralDensity] = {}
+        self._source = SampleSource(data, self.num_samples, resample=self.resample, seed=seed)
+        self._operator = None
+        self._signature = None
+        self._writer = None
+        self._reset_run_state()
+
+    def _reset_run_state(self):
+        self._source.reset()
+        self._rng = np.random.default_rng(self.seed)
+        self._epoch = 0
+        self._global_step = 0
+        self._pending_logs: dict = {}
+        self._warned = set()
+        self._first_measurement_of_run = True
+        self._log_dir = None  # TensorBoard log dir resolved for this run
+
+    # keras-tuner deep-copies callbacks for every trial; a tf.data.Dataset (and
+    # large arrays) are shared instead of copied: the callback only reads them.
+    def __deepcopy__(self, memo):
+        clone = self.__class__.__new__(self.__class__)
+        memo[id(self)] = clone
+        for name, value in self.__dict__.items():
+            if name in ("_operator", "_signature", "_writer"):
+                clone.__dict__[name] = None  # the original's traced graph and open event file: the clone makes its own
+                continue
+            shared = name in ("data", "_model", "variables") or isinstance(value, (tf.data.Dataset, keras.Model))
+            clone.__dict__[name] = value if shared else copy.deepcopy(value, memo)
+        return clone
+
+    @property
+    def operator(self):
+        """The curvature operator of the latest measurement (None before the first); reused across measurements."""
+        return self._operator
+
+    @property
+    def density(self) -> SpectralDensity | None:
+        """The latest density (None before the first)."""
+        return self.densities[max(self.densities)] if self.densities else None
+
+    @property
+    def trace_key(self) -> str:
+        """The logged key of the trace, e.g. ``"hessian_trace"``."""
+        return self.key(f"{self.curvature}_trace")
+
+    def key(self, name: str) -> str:
+        """The logged key for ``name`` (with ``log_prefix``)."""
+        return f"{self.log_prefix}{name}"
+
+    # -- Keras hooks -------------------------------------------------------------------
+    def on_train_begin(self, logs=None):
+        self._reset_run_state()
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None and getattr(optimizer, "built", False):
+            # The global step survives a resumed run (BackupAndRestore restores the optimizer).
+            self._global_step = int(optimizer.iterations.numpy())
+        self._log_dir = self._resolve_log_dir()
+        if self.save_dir and self._log.exists():
+            try:
+                self.history = self._log.read()  # a resumed run continues the saved history
+            except (OSError, ValueError, KeyError) as error:
+                self._warn_once("read", f"could not read {self._log.npz_path} ({error}); starting a new history.")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = int(epoch)
+        self._pending_logs = {}
+        if self.frequency == "epoch":
+            self._measure()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.frequency != "epoch" and self._global_step % int(self.frequency) == 0:
+            self._measure()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._global_step += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.update(self._pending_logs)
+
+    def on_train_end(self, logs=None):
+        try:
+            self._measure(final=True)
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+
+    # -- measurement ---------------------------------------------------------------------
+    def _density_due(self, epoch: int, final: bool) -> bool:
+        if final:
+            return self.final_density
+        if not self.density_every or epoch % self.density_every:
+            return False
+        return epoch not in self.densities  # with frequency in batches: the first measurement of the epoch
+
+    def _measure(self, final: bool = False):
+        if self._first_measurement_of_run:
+            # A run measures again from its first epoch on (a fresh fit() from 0, a run
+            # resumed by BackupAndRestore from where it stopped): drop what it redoes.
+            self.history = [m for m in self.history if m.epoch < self._epoch]
+            self.densities = {}
+            self._first_measurement_of_run = False
+        epoch = self._epoch + 1 if final else self._epoch  # the final one follows the last epoch
+        start = time.perf_counter()
+        try:
+            sample = self._source.draw()
+            self._warn_about_batchnorm()
+            operator = self._operator_for(sample)
+            first = operator.num_matvecs
+            result = trace(operator, method=self.trace_method, num_matvecs=self.trace_matvecs,
+                           seed=int(self._rng.integers(2**31)))
+            if not np.isfinite(result.value):
+                raise ValueError(f"the trace estimate {result.value} is not finite.")
+        except MEASUREMENT_ERRORS as error:
+            measurement = Measurement(epoch, self._global_step, np.zeros(0), 0, time.perf_counter() - start,
+                                      float("nan"), error=describe_error(error),
+                                      values={"trace": np.nan, "trace_stderr": np.nan, "density_matvecs": 0.0})
+            self._warn_once("failure", f"the measurement at epoch {epoch}, step {self._global_step} failed and was "
+                                       f"logged as NaN; training goes on (further failures are not reported). "
+                                       f"Reason: {measurement.error}")
+        else:
+            density_seed = int(self._rng.integers(2**31))  # drawn either way: a run's estimates do not depend on
+            density_matvecs = 0                            # which epochs have a density
+            if self._density_due(epoch, final):
+                density_matvecs = self._measure_density(operator, epoch, density_seed, final)
+            stderr = np.nan if result.stderr is None else float(result.stderr)
+            measurement = Measurement(epoch, self._global_step, np.zeros(0), operator.num_matvecs - first,
+                                      time.perf_counter() - start, float(operator.loss),
+                                      values={"trace": float(result.value), "trace_stderr": stderr,
+                                              "density_matvecs": float(density_matvecs)})
+            if self._progress_mode():
+                density_note = f"; density at epoch {epoch} ({density_matvecs} matvecs)" if density_matvecs else ""
+                print(f"{type(self).__name__} at epoch {epoch}, step {self._global_step}: {self.curvature} trace "
+                      f"{result.value:.6g} +- {stderr:.2g} ({self.trace_method}, {result.num_matvecs} matvecs"
+                      f"{density_note}; {measurement.seconds:.1f}s)", flush=True)
+        self.history.append(measurement)
+        if not final:
+            self._pending_logs = self._measurement_logs(measurement)
+        self._write_trace_summary(measurement)
+        if self.save_dir and self._writes_files():
+            try:
+                self._log.write(self.history)
+            except OSError as error:
+                self._warn_once("save", f"could not write {self._log.npz_path} ({error}); training goes on.")
+
+    def _measure_density(self, operator, epoch: int, seed: int, final: bool) -> int:
+        """Computes, keeps and writes the density at ``epoch``; returns its matvecs (0 if it failed)."""
+        first = operator.num_matvecs
+        try:
+            density = spectral_density(operator, num_probes=self.num_probes, num_steps=self.num_steps, seed=seed)
+            if not (np.all(np.isfinite(density.nodes)) and np.all(np.isfinite(density.weights))):
+                raise ValueError("the density's nodes or weights are not finite.")
+        except MEASUREMENT_ERRORS as error:
+            self._warn_once("density", f"the spectral density at epoch {epoch} failed and was not written; training "
+                                       f"goes on (further failures are not reported). Reason: {describe_error(error)}")
+            return 0
+        self.densities[epoch] = density
+        self._write_density(density, epoch, operator, final)
+        return operator.num_matvecs - first
+
+    def _operator_for(self, sample):
+        """The operator on ``sample``: built once per model and variable set, then moved with ``set_data``."""
+        # Identity and shape of every trainable variable: a new model, or layers frozen or
+        # unfrozen, changes it, and then the traced graph is stale.
+        signature = (id(self.model), tuple((id(v), tuple(v.shape)) for v in self.model.trainable_variables))
+        if self._operator is not None and self._signature == signature:
+            try:
+                self._operator.set_data(sample)
+                return self._operator
+            except ValueError:
+                pass  # a sample of another structure: build afresh (and report its error)
+        # Equal batches (at most batch_size) let the operator trace one fixed, faster batch shape.
+        batch_size = even_batch_size(num_examples_of(sample), self.batch_size)
+        self._operator = curvature_operator(self.curvature, self.model, sample, loss=self.loss,
+                                            batch_size=batch_size, training=self.training, variables=self.variables)
+        self._signature = signature
+        return self._operator
+
+    def _measurement_logs(self, measurement: Measurement) -> dict:
+        return {self.trace_key: float(measurement.values["trace"]),
+                self.key(f"{self.curvature}_trace_stderr"): float(measurement.values["trace_stderr"]),
+                self.key("spectrum_matvecs"): float(measurement.matvecs),
+                self.key("spectrum_seconds"): float(measurement.seconds)}
+
+    def _progress_mode(self) -> int:
+        if self.verbose != "auto":
+            return int(self.verbose)
+        return 0 if int((self.params or {}).get("verbose", 0) or 0) == 0 else 2
+
+    def _warn_once(self, key: str, message: str):
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(f"{type(self).__name__}: {message}", RuntimeWarning, stacklevel=3)
+
+    def _warn_about_batchnorm(self):
+        if self.training or "batchnorm" in self._warned:
+            return
+        for layer in all_layers(self.model):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                settle = 1.0 / max(1.0 - float(layer.momentum), 1e-12)
+                if self._global_step < settle:
+                    self._warn_once("batchnorm", (
+                        f"BatchNorm layer {layer.name!r} has seen only {self._global_step} updates of its moving "
+                        f"statistics (momentum {layer.momentum}: they settle after about {settle:.0f}); in "
+                        "inference mode the measured network is not yet the one being trained and its curvature "
+                        "can be far off. Pass training=True to measure with batch statistics."))
+                return
+
+    # -- files and summaries -----------------------------------------------------------------
+    @property
+    def _log(self) -> MeasurementLog:
+        return MeasurementLog(self.save_dir, "spectrum")
+
+    def _strategy_extended(self):
+        strategy = getattr(self.model, "distribute_strategy", None) or tf.distribute.get_strategy()
+        return getattr(strategy, "extended", None)
+
+    def _writes_files(self) -> bool:
+        """Only the chief worker writes files (Keras's multi-worker convention); True without a cluster."""
+        return bool(getattr(self._strategy_extended(), "should_checkpoint", True))
+
+    def _writes_summaries(self) -> bool:
+        return bool(getattr(self._strategy_extended(), "should_save_summary", True))
+
+    def _resolve_log_dir(self) -> str | None:
+        if self.tensorboard_dir is None:
+            return None
+        if self.tensorboard_dir != "auto":
+            return self.tensorboard_dir
+        boards = [c for c in _fit_callbacks(self) if isinstance(c, keras.callbacks.TensorBoard)]
+        return str(boards[0].log_dir) if boards else None
+
+    def _summary_writer(self):
+        if self._log_dir is None or not self._writes_summaries():
+            return None
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(os.path.join(self._log_dir, TENSORBOARD_SUBDIR))
+        return self._writer
+
+    def _write_trace_summary(self, measurement: Measurement):
+        step = measurement.epoch if self.frequency == "epoch" else measurement.step
+        self._summarize("trace", lambda: tf.summary.scalar(self.trace_key, measurement.values["trace"], step=step))
+
+    def _summarize(self, what: str, write):
+        try:
+            writer = self._summary_writer()
+            if writer is None:
+                return
+            with writer.as_default():
+                write()
+            writer.flush()
+        except (OSError, ValueError, tf.errors.OpError) as error:
+            self._warn_once(f"summary:{what}", f"could not write the {what} to TensorBoard under {self._log_dir} "
+                                               f"({describe_error(error)}); training goes on.")
+
+    def _write_density(self, density: SpectralDensity, epoch: int, operator, final: bool):
+        png = self._density_png(density, epoch, operator, final)
+        if self.save_dir and self._writes_files():
+            stem = os.path.join(self.save_dir, f"density_epoch{epoch:04d}")
+            try:
+                with atomic_path(stem + ".npz") as path:
+                    np.savez(path, nodes=density.nodes, weights=density.weights, dim=density.dim,
+                             num_matvecs=density.num_matvecs, epoch=epoch, step=self._global_step,
+                             num_examples=operator.num_examples, curvature=self.curvature)
+                if png is not None:
+                    with atomic_path(stem + ".png") as path, open(path, "wb") as handle:
+                        handle.write(png)
+            except OSError as error:
+                self._warn_once("save_density", f"could not write {stem}.npz/.png ({error}); training goes on.")
+
+        def write():
+            if png is not None:
+                tf.summary.image("spectral_density", tf.image.decode_png(png, channels=3)[None], step=epoch,
+                                 description=f"{self.curvature} spectral density (SLQ), log scale")
+            tf.summary.write("eigenvalue_histogram", tf.constant(histogram_buckets(density)), step=epoch,
+                             metadata=_histogram_metadata(
+                                 f"Estimated number of {self.curvature} eigenvalues per bucket (sums to dim)"))
+        self._summarize("density", write)
+
+    def _density_png(self, density: SpectralDensity, epoch: int, operator, final: bool) -> bytes | None:
+        """The log-scale plot as PNG bytes; None without matplotlib."""
+        if not (self.save_dir or self._log_dir):
+            return None
+        try:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+        except ImportError:
+            self._warn_once("matplotlib", "matplotlib is not installed (pip install tf_sharpest[plot]): the density "
+                                          "is saved as .npz only, without a plot.")
+            return None
+        # A bare Figure (not pyplot): no global figure state, no GUI backend, safe in any thread.
+        figure = Figure(figsize=(6.4, 4.0), dpi=100)
+        FigureCanvasAgg(figure)
+        ax = figure.add_subplot()
+        density.plot(ax=ax, log=True)
+        title = _TITLES.get(self.curvature, self.curvature)
+        ax.set_xlabel(f"{title} eigenvalue")
+        when = f"after training (epoch {epoch})" if final else f"start of epoch {epoch}"
+        ax.set_title(f"{title} spectral density, {when}\n{density.num_probes} probes x {self.num_steps} "
+                     f"steps, {operator.num_examples} examples, dim {density.dim:,}", fontsize=9)
+        ax.grid(alpha=0.3)
+        figure.tight_layout()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+        return buffer.getvalue()
+
+
+def histogram_buckets(density: SpectralDensity, buckets: int = HISTOGRAM_BUCKETS) -> np.ndarray:
+    """The density as TensorBoard histogram data: ``[buckets, 3]`` rows of (left edge, right edge, count).
+
+    A count is the estimated number of eigenvalues in the bucket: the SLQ
+    weights (averaged over probes) falling in it, times ``dim``; the counts
+    sum to ``dim``. Buckets span the nodes that carry weight.
+
+    Example:
+
+    ```python
+    buckets = histogram_buckets(spectrum.density)
+    buckets[:, 2].sum()            # == density.dim
+    ```
+    """
+    used = density.weights > 0
+    nodes, mass = density.nodes[used], density.weights[used] / density.num_probes * density.dim
+    low, high = float(np.min(nodes)), float(np.max(nodes))
+    if high <= low:  # all weight on one value: one bucket around it
+        low, high = low - 0.5 * max(abs(low), 1.0) * 1e-3, high + 0.5 * max(abs(high), 1.0) * 1e-3
+    counts, edges = np.histogram(nodes, bins=int(buckets), range=(low, high), weights=mass)
+    return np.stack([edges[:-1], edges[1:], counts], axis=1).astype(np.float64)
+
+
+def load_density(path: str | os.PathLike) -> SpectralDensity:
+    """The :class:`~tf_sharpest.linalg.SpectralDensity` a :class:`SpectrumCallback` saved in ``path``.
+
+    Example:
+
+    ```python
+    density = load_density("runs/sgd/density_epoch0010.npz")
+    density.moment(1, normalized=False)     # the trace, with its standard error
+    ```
+    """
+    with np.load(path) as saved:
+        return SpectralDensity(nodes=np.array(saved["nodes"]), weights=np.array(saved["weights"]),
+                               dim=int(saved["dim"]), num_matvecs=int(saved["num_matvecs"]))
+
+
+def _histogram_metadata(description: str):
+    # TensorBoard's histogram plugin reads [k, 3] tensors (left, right, count) tagged with its
+    # metadata; tf.summary.histogram can only count samples, and the density has weights.
+    from tensorboard.plugins.histogram import metadata
+
+    return metadata.create_summary_metadata(display_name=None, description=description)
+
+
+def _fit_callbacks(callback) -> list:
+    """The callbacks of the ``fit`` that is calling ``callback.on_train_begin`` (empty if not found).
+
+    Keras gives a callback no handle on its siblings, but it calls each
+    callback's ``on_train_begin`` from ``CallbackList.on_train_begin``, whose
+    ``self`` is the list holding them all: found a few frames up the stack.
+    """
+    frame = inspect.currentframe()
+    try:
+        for _ in range(_CALLER_DEPTH):
+            frame = frame.f_back if frame is not None else None
+            if frame is None:
+                break
+            owner = frame.f_locals.get("self")
+            members = getattr(owner, "callbacks", None)
+            if isinstance(owner, keras.callbacks.CallbackList) and isinstance(members, list) \
+                    and any(member is callback for member in members):
+                return list(members)
+        return []
+    finally:
+        del frame
