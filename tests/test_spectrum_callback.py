@@ -204,6 +204,20 @@ def test_frequency_in_batches(data):
     assert history.history["hessian_trace"][1] == pytest.approx(callback.history[3].values["trace"])
 
 
+def test_frequency_none_measures_once_after_training(data, tmp_path):
+    x, y = data
+    model = compiled_cnn(learning_rate=0.05)
+    callback = SpectrumCallback((x, y), num_samples=len(x), batch_size=20, frequency=None, trace_method="exact",
+                                num_probes=4, num_steps=10, seed=0, save_dir=str(tmp_path))
+    history = model.fit(x, y, batch_size=20, epochs=2, verbose=0, callbacks=[callback])
+    assert "hessian_trace" not in history.history
+    assert [(m.epoch, m.step) for m in callback.history] == [(2, 4)] and list(callback.densities) == [2]
+    hessian = exact_hessian(model, x, y)  # the trained weights
+    assert callback.history[0].values["trace"] == pytest.approx(np.trace(hessian), rel=2e-5)
+    assert sorted(os.listdir(tmp_path)) == ["density_epoch0002.npz", "density_epoch0002.png", "spectrum.csv",
+                                            "spectrum.npz"]
+
+
 def test_failed_measurement_logs_nan_warns_once_and_training_goes_on(data, tmp_path):
     x, y = data
     bad_x = x.copy()
@@ -250,6 +264,7 @@ def test_verbose_auto_follows_fit(data, capsys):
     (dict(batch_size=-1), "batch_size"),
     (dict(frequency="batch"), "frequency"),
     (dict(frequency=0), "frequency"),
+    (dict(frequency=2.5), "frequency"),
     (dict(trace_method="slq"), "trace_method"),
     (dict(trace_method="hutch++", trace_matvecs=2), r"trace_matvecs must be an integer >= 3"),
     (dict(trace_method="xtrace", trace_matvecs=3), r"trace_matvecs must be an integer >= 4"),

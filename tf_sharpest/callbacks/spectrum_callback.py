@@ -104,8 +104,10 @@ class SpectrumCallback(keras.callbacks.Callback):
       batch_size: largest batch size of the curvature products (the sample is
         cut into equal batches where a size of at least half of this allows).
       frequency: ``"epoch"`` to measure the trace at the start of each epoch,
-        or an int to measure it every that many training batches (a density
-        then goes with the first measurement in each of its epochs).
+        an int to measure it every that many training batches (a density
+        then goes with the first measurement in each of its epochs), or
+        ``None`` to measure only once, after training (with ``final_density``:
+        the trace and the density of the trained model).
       trace_method: ``"hutch++"`` (default), ``"hutchinson"``, ``"xtrace"``
         or ``"exact"`` (``dim`` products: small models only).
       trace_matvecs: products per trace estimate (at least 3 for Hutch++, 4
@@ -148,9 +150,10 @@ class SpectrumCallback(keras.callbacks.Callback):
             raise ValueError("data must be (x, y) arrays or a batched tf.data.Dataset of (x, y).")
         self.num_samples = positive_int("num_samples", num_samples)
         self.batch_size = positive_int("batch_size", batch_size)
-        if frequency != "epoch" and (isinstance(frequency, bool) or not isinstance(frequency, (int, np.integer))
-                                     or frequency < 1):
-            raise ValueError(f"frequency must be 'epoch' or a positive number of batches, got {frequency!r}.")
+        if frequency not in ("epoch", None) and (isinstance(frequency, bool)
+                                                 or not isinstance(frequency, (int, np.integer)) or frequency < 1):
+            raise ValueError(f"frequency must be 'epoch', a positive number of batches or None (only after "
+                             f"training), got {frequency!r}.")
         if trace_method not in TRACE_METHODS:
             raise ValueError(f"trace_method must be one of {TRACE_METHODS}, got {trace_method!r}.")
         if trace_method != "exact":
@@ -260,7 +263,7 @@ class SpectrumCallback(keras.callbacks.Callback):
             self._measure()
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self.frequency != "epoch" and self._global_step % int(self.frequency) == 0:
+        if self.frequency not in ("epoch", None) and self._global_step % int(self.frequency) == 0:
             self._measure()
 
     def on_train_batch_end(self, batch, logs=None):
@@ -431,7 +434,7 @@ class SpectrumCallback(keras.callbacks.Callback):
         return self._writer
 
     def _write_trace_summary(self, measurement: Measurement):
-        step = measurement.epoch if self.frequency == "epoch" else measurement.step
+        step = measurement.step if isinstance(self.frequency, (int, np.integer)) else measurement.epoch
         self._summarize("trace", lambda: tf.summary.scalar(self.trace_key, measurement.values["trace"], step=step))
 
     def _summarize(self, what: str, write):
