@@ -2,7 +2,8 @@
 
 Part 1: time of one HVP over a batch divided by one gradient over the same
 batch, for SimpleCNN with 32 and 100 filters (medians over interleaved repeats,
-in one run), and the same HVP graph traced with an open batch dimension.
+in one run), and the same HVP graph traced with an open batch dimension; and
+the Gauss-Newton and empirical-Fisher products on the same batch beside them.
 Part 2: matvecs that ``tf_sharpest.linalg.lanczos`` and scipy's
 ``eigsh`` (ARPACK) need for the top-5 eigenvalues to a given relative accuracy
 on the same Hessian operator.
@@ -21,7 +22,7 @@ import tensorflow as tf
 from _common import machine, markdown_table, median, timed
 from tf_sharpest import models
 from tf_sharpest.linalg import lanczos
-from tf_sharpest.operators import HessianOperator
+from tf_sharpest.operators import EmpiricalFisherOperator, GGNOperator, HessianOperator
 
 
 def gradient_function(model, loss_fn):
@@ -35,7 +36,8 @@ def gradient_function(model, loss_fn):
 
 
 def hvp_ratio(preset, batch_size, repeats, seed=0):
-    """Median seconds of a gradient, an HVP, and the same HVP graph traced with an open batch dimension."""
+    """Median seconds of a gradient, an HVP, the same HVP graph traced with an open batch dimension, a GGN and
+    an empirical-Fisher product, all on the same batch."""
     model = models.simple_cnn(preset)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch_size,) + tuple(model.input_shape[1:])).astype("float32")
@@ -43,6 +45,8 @@ def hvp_ratio(preset, batch_size, repeats, seed=0):
     loss_fn = models.default_loss()
     gradient = gradient_function(model, loss_fn)
     operator = HessianOperator(model, (x, y), loss=loss_fn, batch_size=batch_size)
+    ggn = GGNOperator(model, (x, y), loss=loss_fn, batch_size=batch_size)
+    fisher = EmpiricalFisherOperator(model, (x, y), loss=loss_fn, batch_size=batch_size)
     v = tf.constant(rng.standard_normal(operator.dim).astype("float32"))
     # What the operator ran before it traced equal batches for their fixed shape (and still runs
     # when the last batch is smaller): its per-batch graph with the batch dimension left open.
@@ -52,7 +56,8 @@ def hvp_ratio(preset, batch_size, repeats, seed=0):
     batch = next(iter(operator.objective.batches()))
     zeros, one = tf.zeros([operator.dim]), tf.constant(1.0)
     calls = {"gradient": lambda: gradient(x, y), "hvp": lambda: operator.matvec(v),
-             "hvp_open_batch": lambda: open_batch_graph(batch, v, zeros, one)}
+             "hvp_open_batch": lambda: open_batch_graph(batch, v, zeros, one),
+             "ggn": lambda: ggn.matvec(v), "empirical_fisher": lambda: fisher.matvec(v)}
     for call in calls.values():  # trace and warm up
         timed(call)
     times = {name: [] for name in calls}
@@ -125,10 +130,13 @@ def main():
         params, t = hvp_ratio(preset, args.batch_size, args.repeats)
         rows.append([f"simple_cnn('{preset}')", f"{params:,}", args.batch_size, f"{t['gradient'] * 1e3:.0f}",
                      f"{t['hvp'] * 1e3:.0f}", f"{t['hvp'] / t['gradient']:.2f}",
-                     f"{t['hvp_open_batch'] * 1e3:.0f}", f"{t['hvp_open_batch'] / t['gradient']:.2f}"])
+                     f"{t['hvp_open_batch'] * 1e3:.0f}", f"{t['hvp_open_batch'] / t['gradient']:.2f}",
+                     f"{t['ggn'] * 1e3:.0f}", f"{t['ggn'] / t['hvp']:.2f}",
+                     f"{t['empirical_fisher'] * 1e3:.0f}", f"{t['empirical_fisher'] / t['hvp']:.2f}"])
         print(f"{preset}: " + ", ".join(f"{name} {seconds:.3f}s" for name, seconds in t.items()), flush=True)
     print("\n" + markdown_table(["network", "parameters", "batch", "gradient ms", "HVP ms", "HVP / gradient",
-                                  "HVP, open batch dim, ms", "open / gradient"], rows))
+                                  "HVP, open batch dim, ms", "open / gradient", "GGN ms", "GGN / HVP",
+                                  "EF ms", "EF / HVP"], rows))
 
     if not args.skip_eigsh:
         tols = [1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5]

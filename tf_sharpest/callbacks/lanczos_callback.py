@@ -15,6 +15,7 @@ from tf_sharpest.callbacks.measurement_log import Measurement, MeasurementLog
 from tf_sharpest.callbacks.sampling import SampleSource
 from tf_sharpest.linalg.lanczos import lanczos
 from tf_sharpest.operators.factory import check_curvature, curvature_operator
+from tf_sharpest.operators.strategy import is_chief
 from tf_sharpest.operators.preconditioned import (PreconditionedOperator, optimizer_preconditioner,
                                                    optimizer_preconditioner_supports)
 from tf_sharpest.utils.batches import even_batch_size, num_examples_of
@@ -90,7 +91,8 @@ class LanczosCallback(keras.callbacks.Callback):
         statistics, one fixed dropout mask); the model is left unchanged.
       warm_start: start Lanczos from the previous eigenvectors.
       save_dir: folder for ``lanczos.npz``/``lanczos.csv`` (every measurement)
-        and eigenvector files; ``None`` saves nothing.
+        and eigenvector files; ``None`` saves nothing. Under
+        ``MultiWorkerMirroredStrategy`` only the chief writes.
       save_eigenvectors_every: save the eigenvectors every this many epochs
         (0: never) as ``eigenvectors_epoch{E:04d}.npz``.
       seed: seed of the sampling and of Lanczos's start vectors.
@@ -221,7 +223,7 @@ class LanczosCallback(keras.callbacks.Callback):
             return
         logs.update(self._pending_logs)
         logs.update(self._nsgd_logs())
-        if self.save_eigenvectors_every and self.save_dir and (epoch + 1) % self.save_eigenvectors_every == 0 \
+        if self.save_eigenvectors_every and self._writes_files() and (epoch + 1) % self.save_eigenvectors_every == 0 \
                 and self.eigenvectors is not None:
             self._save_eigenvectors(epoch)
 
@@ -270,7 +272,7 @@ class LanczosCallback(keras.callbacks.Callback):
         self.history.append(measurement)
         if not final:
             self._pending_logs = self._measurement_logs(measurement)
-        if self.save_dir:
+        if self._writes_files():
             try:
                 self._log.write(self.history, self.top_k)
             except OSError as error:
@@ -403,6 +405,10 @@ class LanczosCallback(keras.callbacks.Callback):
         return logs
 
     # -- files -------------------------------------------------------------------------------
+    def _writes_files(self) -> bool:
+        """Only the chief writes (Keras's multi-worker convention); the other workers log the same values."""
+        return bool(self.save_dir) and is_chief(self.model.distribute_strategy)
+
     @property
     def _log(self) -> MeasurementLog:
         return MeasurementLog(self.save_dir, "lanczos")
