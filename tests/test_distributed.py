@@ -66,3 +66,22 @@ def test_bad_strategies_are_refused(mirrored_strategy):
         HessianOperator(mirrored, (x[:1], y[:1]))
     with pytest.raises(ValueError, match="must be a tf.distribute.Strategy"):
         HessianOperator(mirrored, (x, y), strategy="mirrored")
+
+
+def test_lanczos_callback_and_nsgd_in_a_mirrored_fit(mirrored_strategy):
+    from tf_sharpest.callbacks import LanczosCallback
+    from tf_sharpest.optimizers import NSGD
+
+    single, _ = twin_models(mirrored_strategy, seed=2)
+    x, y = classification_data((6, 6, 1), n=40, dtype="float32", seed=4)
+    expected = top_eigenpairs(single, (x, y), k=2, batch_size=8, tol=1e-6).eigenvalues  # the initial weights
+    with mirrored_strategy.scope():
+        model = tiny_cnn("float32", seed=2)
+        model.compile(optimizer=NSGD(0.05, gamma=0.5, top_k=2), loss=sparse_ce("float32"))
+    model.set_weights(single.get_weights())
+    callback = LanczosCallback((x, y), top_k=2, num_samples=len(x), batch_size=8, tol=1e-6, resample=False)
+    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[callback])
+    assert callback.operator.num_replicas == 2 and callback.operator.replica_plan.examples_per_replica == [20, 20]
+    np.testing.assert_allclose(callback.history[0].eigenvalues, expected, rtol=1e-4)  # measured before any step
+    np.testing.assert_array_equal(model.optimizer.get_directions(), callback.eigenvectors)
+    assert np.all(np.isfinite(history.history["lambda_1"])) and history.history["nsgd_alpha_ratio_1"][-1] > 0
