@@ -2,8 +2,9 @@
 
 from tf_sharpest.linalg.density import MomentEstimate, SpectralDensity, spectral_density
 from tf_sharpest.linalg.lanczos import lanczos
+from tf_sharpest.linalg.lobpcg import lobpcg
 from tf_sharpest.linalg.result import EigenResult
 from tf_sharpest.linalg.trace import DiagonalResult, TraceResult, diagonal, trace
 
-__all__ = ["lanczos", "EigenResult", "trace", "diagonal", "TraceResult", "DiagonalResult",
+__all__ = ["lanczos", "lobpcg", "EigenResult", "trace", "diagonal", "TraceResult", "DiagonalResult",
            "spectral_density", "SpectralDensity", "MomentEstimate"]
