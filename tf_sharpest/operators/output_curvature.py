@@ -41,7 +41,7 @@ class OutputCurvatureOperator(CurvatureOperator):
                 with tf.autodiff.ForwardAccumulator(primals, vectors) as forward:
                     y_pred, regularization = self.model_loss.forward(x)
                 tangent = forward.jvp(y_pred, unconnected_gradients=ZERO)
-            targets, seeds = tf.nest.flatten(y_pred), None
+            targets = tf.nest.flatten(y_pred)
             if regularization is not None:
                 # grad(R) . v, differentiated again below: the regularizer's exact Hessian product.
                 regularization_grads = gradients(regularization_tape, regularization, self.variables)
