@@ -1,13 +1,13 @@
 """Datasets of the paper: CIFAR-10 and Fashion-MNIST, split, preprocessed and augmented.
 
-::
+```python
+from tf_sharpest import data
 
-    from tf_sharpest import data
-
-    d = data.load("cifar10", data_dir="~/datasets")   # or "fashion_mnist"
-    x_train, y_train, x_valid, y_valid, x_test, y_test = d
-    train = data.train_dataset(d.x_train, d.y_train, batch_size=128, seed=0)
-    model.fit(train, validation_data=data.eval_dataset(d.x_valid, d.y_valid), epochs=10)
+d = data.load("fashion_mnist")   # or data.load("cifar10", data_dir="~/datasets")
+x_train, y_train, x_valid, y_valid, x_test, y_test = d
+train = data.train_dataset(d.x_train, d.y_train, batch_size=128, seed=0)
+model.fit(train, validation_data=data.eval_dataset(d.x_valid, d.y_valid), epochs=10)
+```
 
 Labels are integers: pair with ``tf_sharpest.models.default_loss()``
 (sparse categorical cross-entropy on logits).

@@ -17,9 +17,11 @@ class Splits:
     """A dataset's train / valid / test splits as NumPy arrays.
 
     ``x_*`` are float32 NHWC images, ``y_*`` int64 labels of shape ``(N,)``.
-    Unpacks as a 6-tuple::
+    Unpacks as a 6-tuple:
 
-        x_train, y_train, x_valid, y_valid, x_test, y_test = data
+    ```python
+    x_train, y_train, x_valid, y_valid, x_test, y_test = splits
+    ```
 
     Attributes beyond the arrays: ``name`` (canonical dataset name),
     ``source`` (where the data came from), ``preprocessing``, ``mean`` (the

@@ -4,12 +4,14 @@ Every factory returns a functional ``keras.Model`` whose output is **logits**
 (a linear last layer named ``"logits"``, no softmax). The matching loss, used
 throughout tf_sharpest (Hessian operators, callbacks, examples), is
 ``keras.losses.SparseCategoricalCrossentropy(from_logits=True)`` on integer
-labels; :func:`default_loss` returns it::
+labels; :func:`default_loss` returns it:
 
-    from tf_sharpest import models
+```python
+from tf_sharpest import models
 
-    model = models.simple_cnn("root")
-    model.compile(optimizer="sgd", loss=models.default_loss(), metrics=["accuracy"])
+model = models.simple_cnn("root")
+model.compile(optimizer="sgd", loss=models.default_loss(), metrics=["accuracy"])
+```
 
 For probabilities apply ``keras.activations.softmax`` to the outputs.
 """

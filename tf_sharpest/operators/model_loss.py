@@ -31,8 +31,12 @@ class ModelLoss:
 
     ```python
     parts = ModelLoss(model, loss=None, training=False)
-    y_pred, regularization = parts.forward(x)   # inside a GradientTape
-    total = parts.output_loss(x, y, y_pred, sample_weight) + regularization
+    with tf.GradientTape() as tape:
+        y_pred, regularization = parts.forward(x)   # None for a model without regularizers
+        total = parts.output_loss(x, y, y_pred)     # sample_weight=None
+        if regularization is not None:
+            total += regularization
+    gradients = tape.gradient(total, model.trainable_variables)
     ```
 
     Args:

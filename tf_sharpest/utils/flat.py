@@ -20,9 +20,11 @@ class FlatLayout:
 
     Example:
 
-    >>> layout = FlatLayout.from_variables(model.trainable_variables)
-    >>> flat = layout.flatten([tf.ones_like(v) for v in model.trainable_variables])
-    >>> parts = layout.unflatten(flat)  # a list of tensors shaped like the variables
+    ```python
+    layout = FlatLayout.from_variables(model.trainable_variables)
+    flat = layout.flatten([tf.ones_like(v) for v in model.trainable_variables])   # [layout.dim]
+    parts = layout.unflatten(flat)  # a list of tensors shaped like the variables
+    ```
     """
 
     def __init__(self, shapes: Sequence[Sequence[int]], names: Sequence[str] | None = None):
