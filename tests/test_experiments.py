@@ -108,3 +108,66 @@ def test_sgd_step_smoke_agrees_with_a_quadratic_model_for_short_steps(tmp_path):
     plot.main(["--out", str(tmp_path / "runs"), "--figures", str(tmp_path / "fig")])
     for name in ("step_losses.png", "alignment.png", "table.md"):
         assert os.path.getsize(tmp_path / "fig" / name) > 100, name
+
+
+def test_edge_of_stability_statistics_on_known_numbers():
+    from experiments.edge_of_stability import plot
+
+    # Steps 0..8: the later half is steps 4, 6, 8; a lone spike moves the smoothed peak by a third only.
+    assert plot.later_half_mean([0, 2, 4, 6, 8], [1.0, 100.0, 3.0, 5.0, np.nan]) == 4.0
+    assert plot.smoothed_peak([1.0, 1.0, 10.0, 1.0, 1.0]) == 4.0
+    assert plot.smoothed_peak([2.0, 4.0]) == 3.0
+    assert plot.thresholds({"lr": 0.01, "momentum": 0.9, "optimizer": "sgd"}) == pytest.approx(
+        {"2(1+b)/eta": 380.0, "2(1-b)/eta": 20.0, "2/eta": 200.0})
+    assert plot.thresholds({"lr": 0.001, "momentum": 0.0, "optimizer": "adam"})["38/eta"] == pytest.approx(38000.0)
+
+
+@needs_fmnist
+def test_edge_of_stability_smoke_recomputes_its_measurements(tmp_path):
+    import csv
+
+    import keras
+
+    from experiments.edge_of_stability import plot, run
+    from tf_sharpest import models
+    from tf_sharpest.analysis import batch_sharpness
+    from tf_sharpest.hessian import top_eigenpairs
+
+    results = run.main(["--smoke", "--out", str(tmp_path / "runs")])
+    assert [r["config"]["part"] for r in results] == ["gd", "sgd", "momentum", "adam"]
+    for result in results:
+        assert not result["diverged"] and finite([m["lambda_full"] for m in result["records"]])
+        assert result["records"][-1]["step"] == result["steps"]
+    gd, sgd, momentum, adam = results
+    assert [m["step"] for m in gd["records"]] == [0, 3, 6]  # every --gd_measure_every steps and after the last
+    assert len(sgd["records"]) == common.SMOKE.epochs + 1 and sgd["steps"] == 2 * 8  # 256 examples, batch 32
+    assert np.isnan(adam["records"][0]["lambda_preconditioned"])  # no second moments before Adam's first step
+    assert all(m["lambda_preconditioned"] > 0 for m in adam["records"][1:])
+
+    # The last measurements, recomputed independently from the saved final weights.
+    splits = common.load_data(run.SMOKE)
+    x, y = splits[0]
+    model = models.simple_cnn("root", input_shape=x.shape[1:], n_filters=run.SMOKE.n_filters)
+    model.load_weights(str(tmp_path / "runs" / "sgd" / "bs32_seed0" / "final.weights.h5"))
+    last = sgd["records"][-1]
+    exact = top_eigenpairs(model, (x, y), k=1, loss=models.default_loss(), tol=1e-6).eigenvalues[0]
+    np.testing.assert_allclose(last["lambda_full"], exact, rtol=2e-2)
+    again = batch_sharpness(model, (x, y), batch_size=32, num_batches=2, seed=last["batch_sharpness_seed"],
+                            loss=models.default_loss())
+    np.testing.assert_allclose(last["batch_sharpness"], again.value, rtol=1e-4)
+    keras.backend.clear_session()
+
+    table = plot.main(["--out", str(tmp_path / "runs"), "--figures", str(tmp_path / "fig")])
+    for name in ("gd.png", "sgd.png", "momentum.png", "adam.png"):
+        assert os.path.getsize(tmp_path / "fig" / name) > 10_000, name
+    assert "### Part 1" in table and "### Part 4" in table and "| 0.1 | 20.0 |" in table  # 2/eta of GD at 0.1
+    with open(tmp_path / "fig" / "summary.csv") as f:
+        rows = {(row["part"], row["batch_size"]): row for row in csv.DictReader(f)}
+    row = rows[("sgd", "32")]
+    steps = [m["step"] for m in sgd["records"]]
+    expected = np.mean([m["lambda_full"] for m in sgd["records"] if m["step"] >= max(steps) / 2])
+    np.testing.assert_allclose(float(row["lambda_full_later_half"]), expected, rtol=1e-12)
+    assert float(row["threshold 2/eta"]) == pytest.approx(2 / 0.05)
+    assert float(rows[("momentum", "32")]["threshold 2(1+b)/eta"]) == pytest.approx(2 * 1.9 / 0.005)
+    assert float(rows[("adam", "full")]["threshold 38/eta"]) == pytest.approx(38 / 0.001)
+    assert float(row["val_accuracy_best"]) == max(sgd["logs"]["val_accuracy"])

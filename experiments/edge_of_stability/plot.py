@@ -1,0 +1,358 @@
+"""Plots study 5 (edge of stability): one figure and one table per part, and summary.csv of every run.
+
+Per run, each quantity is summarised by statistics no single spike decides:
+the mean over the later half of training (measurements at or after half of
+the run's steps) and the peak of the curve smoothed by a 3-point running
+mean. Per setting, the tables give the mean over seeds with the standard
+deviation across seeds, the ratio to the stability threshold, and the final
+and best validation accuracy.
+
+    python -m experiments.edge_of_stability.plot [--out RUNS] [--figures FOLDER]
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import os
+import warnings
+
+import numpy as np
+
+from experiments import common
+
+STUDY = "edge_of_stability"
+COLORS = ("k", "tab:blue", "tab:orange", "tab:red")
+
+
+def sgd_quantities(config: dict) -> list[tuple[str, str]]:
+    """The quantities of a mini-batch run, in plotting order, with their labels (the sample sizes it used)."""
+    samples = [(f"lambda_{m}", f"$\\lambda_1$, {m:,}-sample") for m in sorted(set(config["sample_sizes"]), reverse=True)
+               if m < config["n_train"]]
+    return [("lambda_full", "$\\lambda_1$, every example"), *samples, ("batch_sharpness", "batch sharpness")]
+
+
+# -- statistics ------------------------------------------------------------------------------------------------
+
+def curve(result: dict, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, values)`` of one quantity over the run's measurements (NaN where not measured)."""
+    records = result["records"]
+    steps = np.array([r["step"] for r in records], dtype=float)
+    values = np.array([r.get(key, np.nan) for r in records], dtype=float)
+    return steps, values
+
+
+def later_half_mean(steps, values) -> float:
+    """Mean of the finite values measured at or after half of the last step."""
+    steps, values = np.asarray(steps, float), np.asarray(values, float)
+    keep = (steps >= steps.max() / 2) & np.isfinite(values)
+    return float(np.mean(values[keep])) if keep.any() else float("nan")
+
+
+def smoothed_peak(values, window: int = 3) -> float:
+    """Peak of the running mean over ``window`` consecutive measurements (a lone spike is divided by ``window``)."""
+    values = np.asarray(values, float)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return float("nan")
+    if values.size < window:
+        return float(np.mean(values))
+    return float(np.max(np.convolve(values, np.ones(window) / window, mode="valid")))
+
+
+def thresholds(config: dict) -> dict[str, float]:
+    """The stability thresholds that apply to a run's optimizer (by name)."""
+    lr, beta = config["lr"], config["momentum"]
+    if config["optimizer"] == "adam":
+        beta1 = 0.9  # Keras's default, used by the runs
+        return {"38/eta": (2 + 2 * beta1) / (lr * (1 - beta1)), "2/eta": 2 / lr}
+    if beta:
+        return {"2(1+b)/eta": 2 * (1 + beta) / lr, "2(1-b)/eta": 2 * (1 - beta) / lr}
+    return {"2/eta": 2 / lr}
+
+
+def validation_accuracy(result: dict) -> tuple[float, float]:
+    """``(final, best)`` validation accuracy: per epoch for ``fit`` runs, at the measurements for full-batch ones."""
+    if result["logs"].get("val_accuracy"):
+        values = np.asarray(result["logs"]["val_accuracy"], float)
+    else:
+        values = np.array([r.get("val_accuracy", np.nan) for r in result["records"]], float)
+    return float(values[-1]), float(np.nanmax(values))
+
+
+def run_summary(result: dict) -> dict:
+    """One row of summary.csv: the run's configuration, statistics per quantity, thresholds and accuracy."""
+    c = result["config"]
+    row = {"part": c["part"], "optimizer": c["optimizer"], "lr": c["lr"], "momentum": c["momentum"],
+           "batch_size": c["batch_size"] or "full", "seed": c["seed"], "n_train": c["n_train"],
+           "steps": result["steps"], "diverged": int(result["diverged"])}
+    keys = [key for key, _ in sgd_quantities(c)] + ["lambda_preconditioned"]
+    for key in keys:
+        steps, values = curve(result, key)
+        if np.isfinite(values).any():
+            row[f"{key}_later_half"] = later_half_mean(steps, values)
+            row[f"{key}_smoothed_peak"] = smoothed_peak(values)
+            row[f"{key}_final"] = float(values[np.isfinite(values)][-1])
+    for name, value in thresholds(c).items():
+        row[f"threshold {name}"] = value
+    row["val_accuracy_final"], row["val_accuracy_best"] = validation_accuracy(result)
+    row["train_loss_final"] = result["records"][-1]["train_loss"]
+    return row
+
+
+def setting_key(config: dict) -> tuple:
+    return (config["part"], config["optimizer"], config["lr"], config["momentum"], config["batch_size"] or 0)
+
+
+def group(results: list[dict]) -> dict[tuple, list[dict]]:
+    """Runs by setting (all but the seed), each group sorted by seed."""
+    groups = collections.defaultdict(list)
+    for result in results:
+        groups[setting_key(result["config"])].append(result)
+    return {k: sorted(groups[k], key=lambda r: r["config"]["seed"]) for k in sorted(groups)}
+
+
+def spread(values, fmt: str = ".1f") -> str:
+    """``mean +- std`` over seeds (sample std; the mean alone for one seed)."""
+    values = np.asarray([v for v in values if np.isfinite(v)], float)
+    if values.size == 0:
+        return "n/a"
+    if values.size == 1:
+        return format(values[0], fmt)
+    return f"{format(values.mean(), fmt)} ± {format(values.std(ddof=1), fmt)}"
+
+
+def ratio(values, threshold: float) -> str:
+    values = np.asarray([v for v in values if np.isfinite(v)], float) / threshold
+    if values.size == 0:
+        return "n/a"
+    return f"{values.mean():.2f} ({values.min():.2f}–{values.max():.2f})"
+
+
+# -- figures -----------------------------------------------------------------------------------------------------
+
+def _mean_curve(runs: list[dict], key: str, x: str = "step"):
+    """Common x (of the first run) and the per-seed values, for runs measured at the same points."""
+    length = min(len(r["records"]) for r in runs)
+    xs = np.array([r[x] for r in runs[0]["records"][:length]], float)
+    values = np.array([[rec.get(key, np.nan) for rec in r["records"][:length]] for r in runs], float)
+    return xs, values
+
+
+def plot_band(ax, xs, values, color, label, style="-"):
+    """Mean over seeds (line) and each seed (thin lines), so spikes and the spread both show."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a point no seed measured (Adam's step 0) stays NaN
+        mean = np.nanmean(values, axis=0)
+    for row in values:
+        ax.plot(xs, row, style, color=color, lw=0.6, alpha=0.35)
+    ax.plot(xs, mean, style, color=color, lw=1.8, marker="o", ms=2.5, label=label)
+
+
+def plot_gd(plt, groups, path: str, caption: str) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    colors = plt.cm.viridis(np.linspace(0, 0.85, len(groups)))
+    for color, runs in zip(colors, groups.values()):
+        lr = runs[0]["config"]["lr"]
+        xs, lam = _mean_curve(runs, "lambda_full")
+        _, loss = _mean_curve(runs, "train_loss")
+        plot_band(axes[0], xs, lam, color, f"$\\eta$ = {lr:g}")
+        axes[0].axhline(2 / lr, color=color, ls="--", lw=1)
+        plot_band(axes[1], xs, lam * lr / 2, color, f"$\\eta$ = {lr:g}")
+        plot_band(axes[2], xs, loss, color, f"$\\eta$ = {lr:g}")
+    axes[0].set(yscale="log", ylabel="$\\lambda_1$ (every training example)",
+                title="Full-batch GD: $\\lambda_1$ (dashed: $2/\\eta$)")
+    axes[1].axhline(1.0, color="k", ls="--", lw=1)
+    axes[1].set(ylabel="$\\eta\\lambda_1 / 2$", title="$\\lambda_1$ relative to $2/\\eta$")
+    axes[2].set(yscale="log", ylabel="training loss (every example)", title="Training loss")
+    for ax in axes:
+        ax.set_xlabel("GD steps")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    common.save_figure(fig, path, caption)
+
+
+def plot_minibatch(plt, groups, path: str, caption: str, title: str) -> None:
+    """One panel per batch size: the four quantities against the thresholds; and their ratio per batch size."""
+    settings = list(groups.values())
+    fig, axes = plt.subplots(1, len(settings) + 1, figsize=(4.6 * (len(settings) + 1), 4.6), squeeze=False)
+    axes = axes[0]
+    quantities = sgd_quantities(settings[0][0]["config"])
+    colors = dict(zip([k for k, _ in quantities], COLORS))
+    for ax, runs in zip(axes, settings):
+        c = runs[0]["config"]
+        for key, label in quantities:
+            xs, values = _mean_curve(runs, key, "epoch")
+            if np.isfinite(values).any():
+                plot_band(ax, xs, values, colors[key], label)
+        for (name, value), style in zip(thresholds(c).items(), ("--", ":", "-.")):
+            ax.axhline(value, color="gray", ls=style, lw=1.2, label=name.replace("eta", "$\\eta$").replace("b", "$\\beta$")
+                       + f" = {value:g}")
+        ax.set(yscale="log", xlabel="epochs", ylabel="curvature",
+               title=f"{title}, batch {c['batch_size']}, $\\eta$ = {c['lr']:g}")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    ax = axes[-1]
+    batch_sizes = [runs[0]["config"]["batch_size"] for runs in settings]
+    main = next(iter(thresholds(settings[0][0]["config"]).items()))
+    for offset, (key, label) in zip(np.linspace(-0.15, 0.15, len(quantities)), quantities):
+        stats = [[later_half_mean(*curve(r, key)) / main[1] for r in runs] for runs in settings]
+        means = [np.nanmean(s) if np.isfinite(s).any() else np.nan for s in stats]
+        errors = [np.nanstd(s, ddof=1) if np.isfinite(s).sum() > 1 else 0 for s in stats]
+        positions = np.arange(len(settings)) + offset
+        ax.errorbar(positions, means, yerr=errors, fmt="o", color=colors[key], capsize=3, label=label)
+        for position, values in zip(positions, stats):
+            ax.plot([position] * len(values), values, ".", color=colors[key], alpha=0.4)
+    for name, value in thresholds(settings[0][0]["config"]).items():
+        ax.axhline(value / main[1], color="gray", ls="--" if name == main[0] else ":", lw=1)
+    ax.set_xticks(range(len(settings)), [f"batch {b}" for b in batch_sizes])
+    ax.set(yscale="log", ylabel=f"later-half mean / {main[0]}", title=f"Later-half mean relative to {main[0]}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    common.save_figure(fig, path, caption)
+
+
+def plot_adam(plt, groups, path: str, caption: str) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    colors = plt.cm.plasma(np.linspace(0, 0.7, len(groups)))
+    for color, runs in zip(colors, groups.values()):
+        c = runs[0]["config"]
+        label = "full batch" if c["batch_size"] is None else f"batch {c['batch_size']}"
+        xs, pre = _mean_curve(runs, "lambda_preconditioned")
+        _, lam = _mean_curve(runs, "lambda_full")
+        plot_band(axes[0], xs, pre, color, label)
+        plot_band(axes[1], xs, lam, color, label)
+    lr = next(iter(groups.values()))[0]["config"]["lr"]
+    axes[0].axhline(38 / lr, color="k", ls="--", lw=1, label=f"38/$\\eta$ = {38 / lr:g}")
+    axes[1].axhline(2 / lr, color="k", ls="--", lw=1, label=f"2/$\\eta$ = {2 / lr:g}")
+    axes[0].set(yscale="log", ylabel="$\\lambda_1(P^{-1}H)$", title=f"Adam ($\\eta$ = {lr:g}): preconditioned sharpness")
+    axes[1].set(yscale="log", ylabel="$\\lambda_1(H)$", title="Adam: plain $\\lambda_1$ (every example)")
+    for ax in axes:
+        ax.set_xlabel("optimizer steps")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    common.save_figure(fig, path, caption)
+
+
+# -- tables --------------------------------------------------------------------------------------------------------
+
+def accuracy_cells(runs) -> list[str]:
+    final, best = zip(*(validation_accuracy(r) for r in runs))
+    return [spread(final, ".3f"), spread(best, ".3f")]
+
+
+def gd_table(groups) -> str:
+    rows = []
+    for runs in groups.values():
+        c = runs[0]["config"]
+        threshold = 2 / c["lr"]
+        later = [later_half_mean(*curve(r, "lambda_full")) for r in runs]
+        peaks = [smoothed_peak(curve(r, "lambda_full")[1]) for r in runs]
+        first_cross = [crossing_step(r, "lambda_full", threshold) for r in runs]
+        rows.append([f"{c['lr']:g}", f"{threshold:.1f}", spread(later), ratio(later, threshold), spread(peaks),
+                     spread(first_cross, ".0f"), *accuracy_cells(runs), sum(r["diverged"] for r in runs)])
+    return common.markdown_table(["lr", "2/eta", "lambda_1 later half", "/ (2/eta)", "smoothed peak",
+                                  "first step >= 2/eta", "val acc final", "val acc best", "diverged"], rows)
+
+
+def crossing_step(result: dict, key: str, threshold: float) -> float:
+    """First measured step with the quantity at or above ``threshold`` (NaN if never)."""
+    steps, values = curve(result, key)
+    above = np.flatnonzero(values >= threshold)
+    return float(steps[above[0]]) if above.size else float("nan")
+
+
+def minibatch_table(groups) -> str:
+    rows = []
+    for runs in groups.values():
+        c = runs[0]["config"]
+        limits = thresholds(c)
+        cells = [c["batch_size"], f"{c['lr']:g}", " / ".join(f"{v:.0f}" for v in limits.values())]
+        main = next(iter(limits.values()))
+        for key, _ in sgd_quantities(c):
+            later = [later_half_mean(*curve(r, key)) for r in runs]
+            cells.append(f"{spread(later)} [{ratio(later, main)}]")
+        peaks = [smoothed_peak(curve(r, "lambda_full")[1]) for r in runs]
+        cells.append(f"{spread(peaks)} [{ratio(peaks, main)}]")
+        cells += [*accuracy_cells(runs), sum(r["diverged"] for r in runs)]
+        rows.append(cells)
+    first = next(iter(groups.values()))[0]["config"]
+    names = " / ".join(thresholds(first))
+    sample_columns = [f"lambda_1 {key[len('lambda_'):]}" for key, _ in sgd_quantities(first)[1:-1]]
+    return common.markdown_table(["batch", "lr", names, "lambda_1 all (later half)", *sample_columns,
+                                  "batch sharpness", "lambda_1 all, smoothed peak",
+                                  "val acc final", "val acc best", "diverged"], rows)
+
+
+def adam_table(groups) -> str:
+    rows = []
+    for runs in groups.values():
+        c = runs[0]["config"]
+        limit = 38 / c["lr"]
+        pre = [later_half_mean(*curve(r, "lambda_preconditioned")) for r in runs]
+        pre_peak = [smoothed_peak(curve(r, "lambda_preconditioned")[1]) for r in runs]
+        lam = [later_half_mean(*curve(r, "lambda_full")) for r in runs]
+        rows.append(["full" if c["batch_size"] is None else c["batch_size"], f"{c['lr']:g}", f"{limit:.0f}",
+                     spread(pre, ".0f"), ratio(pre, limit), spread(pre_peak, ".0f"), spread(lam),
+                     ratio(lam, 2 / c["lr"]), *accuracy_cells(runs), sum(r["diverged"] for r in runs)])
+    return common.markdown_table(["batch", "lr", "38/eta", "lambda_1(P^-1 H) later half", "/ (38/eta)",
+                                  "smoothed peak", "plain lambda_1 later half", "/ (2/eta)", "val acc final",
+                                  "val acc best", "diverged"], rows)
+
+
+def write_summary_csv(results: list[dict], path: str) -> list[dict]:
+    rows = [run_summary(r) for r in sorted(results, key=lambda r: (setting_key(r["config"]), r["config"]["seed"]))]
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
+def caption(results: list[dict], what: str) -> str:
+    c = results[0]["config"]
+    s = common.Scale(**c["scale"])
+    seeds = sorted({r["config"]["seed"] for r in results})
+    return (f"{what}. SimpleCNN-root (F={s.n_filters}), real Fashion-MNIST, {c['n_train']:,} training examples, "
+            f"seeds {', '.join(map(str, seeds))} (thin: each seed; thick: their mean); Lanczos tol {s.tol:g}.")
+
+
+def main(argv=None) -> str:
+    parser = common.plot_parser(__doc__, STUDY)
+    args = parser.parse_args(argv)
+    results = common.load_results(args.out)
+    plt = common.pyplot()
+    os.makedirs(args.figures, exist_ok=True)
+    write_summary_csv(results, os.path.join(args.figures, "summary.csv"))
+    by_part = collections.defaultdict(list)
+    for result in results:
+        by_part[result["config"]["part"]].append(result)
+    sections, figures = [], []
+    if by_part["gd"]:
+        path = os.path.join(args.figures, "gd.png")
+        plot_gd(plt, group(by_part["gd"]), path, caption(by_part["gd"], "Part 1, full-batch GD"))
+        sections.append("### Part 1: full-batch GD\n\n" + gd_table(group(by_part["gd"])))
+        figures.append(path)
+    for part, title in (("sgd", "SGD"), ("momentum", "SGD + momentum")):
+        if by_part[part]:
+            path = os.path.join(args.figures, f"{part}.png")
+            beta = by_part[part][0]["config"]["momentum"]
+            name = title if not beta else f"{title} {beta:g}"
+            plot_minibatch(plt, group(by_part[part]), path, caption(by_part[part], f"{name}; later half: "
+                           "measurements from half of the run on"), name)
+            number = 2 if part == "sgd" else 3
+            sections.append(f"### Part {number}: {name}\n\nLater-half mean ± std over seeds [its ratio to the "
+                            "first threshold: mean (min–max over seeds)]\n\n" + minibatch_table(group(by_part[part])))
+            figures.append(path)
+    if by_part["adam"]:
+        path = os.path.join(args.figures, "adam.png")
+        plot_adam(plt, group(by_part["adam"]), path, caption(by_part["adam"], "Part 4, Adam"))
+        sections.append("### Part 4: Adam\n\n" + adam_table(group(by_part["adam"])))
+        figures.append(path)
+    return common.write_table("\n\n".join(sections), args.figures, *figures)
+
+
+if __name__ == "__main__":
+    main()

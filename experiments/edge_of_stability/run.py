@@ -1,0 +1,235 @@
+"""Study 5: lambda_1 against 2/eta, and the edge of stability for GD, SGD, momentum and Adam.
+
+Four parts, each with several seeds, on real Fashion-MNIST:
+
+1. ``gd``: full-batch gradient descent on a few thousand examples at three
+   learning rates: progressive sharpening, then lambda_1 against 2/eta
+   (Cohen et al., ICLR 2021).
+2. ``sgd``: SGD at batch 32, 128 and 512: lambda_1 of every training example,
+   of 2,250- and 512-example samples, and the batch sharpness
+   E_B[g_B^T H_B g_B / ||g_B||^2], each against 2/eta (Andreyev & Beneventano,
+   arXiv 2412.20553).
+3. ``momentum``: the same with heavy-ball momentum beta, against 2(1+beta)/eta
+   and 2(1-beta)/eta.
+4. ``adam``: the preconditioned sharpness lambda_1(P^-1 H) against
+   (2 + 2 beta1) / (eta (1 - beta1)) = 38/eta (Cohen et al., arXiv 2207.14484),
+   full-batch and at a mini-batch size, with the plain lambda_1 beside it.
+
+    python -m experiments.edge_of_stability.run                 # all parts, reduced scale (RESULTS.md)
+    python -m experiments.edge_of_stability.run --parts gd,adam # some parts (e.g. in parallel processes)
+    python -m experiments.edge_of_stability.plot
+    python -m experiments.edge_of_stability.run --smoke --out /tmp/s5   # seconds
+
+A finished run (``result.json``) is skipped when rerun; ``--force`` trains it again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import time
+
+from experiments import common
+
+import keras  # noqa: E402  (common sets the TensorFlow log level first)
+import numpy as np  # noqa: E402
+
+from experiments.edge_of_stability.measure import (EdgeMeasurer, MeasureEveryEpochs,  # noqa: E402
+                                                   save_weights, train_full_batch)
+from tf_sharpest import data as tfs_data  # noqa: E402
+from tf_sharpest import models  # noqa: E402
+from tf_sharpest.utils.files import atomic_path  # noqa: E402
+
+STUDY = "edge_of_stability"
+PARTS = ("gd", "sgd", "momentum", "adam")
+
+#: This study's default scale: small enough for ~35 runs on two CPU cores within about an hour.
+#: ``n_examples`` is the training set of the mini-batch parts, ``epochs`` their length.
+DEFAULT = common.Scale(n_examples=3000, epochs=16, n_filters=4, num_samples=512, lanczos_batch_size=500,
+                       tol=1e-2, n_valid=2000, n_test=0, n_train_eval=0)
+SMOKE = dataclasses.replace(common.SMOKE, n_examples=256, epochs=2, n_filters=4, num_samples=64,
+                            lanczos_batch_size=128, tol=1e-2, n_valid=128, n_test=0, n_train_eval=0)
+
+#: Per-flag defaults: (full run, smoke run).
+FLAG_DEFAULTS = {
+    "seeds": ("0,1,2", "0"),
+    "gd_lrs": ("0.03,0.06,0.12", "0.1"),
+    "gd_examples": (2000, 128),
+    "gd_steps": (300, 6),
+    "gd_measure_every": (20, 3),
+    "sgd_lr": (0.05, 0.05),
+    "batch_sizes": ("32,128,512", "32"),
+    "momentum": (0.9, 0.9),
+    "momentum_lr": (0.005, 0.005),
+    "momentum_batch_sizes": ("32,128,512", "32"),
+    "adam_lr": (0.001, 0.001),
+    "adam_batch_sizes": ("full,128", "full"),
+    "adam_steps": (200, 6),
+    "mid_samples": (2250, 64),
+    "num_batches": (8, 2),
+    "measure_every": (2, 1),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=None, help=f"folder of the runs (default runs/experiments/{STUDY})")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"parts to run, of {','.join(PARTS)}")
+    common.scale_arguments(parser, DEFAULT)
+    help_text = {
+        "seeds": "seeds of every setting", "gd_lrs": "learning rates of part 1 (full-batch GD)",
+        "gd_examples": "training examples of the full-batch runs (parts 1 and 4)",
+        "gd_steps": "steps of full-batch GD", "gd_measure_every": "steps between measurements (full batch)",
+        "sgd_lr": "learning rate of part 2", "batch_sizes": "batch sizes of part 2 (SGD)",
+        "momentum": "heavy-ball momentum beta of part 3", "momentum_lr": "learning rate of part 3",
+        "momentum_batch_sizes": "batch sizes of part 3", "adam_lr": "learning rate of part 4 (Adam)",
+        "adam_batch_sizes": "batch sizes of part 4 ('full' for full-batch Adam on --gd_examples examples)",
+        "adam_steps": "steps of full-batch Adam", "mid_samples": "size of the larger sample (the paper's 2,250)",
+        "num_batches": "random batches per batch-sharpness measurement",
+        "measure_every": "epochs between measurements (mini-batch runs)",
+    }
+    for name, (full, smoke) in FLAG_DEFAULTS.items():
+        kind = type(full) if not isinstance(full, str) else str
+        parser.add_argument(f"--{name}", type=kind, default=None, help=f"{help_text[name]} (default {full}; "
+                            f"{smoke} with --smoke)")
+    args = parser.parse_args(argv)
+    args.out = args.out or common.default_out(STUDY, args.smoke)
+    for name, (full, smoke) in FLAG_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, smoke if args.smoke else full)
+    args.parts = [p for p in args.parts.split(",") if p]
+    unknown = sorted(set(args.parts) - set(PARTS))
+    if unknown:
+        parser.error(f"unknown parts {unknown}; choose from {','.join(PARTS)}")
+    for name in ("gd_examples", "gd_steps", "gd_measure_every", "adam_steps", "mid_samples", "num_batches",
+                 "measure_every"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be positive")
+    return args
+
+
+# -- one run -------------------------------------------------------------------------------------------------
+
+def make_optimizer(name: str, lr: float, momentum: float = 0.0) -> keras.optimizers.Optimizer:
+    if name == "adam":
+        return keras.optimizers.Adam(lr)  # beta_1 = 0.9: the threshold is 38 / lr
+    return keras.optimizers.SGD(lr, momentum=momentum)
+
+
+def run_one(out_dir: str, scale: common.Scale, config: dict, *, force: bool, sample_sizes, num_batches: int,
+            measure_every: int) -> dict:
+    """Trains and measures one run described by ``config``; returns (and stores) its result.
+
+    ``config``: part, optimizer (``sgd``/``adam``), lr, momentum, batch_size (``None``: full batch), seed,
+    n_train, and for full-batch runs ``steps`` and ``measure_every_steps``.
+    """
+    path = os.path.join(out_dir, "result.json")
+    config = {**config, "scale": dataclasses.asdict(scale), "sample_sizes": list(sample_sizes),
+              "num_batches": num_batches, "measure_every_epochs": measure_every}
+    if os.path.exists(path) and not force:
+        with open(path) as f:
+            stored = json.load(f)
+        if stored["config"] != config:
+            raise SystemExit(f"{path} holds a run with another configuration ({stored['config']}); "
+                             "pass --force to train it again, or another --out.")
+        return stored
+    os.makedirs(out_dir, exist_ok=True)
+    (x, y), valid, _ = common.load_data(dataclasses.replace(scale, n_examples=config["n_train"]))
+    keras.utils.set_random_seed(config["seed"])  # weights, batch order, samples
+    model = models.simple_cnn("root", input_shape=x.shape[1:], n_filters=scale.n_filters)
+    model.compile(optimizer=make_optimizer(config["optimizer"], config["lr"], config["momentum"]),
+                  loss=models.default_loss(), metrics=["accuracy"])
+    # Batch sharpness against 2/eta is SGD's criterion; Adam's runs measure the preconditioned sharpness.
+    sharpness_batch = config["batch_size"] if config["optimizer"] == "sgd" else None
+    measurer = EdgeMeasurer(model, (x, y), valid, sample_sizes=sample_sizes, batch_size=sharpness_batch,
+                            num_batches=num_batches, preconditioned=config["optimizer"] == "adam",
+                            operator_batch_size=scale.lanczos_batch_size, tol=scale.tol, seed=config["seed"])
+    start = time.perf_counter()
+    logs: dict = {}
+    if config["batch_size"] is None:
+        outcome = train_full_batch(model, measurer, steps=config["steps"], measure_every=config["measure_every_steps"])
+    else:
+        history = model.fit(tfs_data.train_dataset(x, y, config["batch_size"], augment=False, seed=config["seed"]),
+                            validation_data=tfs_data.eval_dataset(*valid), epochs=scale.epochs, verbose=0,
+                            shuffle=False, callbacks=[MeasureEveryEpochs(measurer, measure_every), keras.callbacks.TerminateOnNaN()])
+        logs = {k: [float(v) for v in values] for k, values in history.history.items()}
+        outcome = {"steps": int(model.optimizer.iterations.numpy()),
+                   "diverged": bool(len(logs.get("loss", [])) < scale.epochs
+                                    or not np.isfinite(measurer.records[-1]["train_loss"]))}
+    result = {"config": config, "records": measurer.records, "logs": logs, **outcome,
+              "seconds": time.perf_counter() - start}
+    save_weights(model, out_dir)
+    write_records_csv(measurer.records, os.path.join(out_dir, "measurements.csv"))
+    with atomic_path(path) as temporary, open(temporary, "w") as f:
+        json.dump(result, f, indent=1, allow_nan=True)
+    return result
+
+
+def write_records_csv(records: list[dict], path: str) -> None:
+    """Every measurement of a run, one row each (a column per quantity; blank where not measured)."""
+    keys = list(dict.fromkeys(k for record in records for k in record))
+    with atomic_path(path) as temporary, open(temporary, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(records)
+
+
+# -- the parts -----------------------------------------------------------------------------------------------
+
+def planned_runs(args, scale: common.Scale) -> list[tuple[str, dict]]:
+    """``(folder, config)`` of every run of the chosen parts, in order."""
+    seeds = common.parse_ints(args.seeds)
+    runs = []
+    full_batch = {"batch_size": None, "n_train": args.gd_examples, "measure_every_steps": args.gd_measure_every}
+    for part in args.parts:
+        for seed in seeds:
+            if part == "gd":
+                for lr in common.parse_floats(args.gd_lrs):
+                    runs.append((f"gd/lr{lr:g}_seed{seed}", {"part": "gd", "optimizer": "sgd", "lr": lr,
+                                                              "momentum": 0.0, "seed": seed, "steps": args.gd_steps,
+                                                              **full_batch}))
+            elif part in ("sgd", "momentum"):
+                lr = args.sgd_lr if part == "sgd" else args.momentum_lr
+                momentum = 0.0 if part == "sgd" else args.momentum
+                sizes = args.batch_sizes if part == "sgd" else args.momentum_batch_sizes
+                for batch_size in common.parse_ints(sizes):
+                    runs.append((f"{part}/bs{batch_size}_seed{seed}",
+                                 {"part": part, "optimizer": "sgd", "lr": lr, "momentum": momentum, "seed": seed,
+                                  "batch_size": batch_size, "n_train": scale.n_examples}))
+            else:
+                for size in [s.strip() for s in args.adam_batch_sizes.split(",") if s.strip()]:
+                    if size == "full":
+                        config = {**full_batch, "steps": args.adam_steps}
+                    else:
+                        config = {"batch_size": int(size), "n_train": scale.n_examples}
+                    runs.append((f"adam/bs{size}_seed{seed}", {"part": "adam", "optimizer": "adam", "lr": args.adam_lr,
+                                                              "momentum": 0.0, "seed": seed, **config}))
+    return sorted(runs, key=lambda run: (args.parts.index(run[1]["part"]), run[0]))
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    scale = common.scale_from(args, DEFAULT) if not args.smoke else dataclasses.replace(
+        SMOKE, **{f.name: getattr(args, f.name) for f in dataclasses.fields(common.Scale)
+                  if getattr(args, f.name) is not None})
+    print(f"{STUDY}: parts {','.join(args.parts)}; {scale.describe()}; full-batch runs on {args.gd_examples:,} "
+          f"examples", flush=True)
+    results = []
+    for folder, config in planned_runs(args, scale):
+        sizes = [args.mid_samples, scale.num_samples] if config["batch_size"] is not None else []
+        if config["part"] == "adam":
+            sizes = []  # Adam's runs measure the plain and preconditioned lambda_1 of every example
+        print(f"{folder}:", flush=True)
+        result = run_one(os.path.join(args.out, folder), scale, config, force=args.force, sample_sizes=sizes,
+                         num_batches=args.num_batches, measure_every=args.measure_every)
+        print(f"{folder}: {result['steps']} steps, {'diverged, ' if result['diverged'] else ''}"
+              f"{result['seconds']:.0f} s", flush=True)
+        results.append(result)
+    return results
+
+
+if __name__ == "__main__":
+    main()
