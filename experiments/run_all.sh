@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Runs the four studies one after another at the default (reduced) scale, then plots them.
+# Runs the five studies one after another at the default (reduced) scale, then plots them.
 # Any extra flags (e.g. --epochs 20 --n_examples 50000 --num_samples 2250) go to every run script.
 # Finished runs are kept in runs/experiments/ and skipped on a rerun, so an interrupted
-# batch resumes where it stopped. About 90 minutes on 2 CPU cores (see experiments/RESULTS.md).
+# batch resumes where it stopped. About 90 minutes on 2 CPU cores for the first four, and about an hour
+# for edge_of_stability (see experiments/RESULTS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for study in nudged_sgd sgd_step spectrum_shape lr_batch_size; do
+for study in nudged_sgd sgd_step spectrum_shape lr_batch_size edge_of_stability; do
   python -m "experiments.${study}.run" "$@"
 done
-for study in nudged_sgd sgd_step spectrum_shape lr_batch_size; do
+for study in nudged_sgd sgd_step spectrum_shape lr_batch_size edge_of_stability; do
   python -m "experiments.${study}.plot"
 done
