@@ -190,6 +190,19 @@ def test_ggn_trace_is_logged_under_its_own_name(data):
     assert "hessian_trace" not in history.history
 
 
+def test_a_block_with_fewer_parameters_than_trace_matvecs_is_measured_exactly(data):
+    x, y = data
+    model = compiled_cnn()
+    bias = model.layers[-1].bias  # the last 3 of the 177 parameters, in model order
+    callback = SpectrumCallback((x, y), num_samples=len(x), batch_size=20, trace_matvecs=30, variables=bias,
+                                density_every=0, final_density=False, seed=0)
+    history = model.fit(x, y, batch_size=20, epochs=1, verbose=0, callbacks=[callback])
+    hessian = exact_hessian(model, x, y)
+    assert callback.operator.dim == 3
+    assert history.history["hessian_trace"][0] == pytest.approx(np.trace(hessian[-3:, -3:]), rel=2e-5)
+    assert history.history["hessian_trace_stderr"] == [0.0] and history.history["spectrum_matvecs"] == [3.0]
+
+
 def test_frequency_in_batches(data):
     x, y = data
     model = compiled_cnn(learning_rate=0.01)

@@ -111,7 +111,9 @@ class SpectrumCallback(keras.callbacks.Callback):
       trace_method: ``"hutch++"`` (default), ``"hutchinson"``, ``"xtrace"``
         or ``"exact"`` (``dim`` products: small models only).
       trace_matvecs: products per trace estimate (at least 3 for Hutch++, 4
-        for XTrace; ignored by ``"exact"``).
+        for XTrace; ignored by ``"exact"``). An operator with at most this many
+        parameters (a small ``variables`` block) gets its exact trace instead,
+        which costs no more.
       density_every: compute the density at the start of every that many
         epochs (0: not during training).
       final_density: also compute the density after training.
@@ -303,7 +305,11 @@ class SpectrumCallback(keras.callbacks.Callback):
             self._warn_about_batchnorm()
             operator = self._operator_for(sample)
             first = operator.num_matvecs
-            result = trace(operator, method=self.trace_method, num_matvecs=self.trace_matvecs,
+            # With no more parameters than trace_matvecs, the exact trace costs no more (and Hutch++
+            # and XTrace cannot run at all): a small block is measured exactly.
+            method = "exact" if self.trace_method == "exact" or operator.dim <= self.trace_matvecs \
+                else self.trace_method
+            result = trace(operator, method=method, num_matvecs=self.trace_matvecs,
                            seed=int(self._rng.integers(2**31)))
             if not np.isfinite(result.value):
                 raise ValueError(f"the trace estimate {result.value} is not finite.")
@@ -327,7 +333,7 @@ class SpectrumCallback(keras.callbacks.Callback):
             if self._progress_mode():
                 density_note = f"; density at epoch {epoch} ({density_matvecs} matvecs)" if density_matvecs else ""
                 print(f"{type(self).__name__} at epoch {epoch}, step {self._global_step}: {self.curvature} trace "
-                      f"{result.value:.6g} +- {stderr:.2g} ({self.trace_method}, {result.num_matvecs} matvecs"
+                      f"{result.value:.6g} +- {stderr:.2g} ({result.method}, {result.num_matvecs} matvecs"
                       f"{density_note}; {measurement.seconds:.1f}s)", flush=True)
         self.history.append(measurement)
         if not final:
