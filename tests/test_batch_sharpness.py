@@ -11,8 +11,11 @@ from tf_sharpest.analysis import BatchSharpnessMeter, batch_indices, batch_sharp
 RTOL = 1e-6
 
 
-def explicit_quotient(model, x, y, loss_fn, sample_weight=None):
-    """``g^T H g / ||g||^2`` of one batch's mean loss (+ regularization), with g and H formed in one call each."""
+def explicit_quotient(model, x, y, loss_fn, sample_weight=None, parts=False):
+    """``g^T H g / ||g||^2`` of one batch's mean loss (+ regularization), with g and H formed in one call each.
+
+    ``parts=True`` returns ``(g^T H g, ||g||^2)`` instead.
+    """
     variables = model.trainable_variables
     with tf.GradientTape() as tape:
         per_example = loss_fn(y, model(x, training=False))
@@ -26,6 +29,8 @@ def explicit_quotient(model, x, y, loss_fn, sample_weight=None):
         hessian = explicit_hessian(model, x, y, loss_fn)
     else:
         hessian = weighted_hessian(model, x, y, loss_fn, sample_weight)
+    if parts:
+        return float(g @ hessian @ g), float(g @ g)
     return float(g @ hessian @ g / (g @ g))
 
 
@@ -74,6 +79,10 @@ def test_random_batches_are_the_seeded_draws_and_match_explicit_hessians():
     np.testing.assert_allclose(result.values, expected, rtol=RTOL)
     np.testing.assert_allclose(result.value, np.mean(expected), rtol=RTOL)
     assert result.num_batches == 6 and result.batch_size == 8
+    curvatures, squared_norms = zip(*(explicit_quotient(model, x[i], y[i], per_example_ce(), parts=True)
+                                      for i in draws))
+    np.testing.assert_allclose(result.ratio_of_means, sum(curvatures) / sum(squared_norms), rtol=RTOL)
+    np.testing.assert_allclose(result.gradient_norms, np.sqrt(squared_norms), rtol=RTOL)
     # The same seed gives the same batches; another seed others.
     again = batch_sharpness(model, (x, y), batch_size=8, num_batches=6, seed=11)
     np.testing.assert_array_equal(again.values, result.values)

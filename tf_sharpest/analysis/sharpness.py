@@ -52,6 +52,17 @@ class BatchSharpness:
     losses: np.ndarray
     indices: tuple
 
+    @property
+    def ratio_of_means(self) -> float:
+        """``sum_B g_B^T H_B g_B / sum_B ||g_B||^2``: the batches weighted by their squared gradient norm.
+
+        The other reading of "expected directional curvature along the stochastic gradients",
+        ``E[g^T H g] / E[||g||^2]``; ``value`` is ``E[g^T H g / ||g||^2]``. They differ when batches
+        with larger gradients see another curvature.
+        """
+        squared = self.gradient_norms ** 2
+        return float(np.sum(self.values * squared) / np.sum(squared))
+
     def __float__(self) -> float:
         return float(self.value)
 
