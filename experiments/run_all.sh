@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 for study in nudged_sgd sgd_step spectrum_shape lr_batch_size edge_of_stability; do
   python -m "experiments.${study}.run" "$@"
 done
+python -m experiments.edge_of_stability.final_check  # batch sharpness at the final weights, on more batches
 for study in nudged_sgd sgd_step spectrum_shape lr_batch_size edge_of_stability; do
   python -m "experiments.${study}.plot"
 done

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import json
 import os
 import warnings
 
@@ -23,6 +24,16 @@ from experiments import common
 
 STUDY = "edge_of_stability"
 COLORS = ("k", "tab:blue", "tab:orange", "tab:red")
+
+
+def _plain(value, _position=None) -> str:
+    return f"{value:g}"
+
+
+def _formatter():
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(_plain)
 
 
 def sgd_quantities(config: dict) -> list[tuple[str, str]]:
@@ -188,8 +199,10 @@ def plot_minibatch(plt, groups, path: str, caption: str, title: str) -> None:
         for (name, value), style in zip(thresholds(c).items(), ("--", ":", "-.")):
             ax.axhline(value, color="gray", ls=style, lw=1.2, label=name.replace("eta", "$\\eta$").replace("b", "$\\beta$")
                        + f" = {value:g}")
-        ax.set(yscale="log", xlabel="epochs", ylabel="curvature",
+        # Log scale for thresholds a factor 19 apart (momentum); the first epochs' tiny values are cut off.
+        ax.set(yscale="log", ylim=(min(thresholds(c).values()) / 10, None), xlabel="epochs", ylabel="curvature",
                title=f"{title}, batch {c['batch_size']}, $\\eta$ = {c['lr']:g}")
+        ax.yaxis.set_major_formatter(_formatter())
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     ax = axes[-1]
@@ -207,6 +220,8 @@ def plot_minibatch(plt, groups, path: str, caption: str, title: str) -> None:
         ax.axhline(value / main[1], color="gray", ls="--" if name == main[0] else ":", lw=1)
     ax.set_xticks(range(len(settings)), [f"batch {b}" for b in batch_sizes])
     ax.set(yscale="log", ylabel=f"later-half mean / {main[0]}", title=f"Later-half mean relative to {main[0]}")
+    ax.yaxis.set_major_formatter(_formatter())
+    ax.yaxis.set_minor_formatter(_formatter())
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     common.save_figure(fig, path, caption)
@@ -255,6 +270,40 @@ def gd_table(groups) -> str:
                                   "first step >= 2/eta", "val acc final", "val acc best", "diverged"], rows)
 
 
+def sample_to_full(result: dict, key: str) -> float:
+    """Mean over the later half of ``lambda_1(sample) / lambda_1(every example)``, measured at the same points."""
+    steps, sample = curve(result, key)
+    _, full = curve(result, "lambda_full")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return later_half_mean(steps, sample / full)
+
+
+def final_check_table(out: str) -> str | None:
+    """Batch sharpness at the final weights (``final_check.py``), both readings, per setting; None if not run."""
+    found = collections.defaultdict(list)
+    for here, _, files in sorted(os.walk(out)):
+        if "final_check.json" in files and "result.json" in files:
+            with open(os.path.join(here, "result.json")) as f:
+                config = json.load(f)["config"]
+            with open(os.path.join(here, "final_check.json")) as f:
+                found[setting_key(config)].append((config, json.load(f)))
+    if not found:
+        return None
+    rows = []
+    for key in sorted(found):
+        config, first = found[key][0]
+        checks = [check for _, check in found[key]]
+        (name, threshold), = list(thresholds(config).items())[:1]
+        rows.append([config["part"], config["batch_size"], f"{config['lr']:g}", f"{name} = {threshold:g}",
+                     first["num_batches"], spread([c["batch_sharpness"] for c in checks]),
+                     ratio([c["batch_sharpness"] for c in checks], threshold),
+                     spread([c["ratio_of_means"] for c in checks]),
+                     ratio([c["ratio_of_means"] for c in checks], threshold),
+                     spread([c["lambda_full"] for c in checks]), len(checks)])
+    return common.markdown_table(["part", "batch", "lr", "threshold", "batches", "E[g'Hg / g'g]", "/ threshold",
+                                  "E[g'Hg] / E[g'g]", "/ threshold", "final lambda_1 all", "seeds"], rows)
+
+
 def crossing_step(result: dict, key: str, threshold: float) -> float:
     """First measured step with the quantity at or above ``threshold`` (NaN if never)."""
     steps, values = curve(result, key)
@@ -274,13 +323,16 @@ def minibatch_table(groups) -> str:
             cells.append(f"{spread(later)} [{ratio(later, main)}]")
         peaks = [smoothed_peak(curve(r, "lambda_full")[1]) for r in runs]
         cells.append(f"{spread(peaks)} [{ratio(peaks, main)}]")
+        for key, _ in sgd_quantities(c)[1:-1]:
+            cells.append(spread([sample_to_full(r, key) for r in runs], ".3f"))
         cells += [*accuracy_cells(runs), sum(r["diverged"] for r in runs)]
         rows.append(cells)
     first = next(iter(groups.values()))[0]["config"]
     names = " / ".join(thresholds(first))
     sample_columns = [f"lambda_1 {key[len('lambda_'):]}" for key, _ in sgd_quantities(first)[1:-1]]
+    ratio_columns = [f"{column} / lambda_1 all" for column in sample_columns]
     return common.markdown_table(["batch", "lr", names, "lambda_1 all (later half)", *sample_columns,
-                                  "batch sharpness", "lambda_1 all, smoothed peak",
+                                  "batch sharpness", "lambda_1 all, smoothed peak", *ratio_columns,
                                   "val acc final", "val acc best", "diverged"], rows)
 
 
@@ -351,6 +403,9 @@ def main(argv=None) -> str:
         plot_adam(plt, group(by_part["adam"]), path, caption(by_part["adam"], "Part 4, Adam"))
         sections.append("### Part 4: Adam\n\n" + adam_table(group(by_part["adam"])))
         figures.append(path)
+    checks = final_check_table(args.out)
+    if checks:
+        sections.append("### Batch sharpness at the final weights, both readings (final_check.py)\n\n" + checks)
     return common.write_table("\n\n".join(sections), args.figures, *figures)
 
 
