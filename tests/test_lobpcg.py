@@ -110,6 +110,22 @@ def test_warm_start_with_exact_eigenvectors_costs_one_block():
     check_pairs(matrix, result, "largest", 5)
 
 
+def test_a_new_sharp_direction_enters_through_the_residuals():
+    """A bulk direction becomes the second-sharpest; the old top-5 eigenvectors (slightly off) still find it."""
+    dim = 300
+    spectrum = np.concatenate([[10.0, 9.0, 8.5, 8.0, 7.0], np.linspace(-2, 6.5, dim - 5)])
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+    new_direction = q[:, 100]
+    matrix = (q * spectrum) @ q.T + 9.0 * np.outer(new_direction, new_direction)
+    expected, _ = reference(matrix, "largest", 5)
+    assert expected[1] not in spectrum  # 9.75: a new eigenvalue, not one of the old top-5
+    old_top = q[:, :5] + 1e-3 * rng.standard_normal((dim, 5)) / np.sqrt(dim)
+    result = lobpcg(matrix, 5, tol=1e-6, initial_vectors=old_top)
+    np.testing.assert_allclose(result.eigenvalues, expected, rtol=1e-9)
+    assert abs(result.eigenvectors[:, 1] @ (np.linalg.eigh(matrix)[1][:, -2])) > 1 - 1e-9
+
+
 def test_eigenvalue_stop_is_cheaper_and_accurate():
     spectrum = np.concatenate([[10.0, 9.0, 8.5, 8.0, 7.0], np.linspace(-2, 6.5, 395)])
     matrix = symmetric_matrix(spectrum, seed=7)

@@ -18,8 +18,8 @@ from tf_sharpest.operators.base import as_operator
 STOP_CHOICES = ("residual", "eigenvalues")
 WHICH_CHOICES = ("largest", "smallest")
 # Random directions added to the warm start by default, so that a direction that
-# was not among the previous eigenvectors (a new sharp direction) can still
-# enter the search space; they also act as guard vectors for the k-th pair.
+# was not among the previous eigenvectors (a new sharp direction) has a way into
+# the search space besides the residuals; they also guard the k-th pair.
 FRESH_DIRECTIONS = 2
 # In the eigenvalue stop, |lambda_i| is floored at this share of |lambda_max|:
 # the relative change of an eigenvalue near zero is noise, not a convergence signal.
@@ -84,9 +84,12 @@ def lobpcg(operator, k: int = 5, *, tol: float = 1e-3, max_iterations: int | Non
       block_size: columns of the iterated block ``X`` (default: ``k`` or the
         number of initial vectors, whichever is larger, plus
         ``FRESH_DIRECTIONS`` random ones). Must be at least ``k`` and at least
-        the number of initial vectors; the columns beyond ``k`` are guards:
-        they cost one product each at the start and keep the ``k``-th pair
-        from being confused with the next.
+        the number of initial vectors. The columns beyond ``k`` are guards:
+        they are iterated with the unconverged pairs (one product each per
+        iteration) but never wait to converge themselves; they keep the
+        ``k``-th pair from being confused with the next and give directions
+        outside the warm start a way in. ``block_size=k`` drops them (on the
+        benchmark's Hessians that saved 2-4 products per measurement).
       max_basis_size: most basis vectors held at once (memory is twice this
         many vectors of length ``dim``); default ``max(6 * block_size, 30)``,
         at least ``3 * block_size``.
@@ -196,9 +199,12 @@ def lobpcg(operator, k: int = 5, *, tol: float = 1e-3, max_iterations: int | Non
         if converged or spent >= max_iterations or basis.shape[1] == n:
             break
 
-        # Soft locking: only the wanted pairs that are not converged are expanded, the
-        # guards ride along in X without costing products.
-        active = np.flatnonzero(~residual_ok)[: max_iterations - spent]
+        # Soft locking: converged wanted pairs cost no more products. The guard columns
+        # (the fresh directions) are expanded as long as anything is: that is how a
+        # direction that was not among the previous eigenvectors gets in, and it speeds
+        # up the k-th pair. On Hessians along training this cost no more products to
+        # the same accuracy than leaving them passive (benchmarks/RESULTS.md).
+        active = np.concatenate([np.flatnonzero(~residual_ok), np.arange(k, m)])[: max_iterations - spent]
         if basis.shape[1] + active.size > basis_limit:
             # Compress to [X, P]: the current Ritz vectors and the part of the previous
             # ones outside them (the LOBPCG recurrence), rotated in coefficient space.
