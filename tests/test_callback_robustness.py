@@ -289,3 +289,31 @@ def test_verbose_auto_follows_fit(data, capsys, fit_verbose, expected):
     lines = [line for line in out.splitlines() if "LanczosCallback at epoch" in line]
     assert len(lines) == (0 if expected == 0 else 2)  # epoch 0 and after training
     assert ("matvec" in out.replace("matvecs", "")) == (expected == 1)  # the progress bar's unit
+
+
+# -- issue 15: the tracking method -----------------------------------------------------------------
+
+def test_auto_method_tracks_with_the_warm_block_solver_and_matches_lanczos(data):
+    x, y = data
+    results = {}
+    for method in ("auto", "lanczos"):
+        model = frozen_cnn(keras.optimizers.SGD(0.05))
+        callback = LanczosCallback((x, y), top_k=2, num_samples=len(x), batch_size=16, tol=1e-4, seed=0,
+                                   method=method)
+        history = model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[callback], shuffle=False)
+        results[method] = history.history
+    np.testing.assert_allclose(results["auto"]["lambda_1"], results["lanczos"]["lambda_1"], rtol=1e-3)
+    np.testing.assert_allclose(results["auto"]["lambda_2"], results["lanczos"]["lambda_2"], rtol=1e-3)
+    assert results["auto"]["lanczos_fallbacks"] == [0.0, 0.0, 0.0]
+
+
+def test_a_block_solve_that_misses_tol_falls_back_to_lanczos_and_says_so(data):
+    x, y = data
+    model = frozen_cnn()
+    callback = LanczosCallback((x, y), top_k=2, num_samples=16, batch_size=16, tol=1e-9, seed=0,
+                               method="lobpcg", max_iterations=20)  # float32 products cannot reach 1e-9
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[callback])
+    assert history.history["lanczos_fallbacks"] == [1.0, 1.0]
+    assert all(m.values["fallbacks"] == 1.0 for m in callback.history)
+    with pytest.raises(ValueError, match="method must be one of"):
+        LanczosCallback((x, y), method="power")

@@ -14,6 +14,7 @@ import tensorflow as tf
 from tf_sharpest.callbacks.measurement_log import Measurement, MeasurementLog
 from tf_sharpest.callbacks.sampling import SampleSource
 from tf_sharpest.linalg.lanczos import lanczos
+from tf_sharpest.linalg.lobpcg import lobpcg
 from tf_sharpest.operators.factory import check_curvature, curvature_operator
 from tf_sharpest.operators.strategy import is_chief
 from tf_sharpest.operators.preconditioned import (PreconditionedOperator, optimizer_preconditioner,
@@ -26,6 +27,7 @@ from tf_sharpest.utils.files import atomic_path
 # diverged weights (ValueError), numerical failures, and TensorFlow op errors.
 MEASUREMENT_ERRORS = (ValueError, ArithmeticError, tf.errors.OpError, np.linalg.LinAlgError)
 VERBOSE_CHOICES = ("auto", 0, 1, 2)
+METHODS = ("auto", "lanczos", "lobpcg")
 
 
 class LanczosCallback(keras.callbacks.Callback):
@@ -36,8 +38,8 @@ class LanczosCallback(keras.callbacks.Callback):
     (the Hessian by default) of the loss at the current weights on them
     (BatchNorm in inference mode and dropout off unless ``training=True``) and
     finds its top ``top_k`` eigenpairs by Lanczos. The eigenvalues go into that
-    epoch's ``logs`` as ``lambda_1`` ... ``lambda_K`` with ``lanczos_matvecs``
-    and ``lanczos_seconds`` (all prefixed with ``log_prefix``), so ``History``,
+    epoch's ``logs`` as ``lambda_1`` ... ``lambda_K`` with ``lanczos_matvecs``,
+    ``lanczos_seconds`` and ``lanczos_fallbacks`` (all prefixed with ``log_prefix``), so ``History``,
     ``CSVLogger``, ``TensorBoard`` and keras-tuner see them like any metric.
     Place this callback before ``CSVLogger``/``TensorBoard`` in the list:
     Keras hands each callback the epoch's logs in list order.
@@ -112,6 +114,11 @@ class LanczosCallback(keras.callbacks.Callback):
         the preconditioned sharpness that sets Adam's stability.
       blocks: ``{"name": layer_or_variables, ...}``: also measure each block's
         own top-K eigenvalues, logged as ``<name>_lambda_i``.
+      method: ``"auto"`` (default: Lanczos for a cold start, then the
+        warm-started block solver ``tf_sharpest.linalg.lobpcg`` from the
+        previous eigenvectors), ``"lanczos"`` (the paper's protocol at every
+        measurement) or ``"lobpcg"``. A block solve whose residuals miss
+        ``tol`` is redone by Lanczos; ``lanczos_fallbacks`` logs how often.
     """
 
     def __init__(self, data, top_k: int = 5, num_samples: int = 2250, batch_size: int = 128,
@@ -119,7 +126,7 @@ class LanczosCallback(keras.callbacks.Callback):
                  save_dir: str | None = None, save_eigenvectors_every: int = 0, seed: int | None = None,
                  verbose="auto", log_prefix: str = "", tol: float = 1e-3, max_iterations: int | None = None,
                  loss=None, curvature: str = "hessian", variables=None, preconditioned: bool = False,
-                 blocks: dict | None = None):
+                 blocks: dict | None = None, method: str = "auto"):
         super().__init__()
         self.top_k = positive_int("top_k", top_k)
         self.num_samples = positive_int("num_samples", num_samples)
@@ -154,6 +161,9 @@ class LanczosCallback(keras.callbacks.Callback):
         self.variables = variables
         self.preconditioned = bool(preconditioned)
         self.blocks = dict(blocks or {})
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+        self.method = method
         #: Every measurement, in order: one per epoch or per ``frequency`` batches, and one after training.
         self.history: list[Measurement] = []
         self.eigenvectors: np.ndarray | None = None
@@ -169,6 +179,7 @@ class LanczosCallback(keras.callbacks.Callback):
         self._pending_logs: dict = {}
         self._warned = set()
         self._first_measurement_of_run = True
+        self._fallbacks = 0
 
     # keras-tuner deep-copies callbacks for every trial; a tf.data.Dataset (and
     # large arrays) are shared instead of copied: the callback only reads them.
@@ -240,6 +251,7 @@ class LanczosCallback(keras.callbacks.Callback):
         epoch = self._epoch + 1 if final else self._epoch  # the final one follows the last epoch
         start = time.perf_counter()
         progress = self._progress_mode()
+        fallbacks_before = self._fallbacks
         try:
             sample = self._source.draw()
             self._warn_about_batchnorm()
@@ -263,6 +275,7 @@ class LanczosCallback(keras.callbacks.Callback):
                                                      f"NaN; training goes on. Reason: {describe_error(error)}")
                 values[f"{name}_lambda"] = block_values
                 matvecs += block_matvecs
+            values["fallbacks"] = float(self._fallbacks - fallbacks_before)
             measurement = Measurement(epoch, self._global_step, eigenvalues, matvecs, time.perf_counter() - start,
                                       loss, values=values)
             if progress:
@@ -291,14 +304,36 @@ class LanczosCallback(keras.callbacks.Callback):
                                            f"{' in block ' + repr(name) if name else ''}: eigenvalues "
                                            f"{k + 1}..{self.top_k} are logged as NaN.")
         initial = target.eigenvectors if self.warm_start else None
-        result = lanczos(operator, k=k, tol=self.tol, max_iterations=self.max_iterations,
-                         seed=int(self._rng.integers(2**31)), initial_vectors=initial, verbose=int(progress == 1))
+        result = self._eigensolve(operator, k, initial, progress)
         if not np.all(np.isfinite(result.eigenvalues)):
-            raise ValueError(f"Lanczos returned non-finite eigenvalues {result.eigenvalues}.")
+            raise ValueError(f"The eigensolver returned non-finite eigenvalues {result.eigenvalues}.")
         target.eigenvectors = result.eigenvectors
         eigenvalues = np.full(self.top_k, np.nan)
         eigenvalues[:k] = result.eigenvalues
         return eigenvalues, result.num_matvecs, target.operator.loss, result.eigenvectors
+
+    def _eigensolve(self, operator, k: int, initial, progress):
+        """The top-k eigenpairs by the chosen method; a warm block solve that misses ``tol`` falls back to Lanczos."""
+        method = self.method
+        if method == "auto":
+            # Warm-started, the block solver needs far fewer products along training
+            # (benchmarks/RESULTS.md, "Tracking cost"); cold, Lanczos is the cheaper start.
+            method = "lobpcg" if initial is not None else "lanczos"
+        seed = int(self._rng.integers(2**31))
+        if method == "lanczos":
+            return lanczos(operator, k=k, tol=self.tol, max_iterations=self.max_iterations, seed=seed,
+                           initial_vectors=initial, verbose=int(progress == 1))
+        result = lobpcg(operator, k, tol=self.tol, max_iterations=self.max_iterations, seed=seed,
+                        initial_vectors=initial, verbose=int(progress == 1))
+        scale = max(float(np.max(np.abs(result.eigenvalues))), np.finfo(float).tiny)
+        if result.converged and np.all(result.residual_norms <= self.tol * scale):
+            return result
+        # No accuracy lost silently: this measurement is redone by Lanczos, from the block's vectors.
+        self._fallbacks += 1
+        fallback = lanczos(operator, k=k, tol=self.tol, max_iterations=self.max_iterations, seed=seed,
+                           initial_vectors=result.eigenvectors, verbose=int(progress == 1))
+        fallback.num_matvecs += result.num_matvecs
+        return fallback
 
     def _target(self, name: str, variables, sample) -> "_Target":
         """The operator for one target on ``sample``: reused (no new trace) while the model's variables stay."""
@@ -326,6 +361,7 @@ class LanczosCallback(keras.callbacks.Callback):
         logs = {self.key(f"lambda_{i + 1}"): float(v) for i, v in enumerate(measurement.eigenvalues)}
         logs[self.key("lanczos_matvecs")] = float(measurement.matvecs)
         logs[self.key("lanczos_seconds")] = float(measurement.seconds)
+        logs[self.key("lanczos_fallbacks")] = float(measurement.values.get("fallbacks", 0.0))
         for name in self.blocks:
             values = measurement.values.get(f"{name}_lambda", np.full(self.top_k, np.nan))
             logs.update({self.key(f"{name}_lambda_{i + 1}"): float(v) for i, v in enumerate(values)})
