@@ -118,7 +118,6 @@ def main():
     results = {}
     for name, optimizer in runs.items():
         results[name] = train(name.replace(" ", "_").replace("=", ""), optimizer, splits, x, y, args)
-    results = {name: result for name, result in zip(runs, results.values())}
 
     print(f"\nSimpleCNN (n_filters={args.n_filters}) on {args.n_examples} real Fashion-MNIST training examples, "
           f"lr={args.lr}, batch {args.batch_size}, {args.epochs} epochs; top-{args.top_k} eigenvalues on "
