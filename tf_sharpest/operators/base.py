@@ -81,11 +81,6 @@ class LinearOperator(abc.ABC):
         """``A @ V`` for a ``[dim, k]`` tensor; override where a block product is cheaper than ``k`` matvecs."""
         return tf.stack([self._matvec(vectors[:, i]) for i in range(vectors.shape[1])], axis=1)
 
-    def to_dense(self) -> np.ndarray:
-        """Forms the operator as a dense ``[dim, dim]`` NumPy matrix (``dim`` matvecs: small operators only)."""
-        columns = [self.matvec(tf.one_hot(i, self._dim, dtype=self._dtype)).numpy() for i in range(self._dim)]
-        return np.stack(columns, axis=1)
-
 
 class MatrixOperator(LinearOperator):
     """An explicit symmetric matrix as an operator (references, tests, small problems)."""
