@@ -75,6 +75,7 @@ class Context:
       k: eigenpairs wanted.
       previous: this method's eigenvectors from the schedule's previous point
         (``None`` for cold methods).
+      previous_reference: the tight reference eigenvectors at the schedule's previous point.
       seed: seed for the method's random start vectors at this point.
       state: a dict the method keeps across the run (per schedule), e.g. its own
         traced operator, moved to each new sample with ``set_data``.
@@ -87,6 +88,7 @@ class Context:
     batch_size: int
     k: int
     previous: np.ndarray | None
+    previous_reference: np.ndarray | None
     seed: int
     state: dict
 
@@ -161,6 +163,13 @@ def _lobpcg_cold(ctx: Context) -> EigenResult:
     return lobpcg(ctx.hessian, ctx.k, tol=CALLBACK_TOL, seed=ctx.seed)
 
 
+@register("rayleigh_ritz_previous", "Rayleigh-Ritz on the previous eigenvectors only (k products, no iteration)")
+def _rayleigh_ritz_previous(ctx: Context) -> EigenResult:
+    # The floor of any warm start: what the previous eigenvectors alone say about the new Hessian.
+    return lobpcg(ctx.hessian, ctx.k, tol=CALLBACK_TOL, initial_vectors=ctx.previous_reference, seed=ctx.seed,
+                  block_size=ctx.k, max_iterations=ctx.k)
+
+
 DEFAULT_METHODS = ["lanczos_cold", "lanczos_warm", "lobpcg_warm", "lobpcg_warm_eig", "lobpcg_warm_eig_loose"]
 
 
@@ -231,6 +240,7 @@ class Tracker(keras.callbacks.Callback):
         self.points = {s: set(schedule_points(s, steps_per_epoch, total_steps, first, args.max_measurements))
                        for s in schedules}
         self.previous = {(s, m.name): None for s in schedules for m in methods if m.warm}
+        self.previous_reference = {s: None for s in schedules}
         self.states = {(s, m.name): {} for s in schedules for m in methods}
         self.rows: list[Row] = []
         self.loss = models.default_loss()
@@ -289,7 +299,8 @@ class Tracker(keras.callbacks.Callback):
 
         def context(schedule, method):
             return Context(hessian=hessian, model=self.model, sample=sample, loss=self.loss, batch_size=batch_size,
-                           k=TOP_K, previous=self.previous.get((schedule, method.name)), seed=seed,
+                           k=TOP_K, previous=self.previous.get((schedule, method.name)),
+                           previous_reference=self.previous_reference[schedule], seed=seed,
                            state=self.states[(schedule, method.name)])
 
         # Cold Lanczos first, through the product cache, then the tight reference that replays it.
@@ -333,6 +344,7 @@ class Tracker(keras.callbacks.Callback):
                                      [float(v) for v in result.eigenvalues], [float(v) for v in ref]))
                 print(f"  [{schedule}] {method.name:>22}: {matvecs:3d} matvecs {seconds:6.1f} s "
                       f"error {self.rows[-1].error:.1e}", flush=True)
+            self.previous_reference[schedule] = reference.eigenvectors
 
 
 def summarize(rows: list[Row], schedules, methods) -> tuple[list, list]:
