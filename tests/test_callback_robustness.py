@@ -317,3 +317,30 @@ def test_a_block_solve_that_misses_tol_falls_back_to_lanczos_and_says_so(data):
     assert all(m.values["fallbacks"] == 1.0 for m in callback.history)
     with pytest.raises(ValueError, match="method must be one of"):
         LanczosCallback((x, y), method="power")
+
+
+def test_fit_with_its_default_verbose_auto(data, capsys):
+    """Keras hands callbacks fit's verbose='auto' unresolved: the callback must read it as a progress bar."""
+    from tf_sharpest.callbacks import SpectrumCallback
+    from tf_sharpest.callbacks.progress import fit_verbosity
+
+    assert [fit_verbosity({"verbose": v}) for v in ("auto", 0, 1, 2, None)] == [1, 0, 1, 2, 0]
+    x, y = data
+    lanczos = LanczosCallback((x, y), top_k=1, num_samples=8, batch_size=8)
+    spectrum = SpectrumCallback((x, y), num_samples=8, batch_size=8)
+    history = frozen_cnn().fit(x, y, epochs=1, callbacks=[lanczos, spectrum])  # verbose left at "auto"
+    assert np.isfinite(history.history["lambda_1"][0]) and "hessian_trace" in history.history
+    assert "LanczosCallback at epoch 0" in capsys.readouterr().out
+
+
+def test_a_multi_worker_strategy_gets_one_shared_seed(mirrored_strategy):
+    from tf_sharpest.callbacks.sampling import shared_seed
+
+    class TwoWorkers:  # what MultiWorkerMirroredStrategy reports on each of two one-device workers
+        num_replicas_in_sync = 2
+
+        class extended:
+            worker_devices = ("/job:worker/task:0/device:CPU:0",)
+
+    assert shared_seed(None, TwoWorkers()) == 0 and shared_seed(7, TwoWorkers()) == 7
+    assert shared_seed(None, mirrored_strategy) is None  # one process: a None seed stays free

@@ -49,17 +49,8 @@ NUM_TRAIN = 128
 # The Fashion-MNIST copy data.load reads here: (training, test) images.
 FMNIST_COUNTS = (120, 30)
 
-# Keras passes fit's default verbose="auto" to the callbacks' params, where
-# LanczosCallback._progress_mode and SpectrumCallback._progress_mode call int() on it.
-_VERBOSE_AUTO = ("model.fit without verbose= (Keras's default 'auto') stops in {}.on_epoch_begin: "
-                 "_progress_mode calls int('auto') (ValueError); reported, the callbacks' files are being changed")
-
-#: Example id -> why it cannot run as written (reported to the owner of its file, who is changing it).
-EXPECTED_TO_FAIL: dict[str, str] = {
-    "tf_sharpest.callbacks.lanczos_callback.LanczosCallback[0]": _VERBOSE_AUTO.format("LanczosCallback"),
-    "tf_sharpest.callbacks.spectrum_callback.SpectrumCallback[0]": _VERBOSE_AUTO.format("SpectrumCallback"),
-    "tf_sharpest.optimizers.nsgd.NSGD[0]": _VERBOSE_AUTO.format("LanczosCallback"),
-}
+#: Example id -> why it cannot run as written (none now; an entry marks a strict expected failure).
+EXPECTED_TO_FAIL: dict[str, str] = {}
 
 
 # ------------------------------------------------------------------------------------------- collection

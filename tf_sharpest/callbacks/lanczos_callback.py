@@ -12,7 +12,8 @@ import numpy as np
 import tensorflow as tf
 
 from tf_sharpest.callbacks.measurement_log import Measurement, MeasurementLog
-from tf_sharpest.callbacks.sampling import SampleSource
+from tf_sharpest.callbacks.progress import fit_verbosity
+from tf_sharpest.callbacks.sampling import SampleSource, shared_seed
 from tf_sharpest.linalg.lanczos import lanczos
 from tf_sharpest.linalg.lobpcg import lobpcg
 from tf_sharpest.operators.factory import check_curvature, curvature_operator
@@ -169,11 +170,12 @@ class LanczosCallback(keras.callbacks.Callback):
         self.eigenvectors: np.ndarray | None = None
         self._source = SampleSource(data, self.num_samples, resample=self.resample, seed=seed)
         self._targets = {}  # target name ("" for the main one) -> _Target
+        self._run_seed = seed
         self._reset_run_state()
 
     def _reset_run_state(self):
-        self._source.reset()
-        self._rng = np.random.default_rng(self.seed)
+        self._source.reset(self._run_seed)
+        self._rng = np.random.default_rng(self._run_seed)
         self._epoch = 0
         self._global_step = 0
         self._pending_logs: dict = {}
@@ -207,6 +209,8 @@ class LanczosCallback(keras.callbacks.Callback):
 
     # -- Keras hooks -------------------------------------------------------------------
     def on_train_begin(self, logs=None):
+        # Under MultiWorkerMirroredStrategy every worker must draw the same samples.
+        self._run_seed = shared_seed(self.seed, self.model.distribute_strategy)
         self._reset_run_state()
         self._check_optimizer()
         # The global step survives a resumed run (BackupAndRestore restores the optimizer).
@@ -371,7 +375,7 @@ class LanczosCallback(keras.callbacks.Callback):
         """0: silent; 1: a progress bar and a line; 2: a line per measurement."""
         if self.verbose != "auto":
             return int(self.verbose)
-        fit_verbose = int((self.params or {}).get("verbose", 0) or 0)
+        fit_verbose = fit_verbosity(self.params)
         if fit_verbose == 0:
             return 0
         return 1 if fit_verbose == 1 and self.frequency == "epoch" else 2

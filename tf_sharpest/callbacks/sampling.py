@@ -5,12 +5,23 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tf_sharpest.operators.strategy import is_multi_worker
 from tf_sharpest.utils.batches import materialize
 
 # A dataset is sampled through a shuffle buffer of this many examples at most
 # (and at least one sample's worth): large enough to mix a stream that is not
 # shuffled, small enough to keep in memory.
 MAX_SHUFFLE_BUFFER = 20_000
+
+
+def shared_seed(seed: int | None, strategy) -> int | None:
+    """``seed``, or 0 when it is None and the strategy spans several workers.
+
+    Every worker must draw the same sample and start vectors, or their shares
+    of a product would belong to different samples; a None seed would give
+    each process its own.
+    """
+    return 0 if seed is None and is_multi_worker(strategy) else seed
 
 
 class SampleSource:
@@ -39,9 +50,9 @@ class SampleSource:
         self.seed = seed
         self.reset()
 
-    def reset(self) -> None:
-        """Back to the first draw (a new training run)."""
-        self._rng = np.random.default_rng(self.seed)
+    def reset(self, seed: int | None = None) -> None:
+        """Back to the first draw (a new training run), from ``seed`` if given, else the constructor's."""
+        self._rng = np.random.default_rng(self.seed if seed is None else seed)
         self._fixed = None
         self._stream = None
 

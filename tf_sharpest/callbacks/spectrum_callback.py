@@ -15,7 +15,8 @@ import tensorflow as tf
 
 from tf_sharpest.callbacks.lanczos_callback import MEASUREMENT_ERRORS, VERBOSE_CHOICES, all_layers, describe_error
 from tf_sharpest.callbacks.measurement_log import Measurement, MeasurementLog
-from tf_sharpest.callbacks.sampling import SampleSource
+from tf_sharpest.callbacks.progress import fit_verbosity
+from tf_sharpest.callbacks.sampling import SampleSource, shared_seed
 from tf_sharpest.linalg.density import SpectralDensity, spectral_density
 from tf_sharpest.linalg.trace import MIN_MATVECS, TRACE_METHODS, trace
 from tf_sharpest.operators.factory import check_curvature, curvature_operator
@@ -200,11 +201,12 @@ class SpectrumCallback(keras.callbacks.Callback):
         self._operator = None
         self._signature = None
         self._writer = None
+        self._run_seed = seed
         self._reset_run_state()
 
     def _reset_run_state(self):
-        self._source.reset()
-        self._rng = np.random.default_rng(self.seed)
+        self._source.reset(self._run_seed)
+        self._rng = np.random.default_rng(self._run_seed)
         self._epoch = 0
         self._global_step = 0
         self._pending_logs: dict = {}
@@ -246,6 +248,8 @@ class SpectrumCallback(keras.callbacks.Callback):
 
     # -- Keras hooks -------------------------------------------------------------------
     def on_train_begin(self, logs=None):
+        # Under MultiWorkerMirroredStrategy every worker must draw the same samples.
+        self._run_seed = shared_seed(self.seed, self.model.distribute_strategy)
         self._reset_run_state()
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is not None and getattr(optimizer, "built", False):
@@ -387,7 +391,7 @@ class SpectrumCallback(keras.callbacks.Callback):
     def _progress_mode(self) -> int:
         if self.verbose != "auto":
             return int(self.verbose)
-        return 0 if int((self.params or {}).get("verbose", 0) or 0) == 0 else 2
+        return 0 if fit_verbosity(self.params) == 0 else 2
 
     def _warn_once(self, key: str, message: str):
         if key not in self._warned:

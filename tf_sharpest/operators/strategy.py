@@ -48,6 +48,13 @@ def resolve_strategy(model, strategy=None) -> tf.distribute.Strategy:
     return strategy
 
 
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    """Whether the strategy's replicas span several worker processes (hosts)."""
+    if strategy.num_replicas_in_sync == 1:
+        return False  # also the default strategy, which has no worker_devices
+    return strategy.num_replicas_in_sync > len(strategy.extended.worker_devices)
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this worker is the one that writes files (Keras's multi-worker convention)."""
     return bool(strategy.extended.should_checkpoint)
