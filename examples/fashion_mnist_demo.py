@@ -4,8 +4,12 @@ Both runs start from the same weights and see the same batches; a
 LanczosCallback measures the top-5 Hessian eigenvalues at the start of every
 epoch (and after the last). The script prints a table (accuracies and lambda_1
 per epoch for both runs) and writes a PNG of lambda_1..lambda_5 per epoch.
+After training, a SpectrumCallback estimates each run's Hessian trace and its
+spectral density by stochastic Lanczos quadrature (a few probes, on the same
+examples as the first Lanczos measurement), and density.png shows both
+densities on a log scale, as PyHessian plots them.
 
-    python examples/fashion_mnist_demo.py                 # 4-7 minutes on 2 CPU cores
+    python examples/fashion_mnist_demo.py                 # 5-8 minutes on 2 CPU cores
     python examples/fashion_mnist_demo.py --epochs 3 --n_examples 2000   # quicker
 """
 
@@ -37,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_samples", type=positive_int, default=1024,
                         help="examples per Lanczos measurement")
     parser.add_argument("--batch_size", type=positive_int, default=128, help="training batch size")
+    # 3 x 30 products and a 15-product trace: 105 per run, well under what its seven Lanczos measurements spend.
+    parser.add_argument("--density_probes", type=positive_int, default=3,
+                        help="probes of the spectral density after training")
+    parser.add_argument("--density_steps", type=positive_int, default=30,
+                        help="Lanczos steps per probe of the spectral density")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, batches and Lanczos samples")
     return parser
 
@@ -50,7 +59,7 @@ def train(name, optimizer, splits, x, y, args):
     import numpy as np
 
     from tf_sharpest import data, models
-    from tf_sharpest.callbacks import LanczosCallback
+    from tf_sharpest.callbacks import LanczosCallback, SpectrumCallback
 
     os.makedirs(os.path.join(args.out, name), exist_ok=True)
     keras.utils.set_random_seed(args.seed)  # same initial weights and batches for both runs
@@ -58,15 +67,21 @@ def train(name, optimizer, splits, x, y, args):
     model.compile(optimizer=optimizer, loss=models.default_loss(), metrics=["accuracy"])
     lanczos = LanczosCallback((x, y), top_k=args.top_k, num_samples=args.num_samples, batch_size=256,
                               seed=args.seed, save_dir=os.path.join(args.out, name))
+    # Once, after training: the trace and the density. resample=False with the same seed draws the
+    # examples of the Lanczos callback's first measurement, the same in both runs.
+    spectrum = SpectrumCallback((x, y), num_samples=args.num_samples, batch_size=256, frequency=None,
+                                trace_matvecs=15, num_probes=args.density_probes, num_steps=args.density_steps,
+                                resample=False, seed=args.seed, save_dir=os.path.join(args.out, name))
     print(f"\n== {name}: {model.count_params():,} parameters, {len(x)} examples, {args.epochs} epochs ==",
           flush=True)
     history = model.fit(data.train_dataset(x, y, args.batch_size, augment=False, seed=args.seed),
                         validation_data=data.eval_dataset(splits.x_valid[:2000], splits.y_valid[:2000]),
-                        epochs=args.epochs, callbacks=[lanczos, keras.callbacks.CSVLogger(
+                        epochs=args.epochs, callbacks=[lanczos, spectrum, keras.callbacks.CSVLogger(
                             os.path.join(args.out, name, "history.csv"))], verbose=2, shuffle=False)
     test_accuracy = model.evaluate(data.eval_dataset(splits.x_test, splits.y_test), verbose=0)[1]
     return {"history": history.history, "test_accuracy": float(test_accuracy),
-            "eigenvalues": np.array([m.eigenvalues for m in lanczos.history])}
+            "eigenvalues": np.array([m.eigenvalues for m in lanczos.history]),
+            "trace": spectrum.history[-1].values, "density": spectrum.density}
 
 
 def plot(results, args, path):
@@ -93,6 +108,37 @@ def plot(results, args, path):
                  f"{args.n_examples} Fashion-MNIST examples, lr={args.lr}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def plot_densities(results, args, path):
+    """Both runs' densities after training on one log-scale axis, with one grid and one kernel width."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    densities = {name: r["density"] for name, r in results.items() if r["density"] is not None}
+    if not densities:
+        return False
+    used = np.concatenate([d.nodes[d.weights > 0] for d in densities.values()])
+    low, high = float(used.min()), float(used.max())
+    sigma = 0.01 * (high - low)  # one width for both, so their peaks compare
+    grid = np.linspace(low - 0.05 * (high - low), high + 0.05 * (high - low), 2000)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, density in densities.items():
+        density.plot(ax=ax, log=True, grid=grid, sigma=sigma, label=name)
+    ax.axvline(2 / args.lr, color="gray", linestyle="--", label="$2/\\eta$")
+    ax.set_xlabel("Hessian eigenvalue")
+    ax.set_ylim(bottom=1e-8 * max(float(d.density(grid, sigma).max()) for d in densities.values()))
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.3)
+    first = next(iter(densities.values()))
+    ax.set_title(f"Hessian spectral density after {args.epochs} epochs (SLQ: {first.num_probes} probes x "
+                 f"{args.density_steps} steps on {args.num_samples} examples)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
 
 
 def main():
@@ -128,12 +174,22 @@ def main():
         lambdas = [f"{v:.2f}" for v in result["eigenvalues"][:, 0]]
         print(f"| {name} | {result['history']['val_accuracy'][-1]:.4f} | {result['test_accuracy']:.4f} | "
               + " | ".join(lambdas) + " |")
+    print()
+    for name, result in results.items():
+        trace = result["trace"]
+        print(f"{name}: Hessian trace after training {trace['trace']:.1f} +- {trace['trace_stderr']:.1f} "
+              f"(Hutch++, on the {args.num_samples} examples of the density)")
     path = os.path.join(args.out, "eigenvalues.png")
     plot(results, args, path)
+    density_path = os.path.join(args.out, "density.png")
+    if not plot_densities(results, args, density_path):
+        density_path = "not written (the density measurements failed; see the warnings)"
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump({name: {"test_accuracy": r["test_accuracy"], "val_accuracy": r["history"]["val_accuracy"],
-                          "eigenvalues": r["eigenvalues"].tolist()} for name, r in results.items()}, f, indent=2)
-    print(f"\nPlot: {path}\nTotal wall time: {time.perf_counter() - start:.0f} s")
+                          "eigenvalues": r["eigenvalues"].tolist(),
+                          "trace": {k: float(v) for k, v in r["trace"].items()}} for name, r in results.items()},
+                  f, indent=2)
+    print(f"\nPlot: {path}\nDensity: {density_path}\nTotal wall time: {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":
