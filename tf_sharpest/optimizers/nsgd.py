@@ -123,13 +123,14 @@ class NSGD(keras.optimizers.Optimizer):
         self._gamma = self.add_variable((), initializer=keras.initializers.Constant(self._initial_gamma),
                                         dtype="float32", name="gamma")
         self._has_directions = self.add_variable((), initializer="zeros", dtype="float32", name="has_directions")
-        self.momentums = self.add_optimizer_variables(variables, "momentum") if self.momentum else []
+        # One at a time: Optimizer.add_optimizer_variables (the same, in one call) is new in Keras 3.10.
+        self.momentums = [self.add_variable_from_reference(v, name="momentum") for v in variables] \
+            if self.momentum else []
         # One [top_k, size] block of E^T per variable, stored next to it: E^T x is then top_k contiguous
         # dot products per variable, and E c a weighted sum of contiguous rows (both fast, also under XLA).
         self.directions = []
         for i, (variable, size) in enumerate(zip(variables, self.layout.sizes)):
-            reference = variable.value if isinstance(variable, keras.Variable) else variable
-            with self._distribution_strategy.extended.colocate_vars_with(reference):
+            with self._distribution_strategy.extended.colocate_vars_with(_tf_variable(variable)):
                 self.directions.append(self.add_variable((self.top_k, size), initializer="zeros",
                                                          dtype=variable.dtype, name=f"directions_{i}"))
         # Written inside the replicated step; every replica computes the same values (after the all-reduce).
@@ -198,26 +199,15 @@ class NSGD(keras.optimizers.Optimizer):
             warnings.warn("NSGD directions are not orthonormal (max |E^T E - I| = "
                           f"{np.abs(gram - np.eye(self.top_k)).max():.2g}); E E^T is then not a projection.",
                           stacklevel=2)
-        for variable, start, size in zip(self.directions, self.layout.offsets, self.layout.sizes):
-            variable.assign(np.ascontiguousarray(matrix[start:start + size].T).astype(variable.dtype))
+        # Each variable's block of E^T, [top_k, size]: its rows of E, transposed.
+        for variable, part in zip(self.directions, self.layout.unflatten_columns(matrix)):
+            variable.assign(tf.cast(tf.transpose(tf.reshape(part, [-1, self.top_k])), variable.dtype))
         self._has_directions.assign(1.0)
 
     def _as_matrix(self, vectors) -> np.ndarray:
         """``vectors`` (flat or per-variable) as a flat ``[dim, K]`` NumPy array, shape-checked."""
         if isinstance(vectors, (list, tuple)):
-            if len(vectors) != len(self.layout):
-                raise ValueError(f"Expected {len(self.layout)} per-variable direction arrays (one per trainable "
-                                 f"variable), got {len(vectors)}.")
-            parts = []
-            for part, shape, name in zip(vectors, self.layout.shapes, self.layout.names):
-                part = np.asarray(part)
-                if part.ndim != len(shape) + 1 or part.shape[:-1] != shape:
-                    raise ValueError(f"The direction array for {name} has shape {part.shape}; expected "
-                                     f"{shape + ('K',)}.")
-                parts.append(part.reshape(-1, part.shape[-1]))
-            if len({p.shape[1] for p in parts}) != 1:
-                raise ValueError(f"Per-variable direction arrays disagree on K: {[p.shape[1] for p in parts]}.")
-            return np.concatenate(parts, axis=0)
+            return self.layout.flatten_columns([np.asarray(part) for part in vectors]).numpy()
         matrix = np.asarray(vectors)
         if matrix.ndim == 1:
             matrix = matrix[:, None]
@@ -239,12 +229,19 @@ class NSGD(keras.optimizers.Optimizer):
         if not self.built:
             raise ValueError("The optimizer is not built yet; it builds on its first step, or call "
                              "optimizer.build(model.trainable_variables).")
-        return np.concatenate([np.asarray(d.numpy()).T for d in self.directions], axis=0)
+        return self.layout.flatten_columns([tf.reshape(tf.transpose(d), list(shape) + [self.top_k])
+                                            for d, shape in zip(self.directions, self.layout.shapes)]).numpy()
 
     # -- the step ------------------------------------------------------------------------
+    # Keras's private contract. The supported extension points cannot do this step: ``update_step`` sees one
+    # variable at a time, and ``apply`` runs before loss unscaling, gradient accumulation, clipping and the
+    # cross-replica sum, so E^T g there would not be the projection of the gradient the step uses. This
+    # override of the TF backend's ``_backend_update_step`` (which receives every final gradient of the step at
+    # once, in replica context) and the private helpers it calls are checked by tests/test_keras_contract.py
+    # and bounded in setup.cfg to the Keras/TensorFlow versions tested.
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         """Replica context: sum gradients over replicas, compute the nudge once, then update every variable."""
-        variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
+        variables = [_tf_variable(v) for v in trainable_variables]
         grads_and_vars = self._all_reduce_sum_gradients(list(zip(grads, variables)))
         # The nudge E E^T g is dense, so sparse (IndexedSlices) gradients are made dense too.
         grads = [tf.convert_to_tensor(g) for g, _ in grads_and_vars]
@@ -310,6 +307,11 @@ class NSGD(keras.optimizers.Optimizer):
         config.update({"momentum": self.momentum, "nesterov": self.nesterov, "gamma": self.gamma,
                        "top_k": self.top_k, "nudge": self.nudge})
         return config
+
+
+def _tf_variable(variable) -> tf.Variable:
+    """The ``tf.Variable`` behind a Keras variable (in Keras 3.5, ``keras.Variable`` is not their class)."""
+    return variable if isinstance(variable, tf.Variable) else variable.value
 
 
 def _is_integer(value) -> bool:

@@ -24,6 +24,8 @@ class FlatLayout:
     layout = FlatLayout.from_variables(model.trainable_variables)
     flat = layout.flatten([tf.ones_like(v) for v in model.trainable_variables])   # [layout.dim]
     parts = layout.unflatten(flat)  # a list of tensors shaped like the variables
+    matrix = layout.flatten_columns([tf.ones(list(v.shape) + [3]) for v in model.trainable_variables])  # [dim, 3]
+    columns = layout.unflatten_columns(matrix)  # [*shape, 3] per variable
     ```
     """
 
@@ -62,9 +64,35 @@ class FlatLayout:
         pieces = tf.split(flat, self.sizes, axis=0)
         return [tf.reshape(p, s) for p, s in zip(pieces, self.shapes)]
 
+    def flatten_columns(self, tensors: Sequence) -> tf.Tensor:
+        """Concatenates ``[*shape, k]`` tensors, one per variable, into one ``[dim, k]`` matrix.
+
+        The inverse of :meth:`unflatten_columns`: column ``j`` of the result is
+        the flat vector of the ``j``-th slices.
+
+        Raises:
+          ValueError: for the wrong number of tensors, a tensor whose leading
+            dimensions are not its variable's shape, or tensors that disagree on ``k``.
+        """
+        tensors = list(tensors)
+        if len(tensors) != len(self.shapes):
+            raise ValueError(f"Expected {len(self.shapes)} per-variable arrays (one per variable), got {len(tensors)}.")
+        pieces = []
+        for tensor, shape, name in zip(tensors, self.shapes, self.names):
+            tensor = tf.convert_to_tensor(tensor)
+            if tensor.shape.rank != len(shape) + 1 or tuple(tensor.shape[:-1]) != shape:
+                raise ValueError(f"The array for {name} has shape {tuple(tensor.shape)}; expected {shape + ('K',)}.")
+            pieces.append(tf.reshape(tensor, [-1, tensor.shape[-1]]))
+        if len({int(p.shape[1]) for p in pieces}) != 1:
+            raise ValueError(f"The per-variable arrays disagree on K: {[int(p.shape[1]) for p in pieces]}.")
+        return tf.concat(pieces, axis=0)
+
     def unflatten_columns(self, matrix) -> list[tf.Tensor]:
         """Splits a ``[dim, k]`` matrix row-wise into ``[*shape, k]`` tensors, one per variable."""
         matrix = tf.convert_to_tensor(matrix)
+        if matrix.shape.rank != 2 or matrix.shape[0] != self.dim:
+            raise ValueError(f"Expected a [dim={self.dim}, k] matrix (the variables concatenated, each flattened "
+                             f"row-major); got shape {tuple(matrix.shape)}.")
         k = matrix.shape[-1]
         pieces = tf.split(matrix, self.sizes, axis=0)
         return [tf.reshape(p, list(s) + [k]) for p, s in zip(pieces, self.shapes)]
@@ -77,6 +105,3 @@ class FlatLayout:
                 f"{what} must be a flat vector of length {self.dim} (the trainable variables "
                 f"concatenated, each flattened row-major); got shape {shape}."
             )
-
-    def get_config(self) -> dict:
-        return {"shapes": [list(s) for s in self.shapes], "names": list(self.names)}
