@@ -4,7 +4,8 @@ import pytest
 import tensorflow as tf
 
 from references import classification_data, explicit_hessian, sparse_ce, tiny_cnn, tiny_mlp
-from tf_sharpest.hessian import HessianOperator, top_eigenpairs
+from tf_sharpest.hessian import top_eigenpairs
+from tf_sharpest.operators import HessianOperator
 from tf_sharpest.utils.batches import even_batch_size
 
 
@@ -239,3 +240,13 @@ def test_model_trained_under_mirrored_strategy(mirrored_strategy):
     reference = np.linalg.eigvalsh(explicit_hessian(model, x, y, sparse_ce("float32")).astype(np.float64))[::-1]
     result = top_eigenpairs(model, (x, y), k=3, batch_size=8, tol=1e-6)
     np.testing.assert_allclose(result.eigenvalues, reference[:3], rtol=1e-4)
+
+
+def test_each_public_name_has_one_home_and_the_documented_paths_still_import():
+    import tf_sharpest.hessian
+    import tf_sharpest.linalg
+    import tf_sharpest.operators
+
+    assert tf_sharpest.hessian.__all__ == ["top_eigenpairs"]
+    assert tf_sharpest.hessian.HessianOperator is tf_sharpest.operators.HessianOperator
+    assert "EigenResult" in tf_sharpest.linalg.__all__ and "HessianOperator" in tf_sharpest.operators.__all__

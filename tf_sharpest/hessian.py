@@ -1,7 +1,12 @@
 """Hessian eigenpairs of a Keras model's training loss.
 
-The public entry points: :class:`HessianOperator` (Hessian-vector products)
-and :func:`top_eigenpairs` (the operator solved by Lanczos in one call).
+The public entry points: :func:`top_eigenpairs` (a curvature operator solved
+by Lanczos in one call), whose home is this module, and
+:class:`~tf_sharpest.operators.HessianOperator` (Hessian-vector products).
+Each public name has one home: ``HessianOperator`` lives in
+:mod:`tf_sharpest.operators` and ``EigenResult`` in :mod:`tf_sharpest.linalg`;
+``tf_sharpest.hessian.HessianOperator`` stays importable as the documented
+entry point it has been, the same class.
 """
 
 from __future__ import annotations
@@ -10,11 +15,11 @@ import keras
 
 from tf_sharpest.linalg.lanczos import lanczos
 from tf_sharpest.linalg.result import EigenResult
+from tf_sharpest.operators import HessianOperator  # noqa: F401  (kept importable from here; home: operators)
 from tf_sharpest.operators.factory import curvature_operator
-from tf_sharpest.operators.hessian import HessianOperator
 from tf_sharpest.utils.checks import positive_float, positive_int
 
-__all__ = ["HessianOperator", "top_eigenpairs", "EigenResult"]
+__all__ = ["top_eigenpairs"]
 
 
 def top_eigenpairs(model: keras.Model, data, k: int = 5, *, curvature: str = "hessian", variables=None,
@@ -41,7 +46,7 @@ def top_eigenpairs(model: keras.Model, data, k: int = 5, *, curvature: str = "he
         variable, a layer, or a list of variables and layers).
 
     ``model``, ``data``, ``loss``, ``batch_size`` and ``training`` are as in
-    :class:`HessianOperator`; ``which``, ``tol``, ``max_iterations``, ``seed``,
+    :class:`~tf_sharpest.operators.HessianOperator`; ``which``, ``tol``, ``max_iterations``, ``seed``,
     ``initial_vectors`` and ``verbose`` as in :func:`tf_sharpest.linalg.lanczos`.
     Eigenvectors use the flat layout of the chosen variables
     (``model.trainable_variables`` by default).
