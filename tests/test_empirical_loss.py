@@ -17,11 +17,26 @@ def test_value_and_gradient_match_one_full_batch_with_uneven_batches():
     assert (objective.num_examples, objective.num_batches) == (23, 5)
 
 
+def reference_loss(model, x, y):
+    """Mean cross-entropy plus L2 terms, by hand in NumPy from the model's logits and kernels."""
+    shifted = model(x).numpy()
+    shifted = shifted - shifted.max(1, keepdims=True)
+    log_softmax = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    l2 = sum(1e-2 * np.sum(layer.kernel.numpy() ** 2) for layer in model.layers if hasattr(layer, "kernel"))
+    return -np.mean(log_softmax[np.arange(len(y)), y]) + l2
+
+
 def test_evaluate_follows_the_weights():
-    model = tiny_cnn("float64")
+    model = tiny_cnn("float64")  # L2 1e-2 on both kernels
     x, y = classification_data((6, 6, 1), n=12, seed=6)
-    objective = EmpiricalLoss(model, (x, y), loss=sparse_ce())
-    before = objective.value
+    objective = EmpiricalLoss(model, (x, y), loss=sparse_ce(), batch_size=5)
+    before = reference_loss(model, x, y)
+    np.testing.assert_allclose(objective.value, before, rtol=1e-8)
     bias = model.trainable_variables[-1]
     bias.assign(bias + np.array([1.0, 0.0, 0.0]))  # favour class 0: the cross-entropy changes
-    assert objective.evaluate() != before
+    kernel = model.trainable_variables[0]
+    kernel.assign(2.0 * kernel)  # and the regularization with it
+    after = reference_loss(model, x, y)
+    assert abs(after - before) > 1e-3
+    np.testing.assert_allclose(objective.evaluate(), after, rtol=1e-8)
+    np.testing.assert_allclose(objective.value, before, rtol=1e-8)  # the value at construction is kept

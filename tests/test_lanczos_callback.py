@@ -101,13 +101,28 @@ def test_resample_false_reuses_one_sample(data):
 def test_dataset_input_and_deep_copy(data):
     x, y = data
     stream = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(40, seed=0).repeat().batch(8)
-    callback = LanczosCallback(stream, top_k=2, num_samples=16, batch_size=8, seed=0)
+    callback = LanczosCallback(stream, top_k=2, num_samples=16, batch_size=8, seed=0, tol=1e-6)
     clone = copy.deepcopy(callback)  # what keras-tuner does to every callback for each trial
     assert clone.data is stream and clone is not callback
-    model = compiled_cnn(learning_rate=0.01)
-    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[clone])
-    assert np.isfinite(history.history["lambda_1"][0])
-    assert callback.history == []
+    model = compiled_cnn(learning_rate=0.05)
+    drawn, references = [], []
+
+    def explicit_top_two(epoch, logs=None):  # after the clone's on_epoch_begin: on the sample it just measured
+        batches = clone.operator.sample.batches
+        xs, ys = (np.concatenate([b[i].numpy() for b in batches]) for i in (0, 1))
+        rows = [int(np.flatnonzero((x == example).all(axis=(1, 2, 3)))[0]) for example in xs]
+        np.testing.assert_array_equal(ys, y[rows])  # 16 examples of the stream, with their labels
+        drawn.append(sorted(rows))
+        hessian = explicit_hessian(model, xs, ys, sparse_ce("float32"))
+        references.append(np.linalg.eigvalsh(hessian)[::-1][:2])
+
+    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0,
+                        callbacks=[clone, keras.callbacks.LambdaCallback(on_epoch_begin=explicit_top_two)])
+    assert len(drawn) == 2 and all(len(rows) == 16 for rows in drawn) and drawn[0] != drawn[1]
+    for epoch, reference in enumerate(references):
+        np.testing.assert_allclose(clone.history[epoch].eigenvalues, reference, rtol=1e-3)
+        assert history.history["lambda_1"][epoch] == pytest.approx(clone.history[epoch].eigenvalues[0])
+    assert callback.history == [] and callback.operator is None  # the original is left as it was
 
 
 def test_failed_measurement_logs_nan_warns_once_and_training_goes_on(data):
@@ -240,6 +255,20 @@ def test_keras_tuner_random_search_over_gamma(data, tmp_path):
     x, y = data
     stream = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(8)  # not picklable: must be shared
 
+    class Seen(keras.callbacks.Callback):
+        """Each epoch of each trial: the optimizer's gamma, the logs, and what the trial's LanczosCallback measured."""
+
+        def __init__(self, lanczos, records):
+            super().__init__()
+            self.lanczos, self.records = lanczos, records
+
+        def __deepcopy__(self, memo):  # the tuner deep-copies the list per trial: this trial's LanczosCallback
+            return Seen(copy.deepcopy(self.lanczos, memo), self.records)
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.records.append({"gamma": self.model.optimizer.gamma, "epoch": epoch, "logs": dict(logs),
+                                 "measured": self.lanczos.history[epoch].eigenvalues[0]})
+
     def build(hp):
         model = tiny_cnn("float32")
         model.compile(optimizer=NSGD(0.05, gamma=hp.Choice("gamma", [0.1, 1.0]), top_k=2),
@@ -249,10 +278,23 @@ def test_keras_tuner_random_search_over_gamma(data, tmp_path):
     tuner = keras_tuner.RandomSearch(build, objective="val_accuracy", max_trials=2, seed=0,
                                      directory=str(tmp_path), project_name="gamma", overwrite=True)
     callback = LanczosCallback(stream, top_k=2, num_samples=16, batch_size=16, seed=0)
-    tuner.search(x, y, validation_data=(x, y), batch_size=8, epochs=2, verbose=0, callbacks=[callback])
+    records = []
+    tuner.search(x, y, validation_data=(x, y), batch_size=8, epochs=2, verbose=0,
+                 callbacks=[callback, Seen(callback, records)])
     trials = tuner.oracle.get_best_trials(2)
     assert len(trials) == 2
     assert sorted(t.hyperparameters.get("gamma") for t in trials) == [0.1, 1.0]
     for trial in trials:
         assert trial.status == "COMPLETED", trial.message
-        assert np.isfinite(trial.metrics.get_last_value("lambda_1"))
+        gamma = trial.hyperparameters.get("gamma")
+        epochs = [r for r in records if r["gamma"] == pytest.approx(gamma)]  # the optimizer had the trial's gamma
+        assert [r["epoch"] for r in epochs] == [0, 1]
+        for r in epochs:  # the logs carried what the callback measured
+            assert r["logs"]["lambda_1"] == pytest.approx(r["measured"], rel=1e-6)
+        # The tuner keeps each metric at the trial's best epoch (the first with the best val_accuracy).
+        best = epochs[int(np.argmax([r["logs"]["val_accuracy"] for r in epochs]))]
+        assert trial.score == pytest.approx(best["logs"]["val_accuracy"])
+        assert trial.metrics.get_last_value("lambda_1") == pytest.approx(best["measured"], rel=1e-6)
+    # Both trials start from the same weights and seeded sample: one first measurement, then gamma tells them apart.
+    first = [r["measured"] for r in records if r["epoch"] == 0]
+    assert first[0] == pytest.approx(first[1], rel=1e-5)
