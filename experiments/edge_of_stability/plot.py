@@ -26,6 +26,11 @@ STUDY = "edge_of_stability"
 COLORS = ("k", "tab:blue", "tab:orange", "tab:red")
 
 
+def pretty(name: str) -> str:
+    """A threshold's name for a figure: ``2(1+b)/eta`` as 2(1+β)/η."""
+    return name.replace("eta", "$\\eta$").replace("b)", "$\\beta$)")
+
+
 def _plain(value, _position=None) -> str:
     return f"{value:g}"
 
@@ -133,6 +138,14 @@ def spread(values, fmt: str = ".1f") -> str:
     return f"{format(values.mean(), fmt)} ± {format(values.std(ddof=1), fmt)}"
 
 
+def ratios(values, limits) -> str:
+    """The mean over seeds of ``value / threshold`` for each threshold, ``;``-separated."""
+    values = np.asarray([v for v in values if np.isfinite(v)], float)
+    if values.size == 0:
+        return "n/a"
+    return "; ".join(f"{np.mean(values / limit):.2f}" for limit in limits)
+
+
 def ratio(values, threshold: float) -> str:
     values = np.asarray([v for v in values if np.isfinite(v)], float) / threshold
     if values.size == 0:
@@ -197,8 +210,7 @@ def plot_minibatch(plt, groups, path: str, caption: str, title: str) -> None:
             if np.isfinite(values).any():
                 plot_band(ax, xs, values, colors[key], label)
         for (name, value), style in zip(thresholds(c).items(), ("--", ":", "-.")):
-            ax.axhline(value, color="gray", ls=style, lw=1.2, label=name.replace("eta", "$\\eta$").replace("b", "$\\beta$")
-                       + f" = {value:g}")
+            ax.axhline(value, color="gray", ls=style, lw=1.2, label=f"{pretty(name)} = {value:g}")
         # Log scale for thresholds a factor 19 apart (momentum); the first epochs' tiny values are cut off.
         ax.set(yscale="log", ylim=(min(thresholds(c).values()) / 10, None), xlabel="epochs", ylabel="curvature",
                title=f"{title}, batch {c['batch_size']}, $\\eta$ = {c['lr']:g}")
@@ -219,9 +231,13 @@ def plot_minibatch(plt, groups, path: str, caption: str, title: str) -> None:
     for name, value in thresholds(settings[0][0]["config"]).items():
         ax.axhline(value / main[1], color="gray", ls="--" if name == main[0] else ":", lw=1)
     ax.set_xticks(range(len(settings)), [f"batch {b}" for b in batch_sizes])
-    ax.set(yscale="log", ylabel=f"later-half mean / {main[0]}", title=f"Later-half mean relative to {main[0]}")
+    ax.set(yscale="log", ylabel=f"later-half mean / {pretty(main[0])}",
+           title=f"Later-half mean relative to {pretty(main[0])}")
+    from matplotlib.ticker import LogLocator, NullFormatter
+
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.yaxis.set_major_formatter(_formatter())
-    ax.yaxis.set_minor_formatter(_formatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     common.save_figure(fig, path, caption)
@@ -264,10 +280,21 @@ def gd_table(groups) -> str:
         later = [later_half_mean(*curve(r, "lambda_full")) for r in runs]
         peaks = [smoothed_peak(curve(r, "lambda_full")[1]) for r in runs]
         first_cross = [crossing_step(r, "lambda_full", threshold) for r in runs]
-        rows.append([f"{c['lr']:g}", f"{threshold:.1f}", spread(later), ratio(later, threshold), spread(peaks),
-                     spread(first_cross, ".0f"), *accuracy_cells(runs), sum(r["diverged"] for r in runs)])
-    return common.markdown_table(["lr", "2/eta", "lambda_1 later half", "/ (2/eta)", "smoothed peak",
-                                  "first step >= 2/eta", "val acc final", "val acc best", "diverged"], rows)
+        # GD at the edge flips across the valley every step: measuring on even steps only sees one side.
+        parity = [" / ".join(spread([later_half_mean(*parity_curve(r, side))], ".1f") for side in (0, 1))
+                  for r in runs]
+        rows.append([f"{c['lr']:g}", c["measure_every_steps"], f"{threshold:.1f}", spread(later),
+                     ratio(later, threshold), spread(peaks), spread(first_cross, ".0f"), "; ".join(parity),
+                     *accuracy_cells(runs), sum(r["diverged"] for r in runs)])
+    return common.markdown_table(["lr", "measured every", "2/eta", "lambda_1 later half", "/ (2/eta)",
+                                  "smoothed peak", "first step >= 2/eta", "later half at even / odd steps, per seed",
+                                  "val acc final", "val acc best", "diverged"], rows)
+
+
+def parity_curve(result: dict, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """The lambda_1 curve with the measurements at steps of the other parity set to NaN."""
+    steps, values = curve(result, "lambda_full")
+    return steps, np.where(steps % 2 == side, values, np.nan)
 
 
 def sample_to_full(result: dict, key: str) -> float:
@@ -317,12 +344,11 @@ def minibatch_table(groups) -> str:
         c = runs[0]["config"]
         limits = thresholds(c)
         cells = [c["batch_size"], f"{c['lr']:g}", " / ".join(f"{v:.0f}" for v in limits.values())]
-        main = next(iter(limits.values()))
         for key, _ in sgd_quantities(c):
             later = [later_half_mean(*curve(r, key)) for r in runs]
-            cells.append(f"{spread(later)} [{ratio(later, main)}]")
+            cells.append(f"{spread(later)} [{ratios(later, limits.values())}]")
         peaks = [smoothed_peak(curve(r, "lambda_full")[1]) for r in runs]
-        cells.append(f"{spread(peaks)} [{ratio(peaks, main)}]")
+        cells.append(f"{spread(peaks)} [{ratios(peaks, limits.values())}]")
         for key, _ in sgd_quantities(c)[1:-1]:
             cells.append(spread([sample_to_full(r, key) for r in runs], ".3f"))
         cells += [*accuracy_cells(runs), sum(r["diverged"] for r in runs)]
@@ -367,7 +393,9 @@ def caption(results: list[dict], what: str) -> str:
     c = results[0]["config"]
     s = common.Scale(**c["scale"])
     seeds = sorted({r["config"]["seed"] for r in results})
-    return (f"{what}. SimpleCNN-root (F={s.n_filters}), real Fashion-MNIST, {c['n_train']:,} training examples, "
+    sizes = sorted({(r["config"]["n_train"], r["config"]["batch_size"] is None) for r in results})
+    examples = " / ".join(f"{n:,}" + (" (full batch)" if full and len(sizes) > 1 else "") for n, full in sizes)
+    return (f"{what}. SimpleCNN-root (F={s.n_filters}), real Fashion-MNIST, {examples} training examples, "
             f"seeds {', '.join(map(str, seeds))} (thin: each seed; thick: their mean); Lanczos tol {s.tol:g}.")
 
 
@@ -395,8 +423,9 @@ def main(argv=None) -> str:
             plot_minibatch(plt, group(by_part[part]), path, caption(by_part[part], f"{name}; later half: "
                            "measurements from half of the run on"), name)
             number = 2 if part == "sgd" else 3
-            sections.append(f"### Part {number}: {name}\n\nLater-half mean ± std over seeds [its ratio to the "
-                            "first threshold: mean (min–max over seeds)]\n\n" + minibatch_table(group(by_part[part])))
+            sections.append(f"### Part {number}: {name}\n\nLater-half mean ± std over seeds [mean over seeds of its "
+                            "ratio to each threshold, in the order of the threshold column]\n\n"
+                            + minibatch_table(group(by_part[part])))
             figures.append(path)
     if by_part["adam"]:
         path = os.path.join(args.figures, "adam.png")
