@@ -170,7 +170,7 @@ def test_edge_of_stability_smoke_recomputes_its_measurements(tmp_path):
     assert "both readings" in table
     for name in ("gd.png", "sgd.png", "momentum.png", "adam.png"):
         assert os.path.getsize(tmp_path / "fig" / name) > 10_000, name
-    assert "### Part 1" in table and "### Part 4" in table and "| 0.1 | 20.0 |" in table  # 2/eta of GD at 0.1
+    assert "### Part 1" in table and "### Part 4" in table and "| 0.1 | 3 | 20.0 |" in table  # lr, measured every, 2/eta
     with open(tmp_path / "fig" / "summary.csv") as f:
         rows = {(row["part"], row["batch_size"]): row for row in csv.DictReader(f)}
     row = rows[("sgd", "32")]
