@@ -266,9 +266,9 @@ def _orthonormal_block(block: tf.Tensor, basis: tf.Tensor | None) -> tf.Tensor:
     Columns are first scaled to unit length, so a direction is judged by how
     much of it is new, not by its size. Two rounds ("twice is enough") of
     projecting out ``basis`` and cleaning by the eigendecomposition of the
-    small float64 Gram matrix; directions whose new part is below
-    ``sqrt(eps)``-ish of a unit vector are dropped instead of being blown up
-    into noise. The result may have fewer columns than ``block``, or none.
+    small float64 Gram matrix; directions whose new part is below about
+    ``1e3 * eps`` of a unit vector are dropped instead of being blown up into
+    noise. The result may have fewer columns than ``block``, or none.
     """
     eps = float(np.finfo(block.dtype.as_numpy_dtype).eps)
     norms = tf.norm(block, axis=0)
