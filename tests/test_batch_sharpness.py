@@ -1,5 +1,8 @@
 """batch_sharpness against per-batch Hessians and gradients formed explicitly in float64."""
 
+import copy
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -159,3 +162,53 @@ def test_bad_input_is_refused_with_clear_messages():
     with pytest.raises(ValueError, match="gradient of batch 0 .* is zero"):
         batch_sharpness(regression, (x, exact), batch_size=5, loss=keras.losses.MeanSquaredError(dtype="float64"))
     assert batch_indices(10, 4, shuffle=False)[-1].tolist() == [8, 9]
+
+
+# -- LanczosCallback(batch_sharpness=True) ---------------------------------------------------------------------
+
+def test_lanczos_callback_logs_the_batch_sharpness_of_its_sample(floatx):
+    from tf_sharpest.callbacks import LanczosCallback
+
+    floatx("float64")  # fit's training step of a float64 model with regularizers needs it
+    model = tiny_cnn("float64", seed=3)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss=sparse_ce())
+    x, y = classification_data((6, 6, 1), n=20, seed=10)
+    callback = LanczosCallback((x, y), top_k=1, num_samples=20, resample=False, seed=0, verbose=0, tol=1e-8,
+                               batch_sharpness=True, batch_sharpness_batch_size=5, batch_sharpness_num_batches=3)
+    history = model.fit(x, y, batch_size=5, epochs=2, verbose=0, shuffle=False, callbacks=[callback])
+    assert len(history.history["batch_sharpness"]) == 2 and len(history.history["batch_sharpness_stderr"]) == 2
+    # Every measurement (two epochs and the one after training) holds it; the last is at the final weights.
+    assert len(callback.history) == 3
+    assert all(np.isfinite(m.values["batch_sharpness"]) for m in callback.history)
+    assert history.history["batch_sharpness"] == [m.values["batch_sharpness"] for m in callback.history[:2]]
+    last = callback.batch_sharpness_result
+    assert last.num_batches == 3 and all(len(i) == 5 for i in last.indices)
+    expected = [explicit_quotient(model, x[i], y[i], per_example_ce()) for i in last.indices]
+    np.testing.assert_allclose(last.values, expected, rtol=RTOL)
+    np.testing.assert_allclose(callback.history[-1].values["batch_sharpness"], np.mean(expected), rtol=RTOL)
+    clone = copy.deepcopy(callback)  # keras-tuner copies used callbacks: the clone traces its own graphs
+    assert clone._sharpness_meter is None and clone.batch_sharpness and clone.batch_sharpness_num_batches == 3
+
+
+def test_lanczos_callback_batch_sharpness_failure_is_nan_and_the_eigenvalues_do_not_change(floatx):
+    from tf_sharpest.callbacks import LanczosCallback
+
+    floatx("float64")
+    x, y = classification_data((4,), n=12, seed=11)
+    runs = []
+    for enabled in (False, True):
+        model = tiny_mlp("float64", seed=5)
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss=sparse_ce())
+        # The default batch size (128: Keras 3's fit does not tell callbacks its own) exceeds the 12 examples.
+        callback = LanczosCallback((x, y), top_k=2, num_samples=12, seed=0, verbose=0, batch_sharpness=enabled)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            history = model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[callback])
+        runs.append((history.history, [str(w.message) for w in caught]))
+    (plain, _), (measured, messages) = runs
+    assert "batch_sharpness" not in plain
+    assert np.all(np.isnan(measured["batch_sharpness"])) and np.all(np.isnan(measured["batch_sharpness_stderr"]))
+    assert any("batch sharpness failed" in m and "fewer than one batch of 128" in m for m in messages)
+    np.testing.assert_array_equal(measured["lambda_1"], plain["lambda_1"])  # same seeds, same eigenvalues
+    with pytest.raises(ValueError, match="batch_sharpness_num_batches must be a positive integer"):
+        LanczosCallback((x, y), batch_sharpness=True, batch_sharpness_num_batches=0)

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_sharpest.analysis.sharpness import BatchSharpnessMeter
 from tf_sharpest.callbacks.measurement_log import Measurement, MeasurementLog
 from tf_sharpest.callbacks.progress import fit_verbosity
 from tf_sharpest.callbacks.sampling import SampleSource, shared_seed
@@ -120,6 +121,16 @@ class LanczosCallback(keras.callbacks.Callback):
         previous eigenvectors), ``"lanczos"`` (the paper's protocol at every
         measurement) or ``"lobpcg"``. A block solve whose residuals miss
         ``tol`` is redone by Lanczos; ``lanczos_fallbacks`` logs how often.
+      batch_sharpness: also log ``batch_sharpness`` and ``batch_sharpness_stderr``
+        at each measurement: ``tf_sharpest.analysis.batch_sharpness``, the mean of
+        ``g_B^T H_B g_B / ||g_B||^2`` over random mini-batches ``B`` of the
+        measurement's sample (the quantity that sits at ``2 / lr`` at the "edge of
+        stochastic stability"). NaN, with a warning, where it fails (e.g. a sample
+        smaller than one batch).
+      batch_sharpness_batch_size: the mini-batch size; default: the training
+        batch size if ``fit`` passes it in ``self.params``, else 128 (Keras 3's
+        ``fit`` does not pass it: give the training batch size here).
+      batch_sharpness_num_batches: random batches per measurement (default 8).
     """
 
     def __init__(self, data, top_k: int = 5, num_samples: int = 2250, batch_size: int = 128,
@@ -127,7 +138,8 @@ class LanczosCallback(keras.callbacks.Callback):
                  save_dir: str | None = None, save_eigenvectors_every: int = 0, seed: int | None = None,
                  verbose="auto", log_prefix: str = "", tol: float = 1e-3, max_iterations: int | None = None,
                  loss=None, curvature: str = "hessian", variables=None, preconditioned: bool = False,
-                 blocks: dict | None = None, method: str = "auto"):
+                 blocks: dict | None = None, method: str = "auto", batch_sharpness: bool = False,
+                 batch_sharpness_batch_size: int | None = None, batch_sharpness_num_batches: int = 8):
         super().__init__()
         self.top_k = positive_int("top_k", top_k)
         self.num_samples = positive_int("num_samples", num_samples)
@@ -165,6 +177,13 @@ class LanczosCallback(keras.callbacks.Callback):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
         self.method = method
+        self.batch_sharpness = bool(batch_sharpness)
+        self.batch_sharpness_batch_size = positive_int("batch_sharpness_batch_size", batch_sharpness_batch_size,
+                                                       allow_none=True)
+        self.batch_sharpness_num_batches = positive_int("batch_sharpness_num_batches", batch_sharpness_num_batches)
+        #: The latest :class:`~tf_sharpest.analysis.BatchSharpness` (with its batches), when measured.
+        self.batch_sharpness_result = None
+        self._sharpness_meter = None  # one BatchSharpnessMeter per model: its graph is traced once
         #: Every measurement, in order: one per epoch or per ``frequency`` batches, and one after training.
         self.history: list[Measurement] = []
         self.eigenvectors: np.ndarray | None = None
@@ -189,8 +208,9 @@ class LanczosCallback(keras.callbacks.Callback):
         clone = self.__class__.__new__(self.__class__)
         memo[id(self)] = clone
         for name, value in self.__dict__.items():
-            if name == "_targets":
-                clone._targets = {}  # traced graphs of the original's model: the clone builds its own
+            if name in ("_targets", "_sharpness_meter"):
+                # Traced graphs of the original's model: the clone builds its own.
+                clone.__dict__[name] = {} if name == "_targets" else None
                 continue
             shared = name in ("data", "_model", "variables", "blocks") or isinstance(value, (tf.data.Dataset,
                                                                                               keras.Model))
@@ -280,6 +300,8 @@ class LanczosCallback(keras.callbacks.Callback):
                 values[f"{name}_lambda"] = block_values
                 matvecs += block_matvecs
             values["fallbacks"] = float(self._fallbacks - fallbacks_before)
+            if self.batch_sharpness:
+                values.update(self._measure_batch_sharpness(sample))
             measurement = Measurement(epoch, self._global_step, eigenvalues, matvecs, time.perf_counter() - start,
                                       loss, values=values)
             if progress:
@@ -369,7 +391,30 @@ class LanczosCallback(keras.callbacks.Callback):
         for name in self.blocks:
             values = measurement.values.get(f"{name}_lambda", np.full(self.top_k, np.nan))
             logs.update({self.key(f"{name}_lambda_{i + 1}"): float(v) for i, v in enumerate(values)})
+        if self.batch_sharpness:
+            for name in ("batch_sharpness", "batch_sharpness_stderr"):
+                logs[self.key(name)] = float(measurement.values.get(name, np.nan))
         return logs
+
+    # -- batch sharpness (batch_sharpness=True) --------------------------------------------------
+    def _measure_batch_sharpness(self, sample) -> dict:
+        """``batch_sharpness`` and its standard error on random batches of ``sample``; NaN (and a warning) on failure."""
+        batch_size = self.batch_sharpness_batch_size or int((self.params or {}).get("batch_size") or 128)
+        if self._sharpness_meter is None or self._sharpness_meter.model is not self.model:
+            self._sharpness_meter = BatchSharpnessMeter(self.model, loss=self.loss, training=self.training)
+        # Seeded by the run's seed and the step, apart from the eigensolver's generator, whose
+        # sequence (and so every eigenvalue) is the same with and without this option.
+        entropy = [0 if self._run_seed is None else int(self._run_seed), self._global_step, self._epoch]
+        seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
+        try:
+            result = self._sharpness_meter.measure(sample, batch_size=batch_size,
+                                                   num_batches=self.batch_sharpness_num_batches, seed=seed)
+        except MEASUREMENT_ERRORS as error:
+            self._warn_once("batch_sharpness", f"the batch sharpness failed and was logged as NaN; training goes "
+                                               f"on. Reason: {describe_error(error)}")
+            return {"batch_sharpness": float("nan"), "batch_sharpness_stderr": float("nan")}
+        self.batch_sharpness_result = result
+        return {"batch_sharpness": result.value, "batch_sharpness_stderr": result.stderr}
 
     def _progress_mode(self) -> int:
         """0: silent; 1: a progress bar and a line; 2: a line per measurement."""
