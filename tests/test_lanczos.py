@@ -4,7 +4,7 @@ import tensorflow as tf
 
 from references import symmetric_matrix
 from tf_sharpest.linalg import EigenResult, lanczos
-from tf_sharpest.operators import FunctionOperator, MatrixOperator
+from tf_sharpest.operators import FunctionOperator
 
 SPECTRA = {
     "clustered": np.concatenate([[5.0, 4.999, 4.998, 4.99, 4.98], np.linspace(-1, 3, 195)]),
