@@ -1,4 +1,9 @@
-"""Test-session set-up: quiet TensorFlow, two logical CPUs for tf.distribute tests."""
+"""Test-session set-up: quiet TensorFlow, two logical CPUs for tf.distribute tests, the Fashion-MNIST marker.
+
+Tests that read Debian's real Fashion-MNIST files (``apt-get install dataset-fashion-mnist``, which
+``scripts/setup.sh`` does) are marked ``@pytest.mark.needs_fmnist`` and skipped where the files are absent;
+a test that needs their folder takes the ``fmnist_dir`` fixture.
+"""
 
 import os
 
@@ -17,6 +22,30 @@ try:
     )
 except RuntimeError:  # already initialised (e.g. imported twice): keep what exists
     pass
+
+
+FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", f"needs_fmnist: reads the real Fashion-MNIST in {FMNIST_DIR} (Debian's "
+                                       "dataset-fashion-mnist); skipped where it is not installed")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.path.isdir(FMNIST_DIR):
+        return
+    skip = pytest.mark.skip(reason=f"{FMNIST_DIR} is absent: install Debian's package dataset-fashion-mnist")
+    for item in items:
+        if "needs_fmnist" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def fmnist_dir(request):
+    """The folder of the real Fashion-MNIST files; only for tests marked ``needs_fmnist``."""
+    assert request.node.get_closest_marker("needs_fmnist"), "mark the test @pytest.mark.needs_fmnist"
+    return FMNIST_DIR
 
 
 @pytest.fixture

@@ -15,8 +15,6 @@ from tf_sharpest import data
 from tf_sharpest.data import cifar, idx
 from tf_sharpest.data.errors import CorruptDataError, DataNotFoundError
 
-FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -419,8 +417,7 @@ def test_train_dataset_pipeline():
 
 # --------------------------------------------------------------------------- real data
 
-@pytest.mark.skipif(not os.path.isdir(FMNIST_DIR),
-                    reason=f"{FMNIST_DIR} is absent: install Debian's package dataset-fashion-mnist")
+@pytest.mark.needs_fmnist
 def test_real_fashion_mnist_from_debian_files():
     d = data.load("fashion_mnist", source="idx")
     assert d.source.startswith("files:")

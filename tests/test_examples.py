@@ -14,8 +14,6 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
-FMNIST = "/usr/share/datasets/fashion-mnist"
-needs_fmnist = pytest.mark.skipif(not os.path.isdir(FMNIST), reason="Debian's dataset-fashion-mnist not installed")
 TINY = ["--n_filters=4", "--n_dense=16", "--batch_size=64", "--lanczos_top_K=2", "--lanczos_top_K_N=64",
         "--lanczos_batch_size=64", "--verbose=0"]
 
@@ -34,7 +32,31 @@ def history_rows(save_dir):
         return list(csv.DictReader(f))
 
 
-@needs_fmnist
+def lanczos_rows(save_dir):
+    with open(os.path.join(save_dir, "lanczos.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def check_logged_eigenvalues(save_dir, top_k):
+    """history.csv's lambda_i of each epoch is lanczos.csv's measurement at that epoch's start (one more after
+    training), descending and positive; returns lanczos.csv's eigenvalues, ``[epochs + 1, top_k]``."""
+    history, measured = history_rows(save_dir), lanczos_rows(save_dir)
+    assert [int(r["epoch"]) for r in measured] == list(range(len(history) + 1))
+    eigenvalues = np.array([[float(r[f"lambda_{i + 1}"]) for i in range(top_k)] for r in measured])
+    assert np.all(eigenvalues[:, 0] > 0) and np.all(np.diff(eigenvalues, axis=1) <= 0)
+    for i in range(top_k):
+        np.testing.assert_allclose([float(r[f"lambda_{i + 1}"]) for r in history], eigenvalues[:-1, i], rtol=1e-6)
+    np.testing.assert_array_equal(np.load(os.path.join(save_dir, "lanczos.npz"))["eigenvalues"], eigenvalues)
+    return eigenvalues
+
+
+def markdown_rows(text, first_cell):
+    """The cells of the markdown table rows in ``text`` that start with ``| first_cell |``."""
+    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
+            if line.startswith(f"| {first_cell} |")]
+
+
+@pytest.mark.needs_fmnist
 def test_simple_cnn_fmnist_with_the_original_flags(tmp_path):
     save_dir = str(tmp_path / "gamma=01")
     run_script("train_simple_cnn_cifar.py", "medium_fmnist", save_dir, "--dataset=fmnist", "--augmentation",
@@ -44,14 +66,27 @@ def test_simple_cnn_fmnist_with_the_original_flags(tmp_path):
                "--early_stopping_patience=500", "--n_examples=256", "--kernel_size=3", *TINY)
     rows = history_rows(save_dir)
     assert [r["epoch"] for r in rows] == ["0", "1"]
-    for column in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "lambda_1", "lambda_2",
-                   "nsgd_alpha_1"):
-        assert column in rows[0] and np.isfinite(float(rows[0][column])), column
+    for row in rows:
+        assert float(row["learning_rate"]) == pytest.approx(0.01)  # the plateau callback's patience is 200
+        assert 0 < float(row["loss"]) < 10 and 0 <= float(row["accuracy"]) <= 1
+        assert 0 <= float(row["val_accuracy"]) <= 1
+        # alpha_ratio_1 = |e_1^T g| / ||g|| for a unit eigenvector e_1: in [0, 1], and alpha_1 = |e_1^T g| > 0.
+        assert 0 <= float(row["nsgd_alpha_ratio_1"]) <= 1 and float(row["nsgd_alpha_1"]) > 0
+    check_logged_eigenvalues(save_dir, top_k=2)
     config = json.load(open(os.path.join(save_dir, "config.json")))
     assert config["optimizer_kwargs"] == {"gamma": 0.1, "top_k": 2}
     assert config["flags"]["lanczos_top_K_N"] == 64 and config["config"] == "medium_fmnist"
-    for name in ("lanczos.npz", "lanczos.csv", "model_last.keras", "final.json"):
-        assert os.path.exists(os.path.join(save_dir, name)), name
+    # final.json holds the test metrics of the saved final model.
+    import keras
+
+    from tf_sharpest import data
+
+    final = json.load(open(os.path.join(save_dir, "final.json")))
+    model = keras.models.load_model(os.path.join(save_dir, "model_last.keras"))
+    assert model.optimizer.get_config()["gamma"] == pytest.approx(0.1)
+    splits = data.load("fashion_mnist", data_seed=800)
+    test_loss, test_accuracy = model.evaluate(data.eval_dataset(splits.x_test, splits.y_test), verbose=0)
+    assert final == pytest.approx({"test_loss": test_loss, "test_accuracy": test_accuracy}, rel=1e-5)
 
 
 def test_injection_in_a_dict_flag_is_refused(tmp_path):
@@ -119,10 +154,11 @@ def test_resnet_on_cifar_files(tmp_path, monkeypatch):
         flags.FLAGS.unparse_flags()
     assert 0.0 <= final["test_accuracy"] <= 1.0
     rows = history_rows(save_dir)
-    assert len(rows) == 1 and np.isfinite(float(rows[0]["lambda_1"]))
+    assert len(rows) == 1
+    check_logged_eigenvalues(save_dir, top_k=1)
 
 
-@needs_fmnist
+@pytest.mark.needs_fmnist
 def test_killed_run_resumes_without_duplicate_or_lost_rows(tmp_path):
     save_dir = str(tmp_path / "run")
     args = ["root", save_dir, "--dataset=fmnist", "--n_examples=1024", "--n_epochs=6", "--seed=1", *TINY]
@@ -182,26 +218,54 @@ def test_backup_survives_a_kill_while_the_next_epoch_is_written(tmp_path):
     assert not os.path.exists(backup_dir)
 
 
-@needs_fmnist
+@pytest.mark.needs_fmnist
 def test_tune_gamma_runs_two_trials(tmp_path):
     result = run_script("tune_gamma.py", f"--out={tmp_path}", "--max_trials=2", "--epochs=1", "--n_examples=256",
                         "--n_filters=4", "--num_samples=64", "--gammas=0.1,1", "--top_ks=2")
-    assert "Best gamma:" in result.stdout
-    table = [line for line in result.stdout.splitlines() if line.startswith("| 0.1 ") or line.startswith("| 1 ")]
-    assert len(table) == 2
+    # The printed table is what keras-tuner recorded for each trial (its trial.json files).
+    trials = {}
+    for name in os.listdir(tmp_path / "nsgd_gamma"):
+        path = tmp_path / "nsgd_gamma" / name / "trial.json"
+        if path.exists():
+            trial = json.load(open(path))
+            values, metrics = trial["hyperparameters"]["values"], trial["metrics"]["metrics"]
+            trials[values["gamma"]] = {"top_k": values["top_k"], "score": trial["score"],
+                                       "lambda_1": metrics["lambda_1"]["observations"][-1]["value"][0]}
+    assert sorted(trials) == [0.1, 1.0]
+    for gamma, trial in trials.items():
+        (row,) = markdown_rows(result.stdout, f"{gamma:g}")
+        assert row == [f"{gamma:g}", "2", f"{trial['score']:.4f}", f"{trial['lambda_1']:.3f}"]
+        assert 0 <= trial["score"] <= 1 and trial["lambda_1"] > 0
+    best = max(trials, key=lambda g: trials[g]["score"])
+    assert f"Best gamma: {best:g} (K=2), val_accuracy {trials[best]['score']:.4f}" in result.stdout
 
 
-@needs_fmnist
-def test_main_demo_at_tiny_scale(tmp_path):
+@pytest.mark.needs_fmnist
+def test_main_demo_at_tiny_scale(tmp_path, fmnist_dir):
     result = run_script("fashion_mnist_demo.py", f"--out={tmp_path}", "--n_examples=256", "--epochs=2",
                         "--n_filters=4", "--num_samples=64", "--top_k=2")
-    assert "| NSGD gamma=0.1 |" in result.stdout and "| SGD |" in result.stdout
     # The local files are read without asking TFDS first, and the demo says where its data came from.
-    assert f"Data: Fashion-MNIST from files:{FMNIST}" in result.stdout
+    assert f"Data: Fashion-MNIST from files:{fmnist_dir}" in result.stdout
     assert "dataset_info.json" not in result.stderr and "Constructing tf.data.Dataset" not in result.stderr
     assert os.path.getsize(tmp_path / "eigenvalues.png") > 10_000
     summary = json.load(open(tmp_path / "summary.json"))
-    assert len(summary["SGD"]["eigenvalues"]) == 3
+    eigenvalues = {}
+    for name, folder in (("NSGD gamma=0.1", "NSGD_gamma0.1"), ("SGD", "SGD")):
+        # Each run's CSVs, its summary and its printed row hold the same numbers.
+        eigenvalues[name] = check_logged_eigenvalues(str(tmp_path / folder), top_k=2)
+        np.testing.assert_array_equal(summary[name]["eigenvalues"], eigenvalues[name])
+        history = history_rows(str(tmp_path / folder))
+        np.testing.assert_allclose(summary[name]["val_accuracy"], [float(r["val_accuracy"]) for r in history],
+                                   rtol=1e-6)
+        (row,) = markdown_rows(result.stdout, name)
+        assert row == [name, f"{summary[name]['val_accuracy'][-1]:.4f}", f"{summary[name]['test_accuracy']:.4f}",
+                       *[f"{v:.2f}" for v in eigenvalues[name][:, 0]]]
+        trace = summary[name]["trace"]
+        assert f"{name}: Hessian trace after training {trace['trace']:.1f} +- {trace['trace_stderr']:.1f}" \
+            in result.stdout
+    # Same initial weights and the same seeded sample: the first measurement is the same in both runs,
+    # before NSGD's nudge and SGD part ways.
+    np.testing.assert_allclose(eigenvalues["NSGD gamma=0.1"][0], eigenvalues["SGD"][0], rtol=1e-5)
 
 
 # --------------------------------------------------------------------------- first use and bad input (issue 16)

@@ -1,5 +1,6 @@
 """The four studies of experiments/ end to end at smoke scale on real Fashion-MNIST, and their helpers."""
 
+import csv
 import json
 import os
 import sys
@@ -13,12 +14,50 @@ if ROOT not in sys.path:
 
 from experiments import common  # noqa: E402
 
-FMNIST = "/usr/share/datasets/fashion-mnist"
-needs_fmnist = pytest.mark.skipif(not os.path.isdir(FMNIST), reason="Debian's dataset-fashion-mnist not installed")
-
 
 def finite(values):
     return np.all(np.isfinite(np.asarray(values, dtype=float)))
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def table_rows(table):
+    """The body rows of a markdown table, as lists of cells."""
+    lines = [line for line in table.splitlines() if line.startswith("|")][2:]
+    return [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines]
+
+
+def check_run_files(runs):
+    """Every run under ``runs``: its history.csv holds its result.json's logs, its lanczos.csv its measurements,
+    and each epoch's logged lambda_i is the measurement at that epoch's start. Returns ``{folder: (result,
+    eigenvalues from lanczos.csv or None)}``."""
+    found = {}
+    for folder, _, files in sorted(os.walk(runs)):
+        if "result.json" not in files:
+            continue
+        with open(os.path.join(folder, "result.json")) as f:
+            result = json.load(f)
+        history, logs = read_csv(os.path.join(folder, "history.csv")), result["logs"]
+        assert [int(r["epoch"]) for r in history] == list(range(len(logs["loss"])))
+        for key, values in logs.items():
+            np.testing.assert_allclose([float(r[key]) for r in history], values, rtol=1e-6, err_msg=key)
+        eigenvalues = None
+        if result["lanczos"]:
+            measured = read_csv(os.path.join(folder, "lanczos.csv"))
+            k = len(result["lanczos"][0]["eigenvalues"])
+            eigenvalues = np.array([[float(r[f"lambda_{i + 1}"]) for i in range(k)] for r in measured])
+            assert [int(r["epoch"]) for r in measured] == list(range(len(history) + 1))
+            np.testing.assert_array_equal(eigenvalues, [m["eigenvalues"] for m in result["lanczos"]])
+            assert np.all(eigenvalues[:, 0] > 0) and np.all(np.diff(eigenvalues, axis=1) <= 0)
+            for i in range(k):
+                np.testing.assert_allclose([float(r[f"lambda_{i + 1}"]) for r in history], eigenvalues[:-1, i],
+                                           rtol=1e-6)
+        found[folder] = (result, eigenvalues)
+    assert found, f"no result.json under {runs}"
+    return found
 
 
 def test_helpers_on_known_numbers():
@@ -40,7 +79,7 @@ def test_quadratic_prediction_by_hand():
     np.testing.assert_allclose(quadratic_prediction(record, 0.1), [[-0.0125, 0.05]])
 
 
-@needs_fmnist
+@pytest.mark.needs_fmnist
 def test_spectrum_shape_smoke(tmp_path):
     from experiments.spectrum_shape import plot, run
 
@@ -57,10 +96,16 @@ def test_spectrum_shape_smoke(tmp_path):
         run.main(["--smoke", "--out", str(tmp_path / "runs"), "--epochs", "3"])
     table = plot.main(["--out", str(tmp_path / "runs"), "--figures", str(tmp_path / "fig")])
     assert os.path.getsize(tmp_path / "fig" / "spectrum.png") > 10_000
-    assert "| 0.01 |" in table and "| 200 |" in table  # 2/eta of lr 0.01
+    rows = table_rows(table)
+    assert len(rows) == 2
+    for result, eigenvalues in check_run_files(tmp_path / "runs").values():  # the table's numbers are the CSVs'
+        lr, lambda_1 = result["config"]["lr"], eigenvalues[:, 0]
+        (row,) = [r for r in rows if r[0] == f"{lr:g}"]
+        assert row == [f"{lr:g}", f"{lambda_1[0]:.2f}", f"{lambda_1.max():.2f}", str(np.argmax(lambda_1)),
+                       f"{lambda_1[-1]:.2f}", f"{2 / lr:g}", "yes" if lambda_1.max() < 2 / lr else "**no**"]
 
 
-@needs_fmnist
+@pytest.mark.needs_fmnist
 def test_lr_batch_size_smoke(tmp_path):
     from experiments.lr_batch_size import plot, run
 
@@ -70,9 +115,18 @@ def test_lr_batch_size_smoke(tmp_path):
     table = plot.main(["--out", str(tmp_path / "runs"), "--figures", str(tmp_path / "fig")])
     assert os.path.getsize(tmp_path / "fig" / "lr_batch_size.png") > 10_000
     assert table.count("\n") == 4  # header, rule, three runs
+    rows = {(r[1], r[2]): r for r in table_rows(table)}
+    runs = check_run_files(tmp_path / "runs")
+    assert len(runs) == len(rows) == 3
+    for result, eigenvalues in runs.values():  # the table's numbers are the CSVs'
+        c = result["config"]
+        row = rows[(f"{c['lr']:g}", str(c["batch_size"]))]
+        assert row[3:] == [f"{eigenvalues[:, 0].max():.2f}", str(np.argmax(eigenvalues[:, 0])),
+                           f"{eigenvalues[-1, 0]:.2f}", f"{eigenvalues[:, 1].max():.2f}",
+                           str(np.argmax(eigenvalues[:, 1])), f"{result['final']['train_loss']:.3f}", "no"]
 
 
-@needs_fmnist
+@pytest.mark.needs_fmnist
 def test_nudged_sgd_smoke(tmp_path):
     from experiments.nudged_sgd import plot, run
 
@@ -88,9 +142,16 @@ def test_nudged_sgd_smoke(tmp_path):
     assert row["test_at_best_val"] == results[1]["logs"]["test_accuracy"][row["best_val_epoch"] - 1]
     assert row["train_loss"] == results[1]["final"]["train_loss"]
     assert f"{row['lambda_1']:.1f}" in table
+    # The numbers come from the runs' CSVs: the last lambda_1 measured, the distance after the last epoch.
+    runs = check_run_files(tmp_path / "runs")
+    ((folder, (_, eigenvalues)),) = [(f, r) for f, r in runs.items() if r[0]["config"]["gamma"] == 1.0]
+    assert row["lambda_1"] == eigenvalues[-1, 0]
+    history = read_csv(os.path.join(folder, "history.csv"))
+    assert row["distance"] == pytest.approx(float(history[-1]["distance_from_init"]), rel=1e-6)
+    assert all(float(r["nsgd_alpha_1"]) > 0 for r in history)  # NSGD had directions from the first epoch on
 
 
-@needs_fmnist
+@pytest.mark.needs_fmnist
 def test_sgd_step_smoke_agrees_with_a_quadratic_model_for_short_steps(tmp_path):
     from experiments.sgd_step import plot, run
 
@@ -105,9 +166,18 @@ def test_sgd_step_smoke_agrees_with_a_quadratic_model_for_short_steps(tmp_path):
         predicted = plot.quadratic_prediction(record, analysis["learning_rate"])
         np.testing.assert_allclose(changes["eigenvectors"][0, 0], predicted[0, 0], rtol=0.1)
         assert np.all(np.asarray(record["alignment"]) <= 1)
-    plot.main(["--out", str(tmp_path / "runs"), "--figures", str(tmp_path / "fig")])
+    table = plot.main(["--out", str(tmp_path / "runs"), "--figures", str(tmp_path / "fig")])
     for name in ("step_losses.png", "alignment.png", "table.md"):
         assert os.path.getsize(tmp_path / "fig" / name) > 100, name
+    check_run_files(tmp_path / "runs")
+    rows, lr = table_rows(table), analysis["learning_rate"]
+    assert [row[0] for row in rows] == [str(record["epoch"]) for record in analysis["records"]]
+    for row, record in zip(rows, analysis["records"]):  # the table's numbers are the measured ones
+        lambda_1, one = record["eigenvalues"][0], record["multipliers"].index(1.0)
+        assert row[1:3] == [f"{lambda_1:.2f}", f"{lr * lambda_1:.2f}"]
+        assert row[4] == f"{record['along_eigenvectors'][0][one] - record['loss']:+.2e}"
+        assert row[6] == f"{record['full_step'][one] - record['loss']:+.2e}"
+        assert row[8:10] == [f"{record['alignment'][0]:.3f}", f"{max(record['alignment']):.3f}"]
 
 
 def test_edge_of_stability_statistics_on_known_numbers():
@@ -122,7 +192,7 @@ def test_edge_of_stability_statistics_on_known_numbers():
     assert plot.thresholds({"lr": 0.001, "momentum": 0.0, "optimizer": "adam"})["38/eta"] == pytest.approx(38000.0)
 
 
-@needs_fmnist
+@pytest.mark.needs_fmnist
 def test_edge_of_stability_smoke_recomputes_its_measurements(tmp_path):
     import csv
 

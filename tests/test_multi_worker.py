@@ -14,8 +14,6 @@ sys.path.insert(0, os.path.join(ROOT, "examples"))
 
 from local_cluster import run_workers  # noqa: E402
 
-FMNIST = "/usr/share/datasets/fashion-mnist"
-
 
 def test_two_workers_share_each_product_and_agree_with_one_process(tmp_path):
     worker = os.path.join(ROOT, "tests", "mwms_worker.py")
@@ -51,7 +49,7 @@ def test_two_workers_share_each_product_and_agree_with_one_process(tmp_path):
     np.testing.assert_array_equal(results[0]["eigenvectors"], results[1]["eigenvectors"])
 
 
-@pytest.mark.skipif(not os.path.isdir(FMNIST), reason="Debian's dataset-fashion-mnist not installed")
+@pytest.mark.needs_fmnist
 def test_multi_worker_example_trains_with_the_callback_and_nsgd(tmp_path):
     import subprocess
 
