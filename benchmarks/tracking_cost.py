@@ -248,7 +248,8 @@ class Row:
     converged: bool
     eigenvalues: list
     reference: list
-    epoch_equivalents: float = float("nan")
+    epoch_equivalents: float = float("nan")  # training speed of the steps around this point
+    epoch_equivalents_global: float = float("nan")  # training speed of the whole run
 
 
 def parse_schedule(text: str) -> str:
@@ -294,14 +295,20 @@ class Tracker(keras.callbacks.Callback):
         self.measure_seconds = 0.0
         self.timing_start = None  # (wall time, measure seconds so far, step) once training is warmed up
         self.timing_end = None
+        self.step_times: list[tuple[int, float]] = []  # (step, seconds per example), measuring excluded
+        self._step_start = None
         self.reference_extra_matvecs = []
 
     def on_train_batch_begin(self, batch, logs=None):
         self._maybe_measure()
         if self.step == self.args.warmup_steps:
             self.timing_start = (time.perf_counter(), self.measure_seconds, self.step)
+        self._step_start = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
+        if self.step >= self.args.warmup_steps:
+            seconds = time.perf_counter() - self._step_start
+            self.step_times.append((self.step, seconds / self.examples_between(self.step, self.step + 1)))
         self.step += 1
 
     def on_train_end(self, logs=None):
@@ -315,8 +322,18 @@ class Tracker(keras.callbacks.Callback):
         return int(sum(sizes))
 
     def training_seconds_per_example(self) -> float:
+        """Over the whole run: wall time of ``fit`` less the time spent measuring, per example."""
         (t0, m0, s0), (t1, m1, s1) = self.timing_start, self.timing_end
         return ((t1 - t0) - (m1 - m0)) / self.examples_between(s0, s1)
+
+    def local_seconds_per_example(self, step: int) -> float:
+        """Median over the training steps within ``--speed_window`` steps of ``step``.
+
+        The machine is shared and its load drifts over a long run, so a measurement is
+        compared with the training speed around it rather than the run's average.
+        """
+        near = [t for s, t in self.step_times if abs(s - step) <= self.args.speed_window]
+        return median(near) if near else self.training_seconds_per_example()
 
     def _maybe_measure(self):
         due = [s for s, points in self.points.items() if self.step in points]
@@ -433,10 +450,12 @@ def main():
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--warmup_steps", type=int, default=5,
                         help="training steps left out of the training-speed timing (tracing)")
+    parser.add_argument("--speed_window", type=int, default=50,
+                        help="epoch-equivalents use the training steps within this many steps of the measurement")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="write every row and the summary as JSON here")
     parser.add_argument("--smoke", action="store_true",
-                        help="tiny scale: 2,560 examples, 2 epochs, 256 samples, schedules 'epoch' and 10")
+                        help="tiny scale: 2,560 examples, 3 epochs, 256 samples, schedules 'epoch' and 10")
     args = parser.parse_args()
     if args.smoke:
         args.n_examples, args.epochs, args.num_samples, args.schedule = 2560, 3, 256, ["epoch", "10"]
@@ -462,22 +481,29 @@ def main():
     per_example = tracker.training_seconds_per_example()
     epoch_seconds = per_example * EPOCH_EXAMPLES
     for row in tracker.rows:
-        row.epoch_equivalents = row.seconds / epoch_seconds
+        row.epoch_equivalents = row.seconds / (tracker.local_seconds_per_example(row.step) * EPOCH_EXAMPLES)
+        row.epoch_equivalents_global = row.seconds / epoch_seconds
+    local_epoch = {r.step: tracker.local_seconds_per_example(r.step) * EPOCH_EXAMPLES for r in tracker.rows}
     hvp = [r.seconds / r.matvecs for r in tracker.rows if r.method == "lanczos_cold" and r.step > 0]
     print(f"\nSimpleCNN-root ({model.count_params():,} parameters), {len(y):,} Fashion-MNIST training examples, "
           f"SGD lr={args.lr}, batch {BATCH_SIZE}, {args.epochs} epochs ({steps_per_epoch} steps each); top-{TOP_K} on "
           f"{args.num_samples} samples per measurement (batches of {even_batch_size(args.num_samples, BATCH_SIZE)}).")
-    print(f"Training: {per_example * 1e3:.3f} ms per example, so one epoch-equivalent ({EPOCH_EXAMPLES:,} examples) "
-          f"= {epoch_seconds:.1f} s; one product on the sample takes {median(hvp) if hvp else float('nan'):.2f} s "
-          f"(median over cold Lanczos), i.e. {(median(hvp) if hvp else float('nan')) / epoch_seconds:.3f} "
-          f"epoch-equivalents. Whole run: {wall:.0f} s, of which measuring {tracker.measure_seconds:.0f} s. "
+    product_cost = [r.seconds / r.matvecs / local_epoch[r.step] for r in tracker.rows
+                    if r.method == "lanczos_cold" and r.step > 0]
+    print(f"Training: {per_example * 1e3:.3f} ms per example over the run, so one epoch-equivalent "
+          f"({EPOCH_EXAMPLES:,} examples) = {epoch_seconds:.1f} s; around the measurement points one epoch-equivalent "
+          f"took {', '.join(f'{local_epoch[s]:.0f}' for s in sorted(local_epoch))} s. One product on the sample takes "
+          f"{median(hvp) if hvp else float('nan'):.2f} s (median over cold Lanczos), i.e. "
+          f"{median(product_cost) if product_cost else float('nan'):.3f} epoch-equivalents (median of the points, "
+          f"local speed). Whole run: {wall:.0f} s, of which measuring {tracker.measure_seconds:.0f} s. "
           f"The tight reference cost {median(tracker.reference_extra_matvecs)} products (median) on top of the "
           f"cold Lanczos it replays.\n")
     print("Every measurement:\n")
-    print(markdown_table(["schedule", "step", "method", "matvecs", "seconds", "epoch-eq.", "max rel. error",
-                          "converged", "λ1"],
+    print(markdown_table(["schedule", "step", "method", "matvecs", "seconds", "epoch-eq. (local)", "epoch-eq. (run)",
+                          "max rel. error", "converged", "λ1"],
                          [[r.schedule, r.step, r.method, r.matvecs, f"{r.seconds:.1f}", f"{r.epoch_equivalents:.2f}",
-                           f"{r.error:.1e}", r.converged, f"{r.eigenvalues[0]:.3f}"] for r in tracker.rows]))
+                           f"{r.epoch_equivalents_global:.2f}", f"{r.error:.1e}", r.converged,
+                           f"{r.eigenvalues[0]:.3f}"] for r in tracker.rows]))
     header, table = summarize(tracker.rows, args.schedule, methods)
     print("\nMedians after each schedule's first measurement (where every method starts cold):\n")
     print(markdown_table(header, table))
