@@ -107,6 +107,32 @@ def train(splits, epochs, extra_steps, warm_gap, lr, batch_size, seed, cache):
     return model, earlier, seconds
 
 
+
+def print_setup(script: str, packages) -> None:
+    """The machine, the packages' versions and the command line: what every peer benchmark prints first."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    versions = {"torch": torch.__version__}
+    for package in packages:
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "not installed"
+    print(f"Machine: {machine()}; {THREADS} threads for TF (intra and inter op) and PyTorch")
+    print("Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), flush=True)
+    print(f"Command: python benchmarks/{script} " + " ".join(sys.argv[1:]), flush=True)
+
+
+def cached_training(splits, args):
+    """``train`` with the flags' weight cache (a file name that encodes the training flags; '' disables it)."""
+    cache = args.cache
+    if cache:
+        stem, ext = os.path.splitext(cache)
+        cache = f"{stem}_e{args.epochs}_s{args.train_steps}_g{args.warm_gap}_lr{args.lr:g}_seed{args.seed}{ext}"
+    return train(splits, args.epochs, args.train_steps, args.warm_gap, args.lr, 128, args.seed, cache)
+
 def check_twin(model, twin, x, y, tol):
     """Logits and loss of the Keras model and its PyTorch twin on the same examples; exits on a mismatch."""
     import torch
@@ -378,32 +404,14 @@ def main():
         parser.error("--warm_gap must not exceed --train_steps")
 
     set_threads(THREADS)
-    import torch
-
     from tf_sharpest.linalg import lanczos
     from tf_sharpest import models
     from tf_sharpest.operators import HessianOperator
     from torch_simple_cnn import from_keras
 
-    versions = {"torch": torch.__version__}
-    for package in ("pyhessian", "hessian-eigenthings", "curvlinops-for-pytorch", "scipy", "keras"):
-        try:
-            from importlib.metadata import version
-
-            versions[package] = version(package)
-        except Exception:
-            versions[package] = "not installed"
-    print(f"Machine: {machine()}; {THREADS} threads for TF (intra and inter op) and PyTorch")
-    print("Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), flush=True)
-    print("Command: python benchmarks/peers.py " + " ".join(sys.argv[1:]), flush=True)
-
+    print_setup("peers.py", ("pyhessian", "hessian-eigenthings", "curvlinops-for-pytorch", "scipy", "keras"))
     splits, source = load_fashion_mnist()
-    cache = args.cache
-    if cache:
-        stem, ext = os.path.splitext(cache)
-        cache = f"{stem}_e{args.epochs}_s{args.train_steps}_g{args.warm_gap}_lr{args.lr:g}_seed{args.seed}{ext}"
-    model, earlier, train_seconds = train(splits, args.epochs, args.train_steps, args.warm_gap, args.lr,
-                                          128, args.seed, cache)
+    model, earlier, train_seconds = cached_training(splits, args)
     x, y = benchmark_examples(splits, args.n_examples, args.seed)
     print(f"Data: {source}; {args.n_examples} training examples (seed {args.seed}), HVP batch {args.batch_size}. "
           f"Training took {train_seconds:.0f} s.", flush=True)

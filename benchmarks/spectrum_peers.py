@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import sys
 import time
 
 # PyTorch's OpenMP threads busy-wait between parallel regions; on a shared machine with more runnable
@@ -52,8 +51,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 
-from _common import machine, markdown_table, median  # noqa: E402
-from peers import THREADS, CountingBatches, benchmark_examples, check_twin, load_fashion_mnist, set_threads, train
+from _common import markdown_table, median  # noqa: E402
+from peers import (THREADS, CountingBatches, benchmark_examples, cached_training, check_twin, load_fashion_mnist,
+                   print_setup, set_threads)
 
 TOOLS = {  # name -> (task, label)
     "tf_hutchpp": ("trace", "tf_sharpest `trace(method=\"hutch++\")`"),
@@ -326,29 +326,11 @@ def main():
         parser.error("--warm_gap must not exceed --train_steps")
 
     set_threads(THREADS)
-    import torch
-
     from torch_simple_cnn import from_keras
 
-    versions = {"torch": torch.__version__}
-    for package in ("pyhessian", "hessian-eigenthings", "keras", "matplotlib"):
-        try:
-            from importlib.metadata import version
-
-            versions[package] = version(package)
-        except Exception:
-            versions[package] = "not installed"
-    print(f"Machine: {machine()}; {THREADS} threads for TF (intra and inter op) and PyTorch")
-    print("Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), flush=True)
-    print("Command: python benchmarks/spectrum_peers.py " + " ".join(sys.argv[1:]), flush=True)
-
+    print_setup("spectrum_peers.py", ("pyhessian", "hessian-eigenthings", "keras", "matplotlib"))
     splits, source = load_fashion_mnist()
-    cache = args.cache
-    if cache:
-        stem, ext = os.path.splitext(cache)
-        cache = f"{stem}_e{args.epochs}_s{args.train_steps}_g{args.warm_gap}_lr{args.lr:g}_seed{args.seed}{ext}"
-    model, _, train_seconds = train(splits, args.epochs, args.train_steps, args.warm_gap, args.lr, 128, args.seed,
-                                    cache)
+    model, _, train_seconds = cached_training(splits, args)
     x, y = benchmark_examples(splits, args.n_examples, args.seed)
     dim = int(model.count_params())
     print(f"Data: {source}; {args.n_examples} training examples (seed {args.seed}), HVP batch {args.batch_size}. "
