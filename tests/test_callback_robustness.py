@@ -344,3 +344,12 @@ def test_a_multi_worker_strategy_gets_one_shared_seed(mirrored_strategy):
 
     assert shared_seed(None, TwoWorkers()) == 0 and shared_seed(7, TwoWorkers()) == 7
     assert shared_seed(None, mirrored_strategy) is None  # one process: a None seed stays free
+
+
+def test_a_block_of_another_model_is_refused_before_training(data):
+    x, y = data
+    model = frozen_cnn()
+    stranger = tiny_cnn("float32", seed=5).layers[-1]
+    for arguments in ({"variables": stranger}, {"blocks": {"other": stranger}}):
+        with pytest.raises(ValueError, match="is not one of the model's trainable variables"):
+            model.fit(x, y, epochs=1, verbose=0, callbacks=[LanczosCallback((x, y), top_k=1, **arguments)])

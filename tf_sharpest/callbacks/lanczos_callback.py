@@ -17,6 +17,7 @@ from tf_sharpest.callbacks.progress import fit_verbosity
 from tf_sharpest.callbacks.sampling import SampleSource, shared_seed
 from tf_sharpest.linalg.lanczos import lanczos
 from tf_sharpest.linalg.lobpcg import lobpcg
+from tf_sharpest.operators.blocks import resolve_variables
 from tf_sharpest.operators.factory import check_curvature, curvature_operator
 from tf_sharpest.operators.strategy import is_chief
 from tf_sharpest.operators.preconditioned import (PreconditionedOperator, optimizer_preconditioner,
@@ -459,6 +460,11 @@ class LanczosCallback(keras.callbacks.Callback):
         return optimizer if callable(getattr(optimizer, "set_directions", None)) else None
 
     def _check_optimizer(self):
+        # A block that is not the model's is a configuration error: refused before training,
+        # not logged as NaN at every measurement.
+        resolve_variables(self.model, self.variables)
+        for block in self.blocks.values():
+            resolve_variables(self.model, block)
         if self.preconditioned:
             # Refused before training (not at every measurement) when it can never work.
             optimizer_preconditioner_supports(getattr(self.model, "optimizer", None))
