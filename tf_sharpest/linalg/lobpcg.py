@@ -1,10 +1,14 @@
 """Warm-started block eigensolver (LOBPCG with a growing search space) for a few extreme eigenpairs.
 
-Along training, the top eigenvectors of the Hessian move a little between two
-measurements. Lanczos can only start from one vector, so it rebuilds the whole
-top eigenspace every time; a block method starts from all the previous
-eigenvectors at once and only has to correct them. This is what
-:func:`lobpcg` does.
+Lanczos starts from one vector, so a warm start can only hand it the sum of
+the previous eigenvectors; a block method starts from all of them at once and
+only has to correct them, and it multiplies whole blocks (``matmat``), which
+an operator may do faster than one vector at a time. In products, it wins
+when the start is close (vectors about 1e-3 away: one block, 7 products,
+against 14 for a warm Lanczos); from a distant start it needs more products
+than Lanczos, whose single Krylov chain builds a higher polynomial degree per
+product (along SGD at lr 0.05, about twice as many measuring every 100 steps:
+``benchmarks/RESULTS.md``, "Tracking cost").
 """
 
 from __future__ import annotations
@@ -88,8 +92,10 @@ def lobpcg(operator, k: int = 5, *, tol: float = 1e-3, max_iterations: int | Non
         they are iterated with the unconverged pairs (one product each per
         iteration) but never wait to converge themselves; they keep the
         ``k``-th pair from being confused with the next and give directions
-        outside the warm start a way in. ``block_size=k`` drops them (on the
-        benchmark's Hessians that saved 2-4 products per measurement).
+        outside the warm start a way in, for as long as the wanted pairs
+        iterate. ``block_size=k`` drops them, which saves products: 2-4 per
+        measurement on a SimpleCNN Hessian 100 SGD steps after the warm
+        start, a third of a cold run on explicit test matrices.
       max_basis_size: most basis vectors held at once (memory is twice this
         many vectors of length ``dim``); default ``max(6 * block_size, 30)``,
         at least ``3 * block_size``.
