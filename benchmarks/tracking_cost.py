@@ -6,8 +6,8 @@ One real SGD run (SimpleCNN-root on real Fashion-MNIST, lr 0.05, batch 128,
 every ``N`` training steps). Measuring starts after ``--measure_from_epoch``
 epochs of plain training (SGD's first steps from initialization are atypical)
 and each schedule takes at most ``--max_measurements`` measurements, which is
-what keeps the default run near 30 minutes on 2 idle cores: every measurement
-point costs about 100 products of about 3 s each (2,250 examples). At each point a fresh sample of ``--num_samples``
+what keeps the default run near 20 minutes on 2 idle cores: every measurement
+point costs about 110 products of about 1.6 s each (2,250 examples). At each point a fresh sample of ``--num_samples``
 training examples is drawn (as ``LanczosCallback`` does with
 ``resample=True``), cut into equal batches, and every method measures the
 top-5 Hessian eigenvalues on that same sample and weights:
@@ -33,7 +33,7 @@ operator such as the GGN, a block product) is one decorated function that
 returns an ``EigenResult`` for a :class:`Context`.
 
     python benchmarks/tracking_cost.py --smoke          # about 3 minutes, tiny scale
-    python benchmarks/tracking_cost.py                  # about 30 minutes on 2 idle cores
+    python benchmarks/tracking_cost.py                  # about 20 minutes on 2 idle cores
     python benchmarks/tracking_cost.py --methods lanczos_cold lobpcg_warm --schedule 100
 """
 
