@@ -44,7 +44,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 import numpy as np
