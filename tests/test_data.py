@@ -16,6 +16,19 @@ from tf_sharpest.data import cifar, idx
 from tf_sharpest.data.errors import CorruptDataError, DataNotFoundError
 
 
+# --------------------------------------------------------------------------- the package
+
+def test_load_is_the_function_and_no_function_shadows_a_submodule():
+    import importlib
+    import pkgutil
+
+    assert callable(data.load) and data.load is importlib.import_module("tf_sharpest.data.loading").load
+    assert data.augment is importlib.import_module("tf_sharpest.data.augmentation").augment
+    submodules = {m.name for m in pkgutil.iter_modules(data.__path__)}
+    assert {"loading", "augmentation"} <= submodules and not submodules & set(data.__all__)
+    assert callable(data.load) and callable(data.augment)  # importing the submodules rebinds nothing
+
+
 # --------------------------------------------------------------------------- helpers
 
 def idx_bytes(arr):

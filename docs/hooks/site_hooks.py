@@ -34,8 +34,6 @@ SHADOWED = {
     "tf_sharpest.linalg.trace": "tf_sharpest.linalg.trace.trace",
     "tf_sharpest.models.simple_cnn": "tf_sharpest.models.simple_cnn.simple_cnn",
     "tf_sharpest.models.resnet": "tf_sharpest.models.resnet.resnet",
-    "tf_sharpest.data.load": "tf_sharpest.data.load.load",
-    "tf_sharpest.data.augment": "tf_sharpest.data.augment.augment",
 }
 
 _ROLE = re.compile(r":(?:class|func|meth|attr|mod|data|obj|exc):<code>(~?)([^<]+)</code>")
