@@ -5,6 +5,7 @@ import gzip
 import os
 import pickle
 import struct
+import sys
 import tarfile
 
 import numpy as np
@@ -150,17 +151,29 @@ def test_read_fashion_mnist_errors_name_the_file(tmp_path):
 def test_load_fashion_mnist_from_idx_files(tmp_path, monkeypatch, no_system_fmnist):
     monkeypatch.setattr(idx, "FASHION_MNIST_COUNTS", (60, 10))
     write_fmnist(tmp_path / "fashion-mnist", 60, 10, gz=False)
-    for name in ("fashion_mnist", "fmnist"):
-        d = data.load(name, data_dir=tmp_path, source="idx")
-        assert d.source == f"files:{tmp_path / 'fashion-mnist'}"
-        assert (len(d.x_train), len(d.x_valid), len(d.x_test)) == (50, 10, 10)  # 5:1 as 50k/10k
-        assert d.x_train.dtype == np.float32 and d.y_train.dtype == np.int64
-    with pytest.raises(ValueError, match="source='idx' is for Fashion-MNIST"):
-        data.load("cifar10", data_dir=tmp_path, source="idx")
-    with pytest.raises(ValueError, match="Unknown source"):
-        data.load("fmnist", source="web")
-    with pytest.raises(ValueError, match="Unknown dataset"):
-        data.load("mnist")
+    d = data.load("fashion_mnist", data_dir=tmp_path, source="files")
+    assert d.name == "fashion_mnist" and d.source == f"files:{tmp_path / 'fashion-mnist'}"
+    assert (len(d.x_train), len(d.x_valid), len(d.x_test)) == (50, 10, 10)  # 5:1 as 50k/10k
+    assert d.x_train.dtype == np.float32 and d.y_train.dtype == np.int64
+
+
+def test_data_dir_may_start_with_a_tilde(tmp_path, monkeypatch, no_system_fmnist):
+    monkeypatch.setattr(idx, "FASHION_MNIST_COUNTS", (60, 10))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_fmnist(tmp_path / "datasets", 60, 10)
+    assert data.load("fashion_mnist", data_dir="~/datasets", source="files").source == \
+        f"files:{tmp_path / 'datasets'}"
+
+
+def test_one_name_per_dataset_and_source_the_error_names_them():
+    for name in ("fmnist", "fashion-mnist", "Fashion_MNIST", "cifar", "cifar-10", "mnist"):
+        with pytest.raises(ValueError, match=f"Unknown dataset '{name}'") as info:
+            data.load(name)
+        assert "'cifar10' (CIFAR-10) and 'fashion_mnist' (Fashion-MNIST)" in str(info.value)
+    for source in ("idx", "cifar_python", "web"):
+        with pytest.raises(ValueError, match=f"Unknown source '{source}'.*'files' reads local IDX or CIFAR-10"):
+            data.load("fashion_mnist", source=source)
+    assert data.SOURCES == ("auto", "files", "tfds") and sorted(data.DATASETS) == ["cifar10", "fashion_mnist"]
 
 
 def test_corrupt_local_copy_is_an_error_not_a_fallback(tmp_path, monkeypatch, no_system_fmnist):
@@ -248,8 +261,8 @@ def test_read_cifar10_folder_and_tarball(tmp_path, small_cifar):
 
 def test_load_cifar10_from_files(tmp_path, small_cifar):
     write_cifar_folder(tmp_path / "cifar-10-batches-py")
-    for source in ("auto", "files", "cifar_python"):
-        d = data.load("cifar", data_dir=tmp_path, source=source, download=False)
+    for source in ("auto", "files"):
+        d = data.load("cifar10", data_dir=tmp_path, source=source, download=False)
         assert d.name == "cifar10" and d.source.startswith("files:")
         assert (len(d.x_train), len(d.x_valid), len(d.x_test)) == (45, 5, 10)  # 9:1 as 45k/5k
         assert d.input_shape == (32, 32, 3)
@@ -270,7 +283,7 @@ def test_not_found_error_names_each_place(tmp_path, small_cifar):
 
 def test_not_found_error_fashion_mnist(tmp_path, no_system_fmnist):
     with pytest.raises(DataNotFoundError) as info:
-        data.load("fmnist", data_dir=tmp_path, source="files")
+        data.load("fashion_mnist", data_dir=tmp_path, source="files")
     msg = str(info.value)
     assert str(tmp_path / "fashion-mnist") in msg
     assert "apt-get install dataset-fashion-mnist" in msg
@@ -293,15 +306,15 @@ def test_tfds_source_with_mock_data(tmp_path, no_system_fmnist):
 
 
 def test_auto_reads_local_files_without_asking_tfds(tmp_path, monkeypatch, no_system_fmnist):
-    from tf_sharpest.data import tfds_source
+    from tf_sharpest.data import loading
 
     asked = []
 
-    def load_tfds(name, **kwargs):
-        asked.append((name, kwargs))
+    def tfds(*args):
+        asked.append(args)
         raise AssertionError("TFDS asked although local files exist")
 
-    monkeypatch.setattr(tfds_source, "load_tfds", load_tfds)
+    monkeypatch.setattr(loading, "_tfds", tfds)
     monkeypatch.setattr(idx, "FASHION_MNIST_COUNTS", (60, 10))
     write_fmnist(tmp_path, 60, 10)
     d = data.load("fashion_mnist", data_dir=tmp_path)  # auto, download allowed
@@ -325,7 +338,40 @@ def test_auto_asks_tfds_quietly_when_there_are_no_local_files(tmp_path, caplog, 
     message = str(info.value)
     # Local files are named first, then the TFDS copy, then the skipped download.
     assert message.index(str(tmp_path / "tfds" / "fashion-mnist")) < message.index(
-        "prepared tensorflow_datasets copy 'fashion_mnist'") < message.index("skipped (download=False)")
+        f"tensorflow_datasets 'fashion_mnist' in {tmp_path / 'tfds'} (download=False)") < message.index(
+        "skipped (download=False)")
+
+
+def test_tfds_attempts_per_source(tmp_path, monkeypatch, small_cifar):
+    pytest.importorskip("tensorflow_datasets")
+    from tf_sharpest.data import loading
+
+    attempts = []
+
+    def tfds(module, name, data_dir, download, tried):
+        attempts.append(download)
+        tried.append(f"tfds attempt download={download}")
+
+    monkeypatch.setattr(loading, "_tfds", tfds)
+    expected = {("auto", True): [False, True], ("auto", False): [False],  # a prepared copy before a download
+                ("tfds", True): [True], ("tfds", False): [False], ("files", True): []}
+    for (source, download), asked in expected.items():
+        attempts.clear()
+        with pytest.raises(DataNotFoundError) as info:
+            data.load("cifar10", data_dir=tmp_path, source=source, download=download)
+        assert attempts == asked, (source, download)
+        assert ("python batches or tarball in" in str(info.value)) == (source != "tfds")  # files looked for
+
+
+def test_without_tensorflow_datasets_the_error_says_how_to_install_it(tmp_path, monkeypatch, small_cifar):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import raises ImportError
+    with pytest.raises(DataNotFoundError, match="tensorflow_datasets: not installed") as info:
+        data.load("cifar10", data_dir=tmp_path)
+    assert "pip install tensorflow-datasets" in str(info.value)
+    with pytest.raises(ImportError, match="source='tfds' needs tensorflow_datasets: pip install"):
+        data.load("cifar10", data_dir=tmp_path, source="tfds")
+    write_cifar_folder(tmp_path)
+    assert data.load("cifar10", data_dir=tmp_path).source == f"files:{tmp_path}"  # local files need no TFDS
 
 
 # --------------------------------------------------------------------------- splits, preprocessing
@@ -432,7 +478,7 @@ def test_train_dataset_pipeline():
 
 @pytest.mark.needs_fmnist
 def test_real_fashion_mnist_from_debian_files():
-    d = data.load("fashion_mnist", source="idx")
+    d = data.load("fashion_mnist", source="files")
     assert d.source.startswith("files:")
     assert d.x_train.shape == (50000, 28, 28, 1)
     assert d.x_valid.shape == (10000, 28, 28, 1)
@@ -443,5 +489,5 @@ def test_real_fashion_mnist_from_debian_files():
     assert np.array_equal(np.bincount(d.y_test), [1000] * 10)
     assert abs(float(d.x_train.mean())) < 1e-3
     assert d.std == pytest.approx(90.0, abs=1.0)
-    again = data.load("fmnist", source="idx", data_seed=777)
+    again = data.load("fashion_mnist", source="files", data_seed=777)
     assert np.array_equal(again.valid_indices, d.valid_indices)

@@ -13,8 +13,7 @@ Labels are integers: pair with ``tf_sharpest.models.default_loss()``
 (sparse categorical cross-entropy on logits).
 
 Modules: :mod:`~tf_sharpest.data.loading` (``load`` and its sources),
-:mod:`~tf_sharpest.data.tfds_source`, :mod:`~tf_sharpest.data.idx` (IDX
-files), :mod:`~tf_sharpest.data.cifar` (CIFAR-10 python batches),
+:mod:`~tf_sharpest.data.idx` (IDX files), :mod:`~tf_sharpest.data.cifar` (CIFAR-10 python batches),
 :mod:`~tf_sharpest.data.splits` (split and preprocessing),
 :mod:`~tf_sharpest.data.augmentation` (``tf.data`` augmentation),
 :mod:`~tf_sharpest.data.errors`.
@@ -24,7 +23,7 @@ from tf_sharpest.data.augmentation import augment, eval_dataset, train_dataset
 from tf_sharpest.data.cifar import read_cifar10, read_cifar10_batch
 from tf_sharpest.data.errors import CorruptDataError, DataNotFoundError
 from tf_sharpest.data.idx import read_fashion_mnist, read_idx
-from tf_sharpest.data.loading import DATASETS, SOURCES, canonical_name, load
+from tf_sharpest.data.loading import DATASETS, SOURCES, load
 from tf_sharpest.data.splits import Splits, preprocess, split_train_valid
 
 __all__ = [
@@ -34,7 +33,6 @@ __all__ = [
     "DataNotFoundError",
     "Splits",
     "augment",
-    "canonical_name",
     "eval_dataset",
     "load",
     "preprocess",

@@ -181,8 +181,6 @@ def _read_from_tarball(path: str):
                     f = tar.extractfile(member)
                     found[base] = read_cifar10_batch(io.BytesIO(f.read()),
                                                      name=f"{path} (member {member.name})")
-    except CorruptDataError:
-        raise
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         if isinstance(e, FileNotFoundError):
             raise

@@ -1,4 +1,4 @@
-"""``load``: CIFAR-10 and Fashion-MNIST as the paper used them, from whichever source is present."""
+"""``load``: CIFAR-10 and Fashion-MNIST as the paper used them, from local files or ``tensorflow_datasets``."""
 
 from __future__ import annotations
 
@@ -8,56 +8,43 @@ import os
 
 import numpy as np
 
-from tf_sharpest.data import cifar, idx, tfds_source
+from tf_sharpest.data import cifar, idx
 from tf_sharpest.data.errors import CorruptDataError, DataNotFoundError
 from tf_sharpest.data.splits import Splits, preprocess, split_train_valid
 
-__all__ = ["DATASETS", "SOURCES", "canonical_name", "load"]
+__all__ = ["DATASETS", "SOURCES", "load"]
 
 logger = logging.getLogger(__name__)
 
-#: Canonical dataset name -> image shape, full training-set size, validation size.
+#: Dataset name -> image shape, full training-set size, validation size and title.
 DATASETS = {
     "cifar10": {"shape": (32, 32, 3), "n_train": 50000, "n_valid": 5000, "title": "CIFAR-10"},
     "fashion_mnist": {"shape": (28, 28, 1), "n_train": 60000, "n_valid": 10000,
                       "title": "Fashion-MNIST"},
 }
 
-_NAME_ALIASES = {
-    "cifar10": "cifar10", "cifar": "cifar10", "cifar-10": "cifar10", "cifar_10": "cifar10",
-    "fashion_mnist": "fashion_mnist", "fmnist": "fashion_mnist",
-    "fashion-mnist": "fashion_mnist", "fashionmnist": "fashion_mnist",
-}
+#: Accepted ``source`` values: ``"files"`` reads local IDX / CIFAR-10 python files.
+SOURCES = ("auto", "files", "tfds")
 
-#: Accepted ``source`` values. ``"idx"`` (Fashion-MNIST) and ``"cifar_python"``
-#: (CIFAR-10) are dataset-specific spellings of ``"files"``.
-SOURCES = ("auto", "tfds", "files", "idx", "cifar_python")
+_ZOO = "pip install tensorflow-datasets"
+
+_BY_TFDS = (f"or, with tensorflow_datasets ({_ZOO}) and internet, load(..., data_dir='DIR') downloads it "
+            "into DIR (for an offline machine, do that elsewhere and copy DIR over).")
 
 _HOW_TO = {
     "cifar10": (
-        "How to get CIFAR-10: on a machine with internet run "
-        "`python -c \"import tensorflow_datasets as tfds; tfds.load('cifar10', data_dir='DIR')\"` "
-        "and pass data_dir='DIR' (copy DIR over if needed); or download "
-        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and put the tarball, or the "
-        "cifar-10-batches-py folder it contains, in data_dir."
+        "How to get CIFAR-10: download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and put "
+        "the tarball, or the cifar-10-batches-py folder it contains, in data_dir; " + _BY_TFDS
     ),
     "fashion_mnist": (
-        "How to get Fashion-MNIST: on Debian/Ubuntu `apt-get install dataset-fashion-mnist` "
-        "(installs the IDX files under /usr/share/datasets/fashion-mnist); or put the four files "
-        "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
-        "t10k-labels-idx1-ubyte.gz (from https://github.com/zalandoresearch/fashion-mnist, "
-        "data/fashion) in data_dir; or, with internet, "
-        "`tfds.load('fashion_mnist', data_dir='DIR')` and pass data_dir='DIR'."
+        "How to get Fashion-MNIST: on Debian/Ubuntu `apt-get install dataset-fashion-mnist` (installs the "
+        "IDX files under /usr/share/datasets/fashion-mnist); or put the four files train-images-idx3-ubyte.gz, "
+        "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz (from "
+        "https://github.com/zalandoresearch/fashion-mnist, data/fashion) in data_dir; or run "
+        "`python -c \"import keras; keras.datasets.fashion_mnist.load_data()\"` (it fills Keras' cache, "
+        "which load reads); " + _BY_TFDS
     ),
 }
-
-
-def canonical_name(name: str) -> str:
-    """``"cifar10"`` or ``"fashion_mnist"`` for any accepted spelling of a dataset name."""
-    key = str(name).strip().lower()
-    if key not in _NAME_ALIASES:
-        raise ValueError(f"Unknown dataset {name!r}; choose one of {sorted(_NAME_ALIASES)}.")
-    return _NAME_ALIASES[key]
 
 
 def _reason(e: BaseException) -> str:
@@ -65,42 +52,30 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}".strip()
 
 
-def _tfds_where(data_dir) -> str:
-    if data_dir is not None:
-        return os.fspath(data_dir)
-    return os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets (TFDS default)")
-
-
-def _find_files(name, data_dir):
+def _files(name, data_dir, tried):
+    """``(x_train, y_train, x_test, y_test, source)`` from local raw files, or ``None`` (places added to ``tried``)."""
     if name == "cifar10":
-        place, tried = cifar.find_cifar10(data_dir)
-        what = "CIFAR-10 python batches or tarball"
+        place, places = cifar.find_cifar10(data_dir)
+        what, read = "CIFAR-10 python batches or tarball", cifar.read_cifar10
     else:
-        place, tried = idx.find_fashion_mnist(data_dir)
-        what = "Fashion-MNIST IDX files"
-    return place, [f"{what} in {t}: not found" for t in tried]
-
-
-def _read_files(name, place):
-    if name == "cifar10":
-        return cifar.read_cifar10(place)
-    return idx.read_fashion_mnist(place)
+        place, places = idx.find_fashion_mnist(data_dir)
+        what, read = "Fashion-MNIST IDX files", idx.read_fashion_mnist
+    if place is None:
+        tried += [f"{what} in {p}: not found" for p in places]
+        return None
+    return (*read(place), f"files:{place}")  # a found but corrupt copy raises: never a silent fallback
 
 
 @contextlib.contextmanager
-def _quiet_absl():
-    """Mutes absl's log below ERROR, which TFDS logs through, while ``auto`` asks for a prepared copy.
+def _absl_below_error_muted():
+    """Mutes absl's log, which TFDS logs through, below ERROR.
 
-    Looking for a copy that is absent makes TFDS warn ("Variant folder ... has
-    no dataset_info.json") and log "Constructing tf.data.Dataset ..."; the
-    outcome is reported by ``load`` (its source, or every place tried).
-    A download is never muted: its progress is the user's to see.
+    Looking for a prepared copy that is absent makes TFDS warn ("Variant folder
+    ... has no dataset_info.json") and log "Constructing tf.data.Dataset ...";
+    the outcome is reported by ``load`` (its source, or every place tried).
     """
-    try:
-        from absl import logging as absl_logging
-    except ImportError:  # absl comes with TensorFlow; without it there is nothing to mute
-        yield
-        return
+    from absl import logging as absl_logging
+
     previous = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.ERROR)
     try:
@@ -109,50 +84,58 @@ def _quiet_absl():
         absl_logging.set_verbosity(previous)
 
 
+def _tfds(tfds, name, data_dir, download, tried):
+    """``tfds.load``'s train and test splits as NumPy arrays plus the source, or ``None`` (reason added to ``tried``).
+
+    Without ``download`` only a prepared copy is looked for, with TFDS' log
+    muted; a download is never muted: its progress is the user's to see.
+    """
+    where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets (TFDS default)")
+    try:
+        with contextlib.nullcontext() if download else _absl_below_error_muted():
+            splits = tfds.load(name, split=["train", "test"], as_supervised=True, download=download,
+                               data_dir=data_dir, shuffle_files=False)
+            arrays = []
+            for ds in splits:
+                batches = list(tfds.as_numpy(ds.batch(10000)))
+                if not batches:
+                    raise ValueError("empty split")
+                arrays += [np.concatenate([x for x, _ in batches]),
+                           np.concatenate([y for _, y in batches]).astype(np.int64)]
+    except Exception as e:  # TFDS raises many types for an absent dataset or a failed download
+        tried.append(f"tensorflow_datasets {name!r} in {where} (download={download}): {_reason(e)}")
+        return None
+    return (*arrays, f"tfds:{name} ({where})")
+
+
 def _raw(name: str, data_dir, source: str, download: bool):
-    """``(x_train, y_train, x_test, y_test, description)`` from the chosen source(s)."""
-    title = DATASETS[name]["title"]
+    """``(x_train, y_train, x_test, y_test, source)`` from the first ``source`` that holds the data."""
     tried = []
-    if source == "tfds":
+    # Local files first: reading them needs neither tensorflow_datasets nor the network.
+    found = _files(name, data_dir, tried) if source != "tfds" else None
+    if found is None and source != "files":
         try:
-            return (*tfds_source.load_tfds(name, data_dir=data_dir, download=download),
-                    f"tfds:{tfds_source.TFDS_NAMES[name]} ({_tfds_where(data_dir)})")
-        except Exception as e:  # TFDS raises many types for an absent dataset
-            tried.append(f"tensorflow_datasets {tfds_source.TFDS_NAMES[name]!r} in "
-                         f"{_tfds_where(data_dir)} (download={download}): {_reason(e)}")
-    elif source == "files":
-        place, lines = _find_files(name, data_dir)
-        if place is not None:
-            return (*_read_files(name, place), f"files:{place}")
-        tried += lines
-    else:  # auto
-        # Local files first: reading them needs neither tensorflow_datasets nor the network, and asking TFDS
-        # first made every load print TFDS' warnings about a copy that is not there.
-        place, lines = _find_files(name, data_dir)
-        if place is not None:
-            # A found but corrupt local copy raises here: never fall back silently.
-            return (*_read_files(name, place), f"files:{place}")
-        tried += lines
-        try:
-            with _quiet_absl():
-                return (*tfds_source.load_tfds(name, data_dir=data_dir, download=False),
-                        f"tfds:{tfds_source.TFDS_NAMES[name]} ({_tfds_where(data_dir)})")
-        except Exception as e:  # TFDS raises many types for an absent dataset
-            tried.append(f"prepared tensorflow_datasets copy {tfds_source.TFDS_NAMES[name]!r} in "
-                         f"{_tfds_where(data_dir)}: {_reason(e)}")
-        if download:
-            try:
-                return (*tfds_source.load_tfds(name, data_dir=data_dir, download=True),
-                        f"tfds:{tfds_source.TFDS_NAMES[name]} ({_tfds_where(data_dir)})")
-            except Exception as e:
-                tried.append(f"download through tensorflow_datasets into {_tfds_where(data_dir)}: "
-                             f"{_reason(e)}")
+            import tensorflow_datasets as tfds  # slow import: only when this source is needed
+        except ImportError:
+            if source == "tfds":
+                raise ImportError(f"source='tfds' needs tensorflow_datasets: {_ZOO}") from None
+            tried.append(f"tensorflow_datasets: not installed ({_ZOO} lets load download the data)")
         else:
-            tried.append("download through tensorflow_datasets: skipped (download=False)")
-    raise DataNotFoundError(
-        f"Could not load {title} (source={source!r}). Tried:\n"
-        + "".join(f"  - {t}\n" for t in tried) + _HOW_TO[name]
-    )
+            if source == "tfds":
+                attempts = [download]
+            else:  # "auto": a prepared copy, looked for quietly, before a download
+                attempts = [False, True] if download else [False]
+            for attempt in attempts:
+                found = _tfds(tfds, name, data_dir, attempt, tried)
+                if found is not None:
+                    break
+            if source == "auto" and not download:
+                tried.append("download through tensorflow_datasets: skipped (download=False)")
+    if found is None:
+        raise DataNotFoundError(
+            f"Could not load {DATASETS[name]['title']} (source={source!r}). Tried:\n"
+            + "".join(f"  - {t}\n" for t in tried) + _HOW_TO[name])
+    return found
 
 
 def _validate(name, x, y, part, where):
@@ -187,22 +170,22 @@ def load(name: str, *, data_dir=None, data_seed: int = 777, source: str = "auto"
       ``data_dir/fashion-mnist``, Keras' cache ``~/.keras/datasets/fashion-mnist``
       and ``/usr/share/datasets/fashion-mnist`` from Debian's
       ``dataset-fashion-mnist``; CIFAR-10 ``cifar-10-batches-py`` folder,
-      batches or ``cifar-10-python.tar.gz`` in ``data_dir`` or
+      batches or ``cifar-10-python.tar.gz`` in ``data_dir`` or Keras' cache
       ``~/.keras/datasets``); a prepared ``tensorflow_datasets`` copy in
       ``data_dir`` (TFDS' default directory when ``None``), looked for with
       TFDS' log muted below errors; then, if ``download``, ``tfds.load`` with
-      download into ``data_dir`` (needs internet). Local files that are found
-      but corrupt raise :class:`CorruptDataError` rather than being skipped.
-      The returned ``source`` says which one was used. TFDS stores the
-      examples in its own order, so the seeded split of a TFDS copy need not
-      match that of the raw files: pass ``source`` to pin one.
+      download into ``data_dir`` (needs internet). The two TFDS steps need
+      ``tensorflow_datasets``; without it they are skipped. Local files that
+      are found but corrupt raise :class:`CorruptDataError` rather than being
+      skipped. The returned ``source`` says which one was used. TFDS stores
+      the examples in its own order, so the seeded split of a TFDS copy need
+      not match that of the raw files: pass ``source`` to pin one.
+    * ``"files"``: only the local raw files above.
     * ``"tfds"``: only ``tfds.load(..., data_dir=data_dir, download=download)``.
-    * ``"files"`` (alias ``"idx"`` for Fashion-MNIST, ``"cifar_python"`` for
-      CIFAR-10): only the local raw files above.
 
     Args:
-      name: ``"cifar10"`` (or ``"cifar"``) or ``"fashion_mnist"`` (or ``"fmnist"``).
-      data_dir: directory of a TFDS copy and/or of raw files.
+      name: ``"cifar10"`` or ``"fashion_mnist"``.
+      data_dir: directory of a TFDS copy and/or of raw files (``~`` is expanded).
       data_seed: seed of the train/valid permutation.
       source: see above.
       preprocessing: ``"center"`` (default), ``"01"`` (divide by 255) or
@@ -219,21 +202,21 @@ def load(name: str, *, data_dir=None, data_seed: int = 777, source: str = "auto"
 
     Raises:
       ValueError: unknown name, source or preprocessing.
+      ImportError: ``source="tfds"`` without ``tensorflow_datasets``.
       DataNotFoundError: no source holds the data; the message lists every
         place tried and how to get the data.
       CorruptDataError: a truncated or corrupt file (named in the message).
     """
-    name = canonical_name(name)
+    if name not in DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}; the datasets are "
+                         + " and ".join(f"{n!r} ({d['title']})" for n, d in DATASETS.items()) + ".")
     if source not in SOURCES:
-        raise ValueError(f"Unknown source {source!r}; choose one of {list(SOURCES)}.")
-    if source == "idx" and name != "fashion_mnist":
-        raise ValueError("source='idx' is for Fashion-MNIST; use 'files' or 'cifar_python' for CIFAR-10.")
-    if source == "cifar_python" and name != "cifar10":
-        raise ValueError("source='cifar_python' is for CIFAR-10; use 'files' or 'idx' for Fashion-MNIST.")
-    if source in ("idx", "cifar_python"):
-        source = "files"
+        raise ValueError(f"Unknown source {source!r}; choose one of {list(SOURCES)} "
+                         "('files' reads local IDX or CIFAR-10 python files).")
     if preprocessing is None:
         preprocessing = "none"
+    if data_dir is not None:
+        data_dir = os.path.expanduser(os.fspath(data_dir))
 
     x_train, y_train, x_test, y_test, where = _raw(name, data_dir, source, download)
     _validate(name, x_train, y_train, "training", where)
