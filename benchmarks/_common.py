@@ -5,11 +5,16 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
+
+# The programs share one home for their tables and number-list flags: examples/cli.py (standard library only).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
+from cli import markdown_table, number_list  # noqa: E402, F401  (re-exported for the benchmark scripts)
 
 
 def timed(fn, *args):
@@ -28,9 +33,3 @@ def machine() -> str:
     devices = [d.device_type for d in tf.config.list_physical_devices()]
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, "
             f"TensorFlow {tf.__version__}, devices {sorted(set(devices))}")
-
-
-def markdown_table(header, rows) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)

@@ -1,13 +1,15 @@
-"""argparse value types of the example scripts: a bad size or rate is a usage error before anything loads.
+"""What the programs (examples, experiments, benchmarks) share: argparse value types and markdown tables.
 
-Only the standard library is imported here, so that ``--help`` and usage
-errors come back at once, without the seconds TensorFlow takes to import.
+A bad size or rate is a usage error before anything loads: only the standard
+library is imported here, so that ``--help`` and usage errors come back at
+once, without the seconds TensorFlow takes to import.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Sequence
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -42,3 +44,42 @@ def positive_float(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
     return value
+
+
+def number_list(text: str, kind: type = float) -> list:
+    """Comma-separated numbers, at least one: finite for ``float``, positive for ``int``.
+
+    An argparse ``type`` (``type=number_list``, or ``type=lambda t: number_list(t, int)``); a bad list
+    is a usage error naming what was expected.
+    """
+    kind_name = "positive integers" if kind is int else "finite numbers"
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated {kind_name}, got {text!r}") from None
+    if not values or any(v < 1 if kind is int else not math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated {kind_name}, got {text!r}")
+    return values
+
+
+def positive_int_list(text: str) -> list[int]:
+    """Comma-separated positive integers (sizes, counts), at least one."""
+    return number_list(text, int)
+
+
+def nonnegative_int_list(text: str) -> list[int]:
+    """Comma-separated integers >= 0 (seeds, epochs counted from 0), at least one."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {text!r}")
+    return values
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """A GitHub-flavoured markdown table: one header row, then one row per entry of ``rows``."""
+    lines = ["| " + " | ".join(str(c) for c in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -22,7 +22,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from cli import HelpFormatter, finite_float, positive_float, positive_int  # noqa: E402
+from cli import HelpFormatter, finite_float, markdown_table, positive_float, positive_int  # noqa: E402
 
 # TensorFlow, Keras and tf_sharpest are imported in main() once the arguments are parsed: --help and usage
 # errors then take a fraction of a second instead of TensorFlow's import time.
@@ -169,11 +169,9 @@ def main():
           f"lr={args.lr}, batch {args.batch_size}, {args.epochs} epochs; top-{args.top_k} eigenvalues on "
           f"{args.num_samples} samples per measurement.\n")
     header = ["run", "val acc", "test acc"] + [f"λ1 ep{e}" for e in range(args.epochs)] + ["λ1 end"]
-    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-    for name, result in results.items():
-        lambdas = [f"{v:.2f}" for v in result["eigenvalues"][:, 0]]
-        print(f"| {name} | {result['history']['val_accuracy'][-1]:.4f} | {result['test_accuracy']:.4f} | "
-              + " | ".join(lambdas) + " |")
+    print(markdown_table(header, [[name, f"{result['history']['val_accuracy'][-1]:.4f}",
+                                   f"{result['test_accuracy']:.4f}", *(f"{v:.2f}" for v in result["eigenvalues"][:, 0])]
+                                  for name, result in results.items()]))
     print()
     for name, result in results.items():
         trace = result["trace"]

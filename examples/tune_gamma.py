@@ -10,27 +10,14 @@ Small by default (minutes on a CPU); the flags give real scale.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from cli import HelpFormatter, positive_float, positive_int  # noqa: E402
+from cli import HelpFormatter, number_list, positive_float, positive_int, positive_int_list  # noqa: E402
 
 # TensorFlow, keras-tuner and tf_sharpest are imported in main() once the arguments are parsed: --help and
 # usage errors then come back at once instead of after TensorFlow's import (seconds).
-
-
-def number_list(text: str, kind=float) -> list:
-    """Comma-separated numbers: finite for ``float``, positive for ``int``; at least one."""
-    kind_name = "positive integers" if kind is int else "finite numbers"
-    try:
-        values = [kind(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated {kind_name}, got {text!r}") from None
-    if not values or any(v < 1 if kind is int else not math.isfinite(v) for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated {kind_name}, got {text!r}")
-    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keras-tuner's folder (its nsgd_gamma project is replaced at each run)")
     parser.add_argument("--gammas", type=number_list, default=[0.01, 0.1, 1.0, 5.0],
                         help="comma-separated NSGD gammas to choose from")
-    parser.add_argument("--top_ks", type=lambda t: number_list(t, int), default=[1, 5],
+    parser.add_argument("--top_ks", type=positive_int_list, default=[1, 5],
                         help="comma-separated NSGD top_k values (K) to choose from")
     parser.add_argument("--max_trials", type=positive_int, default=3, help="trials of the random search")
     parser.add_argument("--epochs", type=positive_int, default=2, help="training epochs per trial")

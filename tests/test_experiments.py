@@ -12,7 +12,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from experiments import common  # noqa: E402
+from experiments import results as run_results  # noqa: E402
+from experiments import scale as scales  # noqa: E402
+from experiments import statistics, training  # noqa: E402
+from tf_sharpest.callbacks import Measurement  # noqa: E402
 
 
 def finite(values):
@@ -45,12 +48,14 @@ def check_run_files(runs):
         for key, values in logs.items():
             np.testing.assert_allclose([float(r[key]) for r in history], values, rtol=1e-6, err_msg=key)
         eigenvalues = None
-        if result["lanczos"]:
+        assert "lanczos" not in result  # the measurements live in the callback's files, written once
+        measurements = run_results.load_results(folder)[0]["measurements"]
+        if measurements:
             measured = read_csv(os.path.join(folder, "lanczos.csv"))
-            k = len(result["lanczos"][0]["eigenvalues"])
+            k = len(measurements[0].eigenvalues)
             eigenvalues = np.array([[float(r[f"lambda_{i + 1}"]) for i in range(k)] for r in measured])
             assert [int(r["epoch"]) for r in measured] == list(range(len(history) + 1))
-            np.testing.assert_array_equal(eigenvalues, [m["eigenvalues"] for m in result["lanczos"]])
+            np.testing.assert_array_equal(eigenvalues, [m.eigenvalues for m in measurements])
             assert np.all(eigenvalues[:, 0] > 0) and np.all(np.diff(eigenvalues, axis=1) <= 0)
             for i in range(k):
                 np.testing.assert_allclose([float(r[f"lambda_{i + 1}"]) for r in history], eigenvalues[:-1, i],
@@ -61,12 +66,13 @@ def check_run_files(runs):
 
 
 def test_helpers_on_known_numbers():
-    assert common.peak([1.0, 3.0, np.nan, 2.0]) == (1, 3.0)
-    assert common.peak([np.nan, np.nan])[0] == -1
-    assert common.best_validation_epoch({"val_accuracy": [0.5, 0.7, 0.7, 0.6]}) == 1
-    np.testing.assert_allclose(common.top_k_norm(np.array([[3.0, 4.0], [1.0, 0.0]])), [5.0, 1.0])
-    result = {"lanczos": [{"epoch": 0, "eigenvalues": [2.0, 1.0]}, {"epoch": 1, "eigenvalues": [4.0, 3.0]}]}
-    epochs, values = common.eigenvalue_curve(result)
+    assert statistics.peak([1.0, 3.0, np.nan, 2.0]) == (1, 3.0)
+    assert statistics.peak([np.nan, np.nan])[0] == -1
+    assert run_results.best_validation_epoch({"val_accuracy": [0.5, 0.7, 0.7, 0.6]}) == 1
+    np.testing.assert_allclose(run_results.top_k_norm(np.array([[3.0, 4.0], [1.0, 0.0]])), [5.0, 1.0])
+    result = {"measurements": [Measurement(0, 0, np.array([2.0, 1.0]), 9, 0.1, 2.3),
+                               Measurement(1, 5, np.array([4.0, 3.0]), 7, 0.1, 1.9)]}
+    epochs, values = run_results.eigenvalue_curve(result)
     np.testing.assert_array_equal(epochs, [0, 1])
     np.testing.assert_array_equal(values, [[2, 1], [4, 3]])
 
@@ -86,9 +92,9 @@ def test_spectrum_shape_smoke(tmp_path):
     results = run.main(["--smoke", "--out", str(tmp_path / "runs")])
     assert [r["config"]["lr"] for r in results] == [0.01, 0.1]
     for result in results:
-        assert len(result["lanczos"]) == common.SMOKE.epochs + 1  # every epoch start and after training
-        assert all(finite(m["eigenvalues"]) and len(m["eigenvalues"]) == 2 for m in result["lanczos"])
-        assert len(result["logs"]["lambda_1"]) == common.SMOKE.epochs
+        assert len(result["measurements"]) == scales.SMOKE.epochs + 1  # every epoch start and after training
+        assert all(finite(m.eigenvalues) and len(m.eigenvalues) == 2 for m in result["measurements"])
+        assert len(result["logs"]["lambda_1"]) == scales.SMOKE.epochs
         assert finite(result["logs"]["test_accuracy"]) and result["final"]["distance_from_init"] > 0
     # A second call reuses the stored runs; a changed configuration is refused, not silently reused.
     assert run.main(["--smoke", "--out", str(tmp_path / "runs")])[0]["seconds"] == results[0]["seconds"]
@@ -105,25 +111,58 @@ def test_spectrum_shape_smoke(tmp_path):
                        f"{lambda_1[-1]:.2f}", f"{2 / lr:g}", "yes" if lambda_1.max() < 2 / lr else "**no**"]
 
 
+def by_hand_mean_sd(values):
+    """Mean ± sample standard deviation, as the study tables print them (one decimal)."""
+    values = np.asarray(values, float)
+    mean = sum(values) / len(values)
+    sd = np.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{mean:.1f} ± {sd:.1f}"
+
+
+def test_spike_proof_statistics_by_hand():
+    curve = [1.0, 2.0, 30.0, 3.0, 4.0, 5.0]  # one spike at index 2
+    assert statistics.smoothed_peak(curve) == pytest.approx((30 + 3 + 4) / 3)
+    assert statistics.smoothed_peak_index(curve) == 3  # the window 30, 3, 4 is centred on index 3
+    assert statistics.later_half_mean([0, 1, 2, 3, 4, 5], curve) == pytest.approx((3 + 4 + 5) / 3)  # steps >= 2.5
+    assert statistics.spread([1.0, 3.0]) == "2.0 ± 1.4"
+    assert statistics.ordered_in_every_seed([[1, 2], [2, 3], [4, 5]]) and not statistics.ordered_in_every_seed(
+        [[1, 2], [2, 1]])
+
+
 @pytest.mark.needs_fmnist
 def test_lr_batch_size_smoke(tmp_path):
     from experiments.lr_batch_size import plot, run
 
-    results = run.main(["--smoke", "--out", str(tmp_path / "runs"), "--lrs", "0.1", "--batch_sizes", "32,64"])
-    assert [(r["config"]["lr"], r["config"]["batch_size"]) for r in results] == [(0.1, 128), (0.05, 32), (0.05, 64)]
-    assert [r["config"]["steps_per_epoch"] for r in results] == [2, 8, 4]
+    results = run.main(["--smoke", "--out", str(tmp_path / "runs"), "--lrs", "0.1", "--batch_sizes", "32,64",
+                        "--seeds", "0,1"])
+    assert [(r["config"]["lr"], r["config"]["batch_size"], r["config"]["seed"]) for r in results] == [
+        (0.1, 128, 0), (0.05, 32, 0), (0.05, 64, 0), (0.1, 128, 1), (0.05, 32, 1), (0.05, 64, 1)]
+    assert [r["config"]["steps_per_epoch"] for r in results[:3]] == [2, 8, 4]
     table = plot.main(["--out", str(tmp_path / "runs"), "--figures", str(tmp_path / "fig")])
     assert os.path.getsize(tmp_path / "fig" / "lr_batch_size.png") > 10_000
-    assert table.count("\n") == 4  # header, rule, three runs
-    rows = {(r[1], r[2]): r for r in table_rows(table)}
+    rows = {(r[1], r[2]): r for r in table_rows(table.split("\n\n")[0])}
     runs = check_run_files(tmp_path / "runs")
-    assert len(runs) == len(rows) == 3
-    for result, eigenvalues in runs.values():  # the table's numbers are the CSVs'
+    assert len(runs) == 6 and len(rows) == 3
+    per_setting = {}
+    for result, eigenvalues in runs.values():
         c = result["config"]
-        row = rows[(f"{c['lr']:g}", str(c["batch_size"]))]
-        assert row[3:] == [f"{eigenvalues[:, 0].max():.2f}", str(np.argmax(eigenvalues[:, 0])),
-                           f"{eigenvalues[-1, 0]:.2f}", f"{eigenvalues[:, 1].max():.2f}",
-                           str(np.argmax(eigenvalues[:, 1])), f"{result['final']['train_loss']:.3f}", "no"]
+        per_setting.setdefault((f"{c['lr']:g}", str(c["batch_size"])), []).append((c["seed"], result, eigenvalues))
+    for key, seeds in per_setting.items():  # the table's numbers are the CSVs', summarised by hand
+        seeds.sort(key=lambda entry: entry[0])
+        lambda_1 = [eigenvalues[:, 0] for _, _, eigenvalues in seeds]
+        windows = [[np.mean(v[i:i + 3]) for i in range(len(v) - 2)] for v in lambda_1]  # 3 measurements: one
+        row = rows[key]
+        assert row[3] == "2"
+        assert row[4] == by_hand_mean_sd([max(w) for w in windows])
+        assert row[7] == by_hand_mean_sd([v.max() for v in lambda_1])
+        assert row[10] == f"{np.mean([r['final']['train_loss'] for _, r, _ in seeds]):.3f}" + row[10][5:]
+        val = [r["logs"]["val_accuracy"] for _, r, _ in seeds]
+        assert row[11].startswith(f"{np.mean([v[-1] for v in val]):.3f}")
+        assert row[12].startswith(f"{np.mean([max(v) for v in val]):.3f}") and row[13] == "0"
+    # The claim, seed by seed: along the batch sweep (32, 64) the smoothed peak rises in k of the 2 seeds.
+    rising = sum(max(np.convolve(per_setting[("0.05", "32")][s][2][:, 0], np.ones(3) / 3, "valid"))
+                 < max(np.convolve(per_setting[("0.05", "64")][s][2][:, 0], np.ones(3) / 3, "valid")) for s in (0, 1))
+    assert f"lower for smaller batch in {rising}/2 seeds" in table
 
 
 @pytest.mark.needs_fmnist
@@ -135,7 +174,7 @@ def test_nudged_sgd_smoke(tmp_path):
     assert all(r["config"]["optimizer"] == "NSGD" for r in results)
     assert all("nsgd_alpha_1" in r["logs"] and finite(r["logs"]["nsgd_alpha_1"]) for r in results)
     # Same seed, same first measurement; gamma only acts once directions exist.
-    np.testing.assert_allclose(results[0]["lanczos"][0]["eigenvalues"], results[1]["lanczos"][0]["eigenvalues"])
+    np.testing.assert_allclose(results[0]["measurements"][0].eigenvalues, results[1]["measurements"][0].eigenvalues)
     table = plot.main(["--out", str(tmp_path / "runs"), "--figures", str(tmp_path / "fig"), "--early_epoch", "1"])
     assert os.path.getsize(tmp_path / "fig" / "nudged_sgd.png") > 10_000
     row = plot.table_row(results[1], early_epoch=1)
@@ -158,7 +197,8 @@ def test_sgd_step_smoke_agrees_with_a_quadratic_model_for_short_steps(tmp_path):
     analysis = run.main(["--smoke", "--out", str(tmp_path / "runs")])
     assert [r["epoch"] for r in analysis["records"]] == [0, 1, 2]
     with open(tmp_path / "runs" / "lr0.05" / "result.json") as f:
-        assert json.load(f)["lanczos"] == []  # this study measures at its own points only
+        assert "lanczos" not in json.load(f)
+    assert run_results.load_results(str(tmp_path / "runs" / "lr0.05"))[0]["measurements"] == []  # measures itself
     for record in analysis["records"]:
         changes = plot.loss_changes(record)
         assert changes["eigenvectors"].shape == (2, 5) and changes["random"].shape == (5, 5)
@@ -210,12 +250,12 @@ def test_edge_of_stability_smoke_recomputes_its_measurements(tmp_path):
         assert result["records"][-1]["step"] == result["steps"]
     gd, sgd, momentum, adam = results
     assert [m["step"] for m in gd["records"]] == [0, 3, 6]  # every --gd_measure_every steps and after the last
-    assert len(sgd["records"]) == common.SMOKE.epochs + 1 and sgd["steps"] == 2 * 8  # 256 examples, batch 32
+    assert len(sgd["records"]) == scales.SMOKE.epochs + 1 and sgd["steps"] == 2 * 8  # 256 examples, batch 32
     assert np.isnan(adam["records"][0]["lambda_preconditioned"])  # no second moments before Adam's first step
     assert all(m["lambda_preconditioned"] > 0 for m in adam["records"][1:])
 
     # The last measurements, recomputed independently from the saved final weights.
-    splits = common.load_data(run.SMOKE)
+    splits = training.load_data(run.SMOKE)
     x, y = splits[0]
     model = models.simple_cnn("root", input_shape=x.shape[1:], n_filters=run.SMOKE.n_filters)
     model.load_weights(str(tmp_path / "runs" / "sgd" / "bs32_seed0" / "final.weights.h5"))
@@ -240,7 +280,8 @@ def test_edge_of_stability_smoke_recomputes_its_measurements(tmp_path):
     assert "both readings" in table
     for name in ("gd.png", "sgd.png", "momentum.png", "adam.png"):
         assert os.path.getsize(tmp_path / "fig" / name) > 10_000, name
-    assert "### Part 1" in table and "### Part 4" in table and "| 0.1 | 3 | 20.0 |" in table  # lr, measured every, 2/eta
+    assert "### Part 1" in table and "### Part 4" in table
+    assert "| 0.1 | 3 | 20.0 |" in table  # lr, measured every, 2/eta
     with open(tmp_path / "fig" / "summary.csv") as f:
         rows = {(row["part"], row["batch_size"]): row for row in csv.DictReader(f)}
     row = rows[("sgd", "32")]

@@ -19,9 +19,9 @@ import dataclasses
 import json
 import os
 
-from experiments import common
 from experiments.edge_of_stability.run import STUDY
-
+from experiments.scale import Scale, default_out
+from experiments.training import load_data
 from tf_sharpest import models  # noqa: E402
 from tf_sharpest.analysis import batch_sharpness  # noqa: E402
 from tf_sharpest.utils.files import atomic_path  # noqa: E402
@@ -35,8 +35,8 @@ def check_run(folder: str, num_batches: int) -> dict | None:
     weights = os.path.join(folder, "final.weights.h5")
     if config["optimizer"] != "sgd" or config["batch_size"] is None or not os.path.exists(weights):
         return None
-    scale = common.Scale(**config["scale"])
-    (x, y), _, _ = common.load_data(dataclasses.replace(scale, n_examples=config["n_train"]))
+    scale = Scale(**config["scale"])
+    (x, y), _, _ = load_data(dataclasses.replace(scale, n_examples=config["n_train"]))
     model = models.simple_cnn("root", input_shape=x.shape[1:], n_filters=scale.n_filters)
     model.load_weights(weights)
     measured = batch_sharpness(model, (x, y), batch_size=config["batch_size"], num_batches=num_batches,
@@ -52,7 +52,7 @@ def check_run(folder: str, num_batches: int) -> dict | None:
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=common.default_out(STUDY), help="folder of the runs")
+    parser.add_argument("--out", default=default_out(STUDY), help="folder of the runs")
     parser.add_argument("--num_batches", type=int, default=32, help="random batches per run")
     args = parser.parse_args(argv)
     if args.num_batches < 2:

@@ -20,7 +20,11 @@ import warnings
 
 import numpy as np
 
-from experiments import common
+from examples.cli import markdown_table
+from experiments.figures import plot_parser, pyplot, save_figure, write_table
+from experiments.results import load_results
+from experiments.scale import Scale
+from experiments.statistics import later_half_mean, smoothed_peak, spread
 
 STUDY = "edge_of_stability"
 COLORS = ("k", "tab:blue", "tab:orange", "tab:red")
@@ -56,24 +60,6 @@ def curve(result: dict, key: str) -> tuple[np.ndarray, np.ndarray]:
     steps = np.array([r["step"] for r in records], dtype=float)
     values = np.array([r.get(key, np.nan) for r in records], dtype=float)
     return steps, values
-
-
-def later_half_mean(steps, values) -> float:
-    """Mean of the finite values measured at or after half of the last step."""
-    steps, values = np.asarray(steps, float), np.asarray(values, float)
-    keep = (steps >= steps.max() / 2) & np.isfinite(values)
-    return float(np.mean(values[keep])) if keep.any() else float("nan")
-
-
-def smoothed_peak(values, window: int = 3) -> float:
-    """Peak of the running mean over ``window`` consecutive measurements (a lone spike is divided by ``window``)."""
-    values = np.asarray(values, float)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return float("nan")
-    if values.size < window:
-        return float(np.mean(values))
-    return float(np.max(np.convolve(values, np.ones(window) / window, mode="valid")))
 
 
 def thresholds(config: dict) -> dict[str, float]:
@@ -126,16 +112,6 @@ def group(results: list[dict]) -> dict[tuple, list[dict]]:
     for result in results:
         groups[setting_key(result["config"])].append(result)
     return {k: sorted(groups[k], key=lambda r: r["config"]["seed"]) for k in sorted(groups)}
-
-
-def spread(values, fmt: str = ".1f") -> str:
-    """``mean +- std`` over seeds (sample std; the mean alone for one seed)."""
-    values = np.asarray([v for v in values if np.isfinite(v)], float)
-    if values.size == 0:
-        return "n/a"
-    if values.size == 1:
-        return format(values[0], fmt)
-    return f"{format(values.mean(), fmt)} ± {format(values.std(ddof=1), fmt)}"
 
 
 def ratios(values, limits) -> str:
@@ -193,7 +169,7 @@ def plot_gd(plt, groups, path: str, caption: str) -> None:
         ax.set_xlabel("GD steps")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    common.save_figure(fig, path, caption)
+    save_figure(fig, path, caption)
 
 
 def plot_minibatch(plt, groups, path: str, caption: str, title: str) -> None:
@@ -240,7 +216,7 @@ def plot_minibatch(plt, groups, path: str, caption: str, title: str) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
-    common.save_figure(fig, path, caption)
+    save_figure(fig, path, caption)
 
 
 def plot_adam(plt, groups, path: str, caption: str) -> None:
@@ -256,13 +232,14 @@ def plot_adam(plt, groups, path: str, caption: str) -> None:
     lr = next(iter(groups.values()))[0]["config"]["lr"]
     axes[0].axhline(38 / lr, color="k", ls="--", lw=1, label=f"38/$\\eta$ = {38 / lr:g}")
     axes[1].axhline(2 / lr, color="k", ls="--", lw=1, label=f"2/$\\eta$ = {2 / lr:g}")
-    axes[0].set(yscale="log", ylabel="$\\lambda_1(P^{-1}H)$", title=f"Adam ($\\eta$ = {lr:g}): preconditioned sharpness")
+    axes[0].set(yscale="log", ylabel="$\\lambda_1(P^{-1}H)$",
+                title=f"Adam ($\\eta$ = {lr:g}): preconditioned sharpness")
     axes[1].set(yscale="log", ylabel="$\\lambda_1(H)$", title="Adam: plain $\\lambda_1$ (every example)")
     for ax in axes:
         ax.set_xlabel("optimizer steps")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    common.save_figure(fig, path, caption)
+    save_figure(fig, path, caption)
 
 
 # -- tables --------------------------------------------------------------------------------------------------------
@@ -286,7 +263,7 @@ def gd_table(groups) -> str:
         rows.append([f"{c['lr']:g}", c["measure_every_steps"], f"{threshold:.1f}", spread(later),
                      ratio(later, threshold), spread(peaks), spread(first_cross, ".0f"), "; ".join(parity),
                      *accuracy_cells(runs), sum(r["diverged"] for r in runs)])
-    return common.markdown_table(["lr", "measured every", "2/eta", "lambda_1 later half", "/ (2/eta)",
+    return markdown_table(["lr", "measured every", "2/eta", "lambda_1 later half", "/ (2/eta)",
                                   "smoothed peak", "first step >= 2/eta", "later half at even / odd steps, per seed",
                                   "val acc final", "val acc best", "diverged"], rows)
 
@@ -327,7 +304,7 @@ def final_check_table(out: str) -> str | None:
                      spread([c["ratio_of_means"] for c in checks]),
                      ratio([c["ratio_of_means"] for c in checks], threshold),
                      spread([c["lambda_full"] for c in checks]), len(checks)])
-    return common.markdown_table(["part", "batch", "lr", "threshold", "batches", "E[g'Hg / g'g]", "/ threshold",
+    return markdown_table(["part", "batch", "lr", "threshold", "batches", "E[g'Hg / g'g]", "/ threshold",
                                   "E[g'Hg] / E[g'g]", "/ threshold", "final lambda_1 all", "seeds"], rows)
 
 
@@ -357,7 +334,7 @@ def minibatch_table(groups) -> str:
     names = " / ".join(thresholds(first))
     sample_columns = [f"lambda_1 {key[len('lambda_'):]}" for key, _ in sgd_quantities(first)[1:-1]]
     ratio_columns = [f"{column} / lambda_1 all" for column in sample_columns]
-    return common.markdown_table(["batch", "lr", names, "lambda_1 all (later half)", *sample_columns,
+    return markdown_table(["batch", "lr", names, "lambda_1 all (later half)", *sample_columns,
                                   "batch sharpness", "lambda_1 all, smoothed peak", *ratio_columns,
                                   "val acc final", "val acc best", "diverged"], rows)
 
@@ -373,7 +350,7 @@ def adam_table(groups) -> str:
         rows.append(["full" if c["batch_size"] is None else c["batch_size"], f"{c['lr']:g}", f"{limit:.0f}",
                      spread(pre, ".0f"), ratio(pre, limit), spread(pre_peak, ".0f"), spread(lam),
                      ratio(lam, 2 / c["lr"]), *accuracy_cells(runs), sum(r["diverged"] for r in runs)])
-    return common.markdown_table(["batch", "lr", "38/eta", "lambda_1(P^-1 H) later half", "/ (38/eta)",
+    return markdown_table(["batch", "lr", "38/eta", "lambda_1(P^-1 H) later half", "/ (38/eta)",
                                   "smoothed peak", "plain lambda_1 later half", "/ (2/eta)", "val acc final",
                                   "val acc best", "diverged"], rows)
 
@@ -391,7 +368,7 @@ def write_summary_csv(results: list[dict], path: str) -> list[dict]:
 
 def caption(results: list[dict], what: str) -> str:
     c = results[0]["config"]
-    s = common.Scale(**c["scale"])
+    s = Scale(**c["scale"])
     seeds = sorted({r["config"]["seed"] for r in results})
     sizes = sorted({(r["config"]["n_train"], r["config"]["batch_size"] is None) for r in results})
     examples = " / ".join(f"{n:,}" + (" (full batch)" if full and len(sizes) > 1 else "") for n, full in sizes)
@@ -400,10 +377,10 @@ def caption(results: list[dict], what: str) -> str:
 
 
 def main(argv=None) -> str:
-    parser = common.plot_parser(__doc__, STUDY)
+    parser = plot_parser(__doc__, STUDY)
     args = parser.parse_args(argv)
-    results = common.load_results(args.out)
-    plt = common.pyplot()
+    results = load_results(args.out)
+    plt = pyplot()
     os.makedirs(args.figures, exist_ok=True)
     write_summary_csv(results, os.path.join(args.figures, "summary.csv"))
     by_part = collections.defaultdict(list)
@@ -435,7 +412,7 @@ def main(argv=None) -> str:
     checks = final_check_table(args.out)
     if checks:
         sections.append("### Batch sharpness at the final weights, both readings (final_check.py)\n\n" + checks)
-    return common.write_table("\n\n".join(sections), args.figures, *figures)
+    return write_table("\n\n".join(sections), args.figures, *figures)
 
 
 if __name__ == "__main__":

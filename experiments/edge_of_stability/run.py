@@ -32,13 +32,14 @@ import json
 import os
 import time
 
-from experiments import common
-
-import keras  # noqa: E402  (common sets the TensorFlow log level first)
+import keras  # noqa: E402  (experiments.training sets the TensorFlow log level first)
 import numpy as np  # noqa: E402
 
-from experiments.edge_of_stability.measure import (EdgeMeasurer, MeasureEveryEpochs,  # noqa: E402
-                                                   save_weights, train_full_batch)
+from examples.cli import nonnegative_int_list, number_list, positive_int_list
+from experiments.edge_of_stability.measure import EdgeMeasurer, MeasureEveryEpochs, save_weights, train_full_batch  # noqa: E402
+from experiments.scale import SMOKE as SMOKE_SCALE
+from experiments.scale import Scale, default_out, scale_arguments, scale_from
+from experiments.training import load_data
 from tf_sharpest import data as tfs_data  # noqa: E402
 from tf_sharpest import models  # noqa: E402
 from tf_sharpest.utils.files import atomic_path  # noqa: E402
@@ -48,9 +49,9 @@ PARTS = ("gd", "sgd", "momentum", "adam")
 
 #: This study's default scale: small enough for ~35 runs on two CPU cores within about an hour.
 #: ``n_examples`` is the training set of the mini-batch parts, ``epochs`` their length.
-DEFAULT = common.Scale(n_examples=3000, epochs=16, n_filters=4, num_samples=512, lanczos_batch_size=500,
+DEFAULT = Scale(n_examples=3000, epochs=16, n_filters=4, num_samples=512, lanczos_batch_size=500,
                        tol=1e-2, n_valid=2000, n_test=0, n_train_eval=0)
-SMOKE = dataclasses.replace(common.SMOKE, n_examples=256, epochs=2, n_filters=4, num_samples=64,
+SMOKE = dataclasses.replace(SMOKE_SCALE, n_examples=256, epochs=2, n_filters=4, num_samples=64,
                             lanczos_batch_size=128, tol=1e-2, n_valid=128, n_test=0, n_train_eval=0)
 
 #: Per-flag defaults: (full run, smoke run).
@@ -78,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None, help=f"folder of the runs (default runs/experiments/{STUDY})")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"parts to run, of {','.join(PARTS)}")
-    common.scale_arguments(parser, DEFAULT)
+    scale_arguments(parser, DEFAULT)
     help_text = {
         "seeds": "seeds of every setting", "gd_lrs": "learning rates of part 1 (full-batch GD)",
         "gd_examples": "training examples of the full-batch runs (parts 1 and 4)",
@@ -96,10 +97,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.add_argument(f"--{name}", type=kind, default=None, help=f"{help_text[name]} (default {full}; "
                             f"{smoke} with --smoke)")
     args = parser.parse_args(argv)
-    args.out = args.out or common.default_out(STUDY, args.smoke)
+    args.out = args.out or default_out(STUDY, args.smoke)
     for name, (full, smoke) in FLAG_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, smoke if args.smoke else full)
+    lists = {"seeds": nonnegative_int_list, "gd_lrs": number_list, "batch_sizes": positive_int_list,
+             "momentum_batch_sizes": positive_int_list}
+    for name, parse in lists.items():
+        try:
+            setattr(args, name, parse(getattr(args, name)))
+        except argparse.ArgumentTypeError as error:
+            parser.error(f"--{name}: {error}")
     args.parts = [p for p in args.parts.split(",") if p]
     unknown = sorted(set(args.parts) - set(PARTS))
     if unknown:
@@ -119,7 +127,7 @@ def make_optimizer(name: str, lr: float, momentum: float = 0.0) -> keras.optimiz
     return keras.optimizers.SGD(lr, momentum=momentum)
 
 
-def run_one(out_dir: str, scale: common.Scale, config: dict, *, force: bool, sample_sizes, num_batches: int,
+def run_one(out_dir: str, scale: Scale, config: dict, *, force: bool, sample_sizes, num_batches: int,
             measure_every: int) -> dict:
     """Trains and measures one run described by ``config``; returns (and stores) its result.
 
@@ -137,7 +145,7 @@ def run_one(out_dir: str, scale: common.Scale, config: dict, *, force: bool, sam
                              "pass --force to train it again, or another --out.")
         return stored
     os.makedirs(out_dir, exist_ok=True)
-    (x, y), valid, _ = common.load_data(dataclasses.replace(scale, n_examples=config["n_train"]))
+    (x, y), valid, _ = load_data(dataclasses.replace(scale, n_examples=config["n_train"]))
     keras.utils.set_random_seed(config["seed"])  # weights, batch order, samples
     model = models.simple_cnn("root", input_shape=x.shape[1:], n_filters=scale.n_filters)
     model.compile(optimizer=make_optimizer(config["optimizer"], config["lr"], config["momentum"]),
@@ -154,7 +162,8 @@ def run_one(out_dir: str, scale: common.Scale, config: dict, *, force: bool, sam
     else:
         history = model.fit(tfs_data.train_dataset(x, y, config["batch_size"], augment=False, seed=config["seed"]),
                             validation_data=tfs_data.eval_dataset(*valid), epochs=scale.epochs, verbose=0,
-                            shuffle=False, callbacks=[MeasureEveryEpochs(measurer, measure_every), keras.callbacks.TerminateOnNaN()])
+                            shuffle=False,
+                            callbacks=[MeasureEveryEpochs(measurer, measure_every), keras.callbacks.TerminateOnNaN()])
         logs = {k: [float(v) for v in values] for k, values in history.history.items()}
         outcome = {"steps": int(model.optimizer.iterations.numpy()),
                    "diverged": bool(len(logs.get("loss", [])) < scale.epochs
@@ -179,15 +188,15 @@ def write_records_csv(records: list[dict], path: str) -> None:
 
 # -- the parts -----------------------------------------------------------------------------------------------
 
-def planned_runs(args, scale: common.Scale) -> list[tuple[str, dict]]:
+def planned_runs(args, scale: Scale) -> list[tuple[str, dict]]:
     """``(folder, config)`` of every run of the chosen parts, in order."""
-    seeds = common.parse_ints(args.seeds)
+    seeds = args.seeds
     runs = []
     full_batch = {"batch_size": None, "n_train": args.gd_examples, "measure_every_steps": args.gd_measure_every}
     for part in args.parts:
         for seed in seeds:
             if part == "gd":
-                for lr in common.parse_floats(args.gd_lrs):
+                for lr in args.gd_lrs:
                     runs.append((f"gd/lr{lr:g}_seed{seed}", {"part": "gd", "optimizer": "sgd", "lr": lr,
                                                               "momentum": 0.0, "seed": seed, "steps": args.gd_steps,
                                                               **full_batch}))
@@ -195,7 +204,7 @@ def planned_runs(args, scale: common.Scale) -> list[tuple[str, dict]]:
                 lr = args.sgd_lr if part == "sgd" else args.momentum_lr
                 momentum = 0.0 if part == "sgd" else args.momentum
                 sizes = args.batch_sizes if part == "sgd" else args.momentum_batch_sizes
-                for batch_size in common.parse_ints(sizes):
+                for batch_size in sizes:
                     runs.append((f"{part}/bs{batch_size}_seed{seed}",
                                  {"part": part, "optimizer": "sgd", "lr": lr, "momentum": momentum, "seed": seed,
                                   "batch_size": batch_size, "n_train": scale.n_examples}))
@@ -212,8 +221,8 @@ def planned_runs(args, scale: common.Scale) -> list[tuple[str, dict]]:
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    scale = common.scale_from(args, DEFAULT) if not args.smoke else dataclasses.replace(
-        SMOKE, **{f.name: getattr(args, f.name) for f in dataclasses.fields(common.Scale)
+    scale = scale_from(args, DEFAULT) if not args.smoke else dataclasses.replace(
+        SMOKE, **{f.name: getattr(args, f.name) for f in dataclasses.fields(Scale)
                   if getattr(args, f.name) is not None})
     print(f"{STUDY}: parts {','.join(args.parts)}; {scale.describe()}; full-batch runs on {args.gd_examples:,} "
           f"examples", flush=True)

@@ -1,5 +1,12 @@
 """Plots study 2: lambda_1 and lambda_2 per epoch (log scale) across learning rates and batch sizes.
 
+Per run, lambda_k is summarised by statistics no single spike decides: the
+peak of its 3-point running mean (and the epoch at the centre of that
+window) and its mean over the later half of training; the table gives their
+mean ± standard deviation over seeds, the raw peak beside them, the final
+and best validation accuracy, and whether the claimed order holds seed by
+seed.
+
     python -m experiments.lr_batch_size.plot [--out RUNS] [--figures FOLDER]
 """
 
@@ -9,60 +16,107 @@ import os
 
 import numpy as np
 
-from experiments import common
+from examples.cli import markdown_table
+from experiments import figures, statistics
+from experiments.results import by_setting, eigenvalue_curve, load_results
+from experiments.scale import Scale
 
 STUDY = "lr_batch_size"
 
 
-def peak_summary(result: dict, k: int = 0) -> tuple[float, float]:
-    """``(peak value, epoch of the peak)`` of lambda_{k+1}."""
-    epochs, values = common.eigenvalue_curve(result)
-    i, top = common.peak(values[:, k])
-    return top, (float(epochs[i]) if i >= 0 else float("nan"))
+def run_summary(result: dict) -> dict:
+    """One run's statistics of lambda_1 and lambda_2, its accuracy and its training loss."""
+    epochs, values = eigenvalue_curve(result)
+    summary = {}
+    for k in range(min(2, values.shape[1])):
+        curve = values[:, k]
+        index = statistics.smoothed_peak_index(curve)
+        summary[f"smoothed_peak_{k + 1}"] = statistics.smoothed_peak(curve)
+        summary[f"smoothed_peak_epoch_{k + 1}"] = float(epochs[np.isfinite(curve)][index]) if index >= 0 else np.nan
+        summary[f"peak_{k + 1}"] = statistics.peak(curve)[1]
+        summary[f"later_half_{k + 1}"] = statistics.later_half_mean(epochs, curve)
+        summary[f"final_{k + 1}"] = float(curve[-1])
+    accuracy = np.asarray(result["logs"].get("val_accuracy", [np.nan]), float)
+    summary["val_final"], summary["val_best"] = float(accuracy[-1]), float(np.nanmax(accuracy))
+    summary["train_loss"] = result["final"]["train_loss"]
+    summary["diverged"] = bool(result["final"]["diverged"])
+    return summary
+
+
+def order_check(groups: dict, key: str) -> str:
+    """In how many seeds ``key`` rises strictly along the sweep's settings (in the order of ``groups``)."""
+    per_setting = [[run_summary(r)[key] for r in runs] for runs in groups.values()]
+    seeds = min(len(v) for v in per_setting)
+    table = np.array([v[:seeds] for v in per_setting])
+    rising = sum(statistics.ordered_in_every_seed(table[:, [s]]) for s in range(seeds))
+    return f"{rising}/{seeds}"
 
 
 def main(argv=None) -> str:
-    parser = common.plot_parser(__doc__, STUDY)
+    parser = figures.plot_parser(__doc__, STUDY)
     args = parser.parse_args(argv)
-    lr_sweep = sorted(common.load_results(os.path.join(args.out, "lr_sweep")), key=lambda r: r["config"]["lr"])
-    batch_sweep = sorted(common.load_results(os.path.join(args.out, "batch_sweep")),
-                         key=lambda r: r["config"]["batch_size"])
-    scale = common.Scale(**lr_sweep[0]["config"]["scale"])
-    plt = common.pyplot()
+    sweeps = {"lr": by_setting(load_results(os.path.join(args.out, "lr_sweep")), "lr", "batch_size"),
+              "batch": by_setting(load_results(os.path.join(args.out, "batch_sweep")), "batch_size", "lr")}
+    first = next(iter(sweeps["lr"].values()))[0]
+    scale = Scale(**first["config"]["scale"])
+    seeds = max(len(runs) for groups in sweeps.values() for runs in groups.values())
+    plt = figures.pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(10.5, 8))
-    for row, (sweep, results, key) in enumerate([("learning rate", lr_sweep, "lr"),
-                                                  ("batch size", batch_sweep, "batch_size")]):
-        colors = plt.cm.plasma(np.linspace(0, 0.8, len(results)))
+    for row, (sweep, title) in enumerate([("lr", "learning rate"), ("batch", "batch size")]):
+        groups = sweeps[sweep]
+        colors = plt.cm.plasma(np.linspace(0, 0.8, len(groups)))
         for k in range(2):
             ax = axes[row, k]
-            for color, result in zip(colors, results):
-                epochs, values = common.eigenvalue_curve(result)
-                c = result["config"]
-                label = f"$\\eta$ = {c['lr']:g}" if key == "lr" else f"batch {c['batch_size']}"
-                ax.plot(epochs, values[:, k], marker="o", ms=3, color=color, label=label)
+            for color, runs in zip(colors, groups.values()):
+                c = runs[0]["config"]
+                curves = [eigenvalue_curve(r) for r in runs]
+                n = min(len(e) for e, _ in curves)
+                stacked = np.array([v[:n, k] for _, v in curves])
+                for _, v in curves:
+                    ax.plot(curves[0][0][: len(v)], v[:, k], color=color, alpha=0.3, lw=0.7)
+                label = f"$\\eta$ = {c['lr']:g}" if sweep == "lr" else f"batch {c['batch_size']}"
+                ax.plot(curves[0][0][:n], np.exp(np.mean(np.log(stacked), axis=0)), marker="o", ms=3, lw=1.8,
+                        color=color, label=label)
             ax.set_yscale("log")
             ax.set_xlabel("epochs of training")
             ax.set_ylabel(f"$\\lambda_{k + 1}$")
-            fixed = (f"batch {results[0]['config']['batch_size']}" if key == "lr"
-                     else f"$\\eta$ = {results[0]['config']['lr']:g}")
-            ax.set_title(f"$\\lambda_{k + 1}$ across {sweep} (SGD, {fixed})")
+            c = first["config"] if sweep == "lr" else next(iter(groups.values()))[0]["config"]
+            fixed = f"batch {c['batch_size']}" if sweep == "lr" else f"$\\eta$ = {c['lr']:g}"
+            ax.set_title(f"$\\lambda_{k + 1}$ across {title} (SGD, {fixed})")
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=8)
+    fig.suptitle(f"geometric mean of {seeds} seed(s) (thick), each seed (thin)")
     path = os.path.join(args.figures, "lr_batch_size.png")
-    common.save_figure(fig, path, f"Measured at the start of each epoch and after the last. {scale.describe()}.")
+    figures.save_figure(fig, path, f"Measured at the start of each epoch and after the last. {scale.describe()}"
+                        f"{', augmented' if first['config'].get('augment') else ''}.")
     rows = []
-    for sweep, results in (("lr", lr_sweep), ("batch", batch_sweep)):
-        for result in results:
-            c = result["config"]
-            p1, e1 = peak_summary(result, 0)
-            p2, e2 = peak_summary(result, 1)
-            _, values = common.eigenvalue_curve(result)
-            rows.append([sweep, f"{c['lr']:g}", c["batch_size"], f"{p1:.2f}", f"{e1:g}", f"{values[-1, 0]:.2f}",
-                         f"{p2:.2f}", f"{e2:g}", f"{result['final']['train_loss']:.3f}",
-                         "yes" if result["final"]["diverged"] else "no"])
-    table = common.markdown_table(["sweep", "lr", "batch", "peak lambda_1", "at epoch", "final lambda_1",
-                                   "peak lambda_2", "at epoch", "final train loss", "diverged"], rows)
-    return common.write_table(table, args.figures, path)
+    for sweep, groups in sweeps.items():
+        for runs in groups.values():
+            c, summaries = runs[0]["config"], [run_summary(r) for r in runs]
+
+            def column(key, fmt=".1f", summaries=summaries):
+                return statistics.spread([s[key] for s in summaries], fmt)
+
+            rows.append([sweep, f"{c['lr']:g}", c["batch_size"], len(runs), column("smoothed_peak_1"),
+                         column("smoothed_peak_epoch_1"), column("later_half_1"), column("peak_1"),
+                         column("smoothed_peak_2"), column("later_half_2"), column("train_loss", ".3f"),
+                         column("val_final", ".3f"), column("val_best", ".3f"),
+                         sum(s["diverged"] for s in summaries)])
+    table = markdown_table(["sweep", "lr", "batch", "seeds", "lambda_1 smoothed peak", "at epoch",
+                            "lambda_1 later half", "lambda_1 raw peak", "lambda_2 smoothed peak",
+                            "lambda_2 later half", "final train loss", "val acc final", "val acc best", "diverged"],
+                           rows)
+    # The claims, seed by seed: a larger lr (a smaller batch) gives a lower peak, so the peak falls along the
+    # lr sweep and rises along the batch sweep.
+    lr_groups = dict(reversed(list(sweeps["lr"].items())))
+    checks = [f"- smoothed peak of lambda_1 lower for larger lr in {order_check(lr_groups, 'smoothed_peak_1')} "
+              "seeds; later-half lambda_1 lower for larger lr in "
+              f"{order_check(lr_groups, 'later_half_1')} seeds",
+              f"- smoothed peak of lambda_1 lower for smaller batch in "
+              f"{order_check(sweeps['batch'], 'smoothed_peak_1')} seeds; later-half lambda_1 lower for smaller batch "
+              f"in {order_check(sweeps['batch'], 'later_half_1')} seeds"]
+    return figures.write_table(table + "\n\n" + "\n".join(checks), args.figures, path)
+
 
 if __name__ == "__main__":
     main()

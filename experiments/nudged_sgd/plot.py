@@ -1,16 +1,23 @@
 """Plots study 3: per gamma, lambda_1, ||H_K||, training loss and validation accuracy; writes the paper-style table.
 
+Each entry is the mean over seeds with every seed's value beside it; the
+sharpness is also given as its mean over the later half of training (± the
+standard deviation over seeds), which no single spike decides, and the
+accuracy both at the end and at its best epoch.
+
     python -m experiments.nudged_sgd.plot [--out RUNS] [--figures FOLDER] [--early_epoch 2]
 """
 
 from __future__ import annotations
 
-import collections
 import os
 
 import numpy as np
 
-from experiments import common
+from examples.cli import markdown_table
+from experiments import figures, statistics
+from experiments.results import best_validation_epoch, by_setting, eigenvalue_curve, load_results, top_k_norm
+from experiments.scale import Scale
 
 STUDY = "nudged_sgd"
 
@@ -18,47 +25,44 @@ STUDY = "nudged_sgd"
 def table_row(result: dict, early_epoch: int) -> dict:
     """The paper's table entries for one run (``early_epoch`` counts completed epochs, from 1)."""
     logs = result["logs"]
-    best = common.best_validation_epoch(logs)
-    _, values = common.eigenvalue_curve(result)
+    best = best_validation_epoch(logs)
+    epochs, values = eigenvalue_curve(result)
     early = min(early_epoch, len(logs["val_accuracy"])) - 1
     return {
         "test_at_best_val": logs["test_accuracy"][best],
+        "test_final": logs["test_accuracy"][-1],
         "best_val_epoch": best + 1,
+        "val_best": logs["val_accuracy"][best],
+        "val_final": logs["val_accuracy"][-1],
         "val_early": logs["val_accuracy"][early],
         "train_loss": result["final"]["train_loss"],
         "lambda_1": float(values[-1, 0]),
-        "hk_norm": float(common.top_k_norm(values[-1])),
+        "lambda_1_later_half": statistics.later_half_mean(epochs, values[:, 0]),
+        "hk_norm": float(top_k_norm(values[-1])),
+        "hk_norm_later_half": statistics.later_half_mean(epochs, top_k_norm(values)),
         "distance": result["final"]["distance_from_init"],
     }
 
 
 def by_gamma(results: list[dict]) -> dict[float, list[dict]]:
-    groups = collections.defaultdict(list)
-    for result in results:
-        groups[result["config"]["gamma"]].append(result)
-    return {g: sorted(groups[g], key=lambda r: r["config"]["seed"]) for g in sorted(groups)}
-
-
-def mean_and_runs(values, fmt: str) -> str:
-    values = [float(v) for v in values]
-    text = format(np.mean(values), fmt)
-    return text if len(values) == 1 else f"{text} ({' / '.join(format(v, fmt) for v in values)})"
+    """Runs per gamma (ascending), each list sorted by seed."""
+    return {gamma: runs for (gamma,), runs in by_setting(results, "gamma").items()}
 
 
 def main(argv=None) -> str:
-    parser = common.plot_parser(__doc__, STUDY)
+    parser = figures.plot_parser(__doc__, STUDY)
     parser.add_argument("--early_epoch", type=int, default=2, help="epoch of the early validation accuracy")
     args = parser.parse_args(argv)
-    groups = by_gamma(common.load_results(args.out))
+    groups = by_gamma(load_results(args.out))
     first = next(iter(groups.values()))[0]
-    scale = common.Scale(**first["config"]["scale"])
-    plt = common.pyplot()
+    scale = Scale(**first["config"]["scale"])
+    plt = figures.pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     colors = plt.cm.coolwarm(np.linspace(0, 1, len(groups)))
     panels = [
-        (axes[0, 0], "$\\lambda_1$", True, lambda r: common.eigenvalue_curve(r)),
+        (axes[0, 0], "$\\lambda_1$", True, eigenvalue_curve),
         (axes[0, 1], "$\\|H_K\\| = \\sqrt{\\sum_{k \\leq K} \\lambda_k^2}$", True,
-         lambda r: (common.eigenvalue_curve(r)[0], common.top_k_norm(common.eigenvalue_curve(r)[1]))),
+         lambda r: (eigenvalue_curve(r)[0], top_k_norm(eigenvalue_curve(r)[1]))),
         (axes[1, 0], "training loss (mean over the epoch)", True,
          lambda r: (np.arange(1, len(r["logs"]["loss"]) + 1), np.array(r["logs"]["loss"]))),
         (axes[1, 1], "validation accuracy", False,
@@ -67,7 +71,7 @@ def main(argv=None) -> str:
     for ax, ylabel, log, series in panels:
         for color, (gamma, runs) in zip(colors, groups.items()):
             curves = []
-            for seed_index, result in enumerate(runs):
+            for result in runs:
                 x, y = series(result)
                 y = y[:, 0] if y.ndim == 2 else y
                 curves.append((x, y))
@@ -86,18 +90,23 @@ def main(argv=None) -> str:
     fig.suptitle(f"Nudged SGD, $\\eta$ = {c['lr']:g}, batch {c['batch_size']}, K = {c['top_k']}: "
                  f"mean of {max(len(r) for r in groups.values())} seed(s) (thick), each seed (thin)")
     path = os.path.join(args.figures, "nudged_sgd.png")
-    common.save_figure(fig, path, f"Eigenvalues at the start of each epoch and after the last. {scale.describe()}.")
+    figures.save_figure(fig, path, f"Eigenvalues at the start of each epoch and after the last. {scale.describe()}.")
+    columns = (("test_at_best_val", ".4f"), ("val_best", ".4f"), ("val_final", ".4f"), ("val_early", ".4f"),
+               ("train_loss", ".4f"), ("lambda_1", ".1f"), ("hk_norm", ".1f"), ("distance", ".2f"))
     rows = []
     for gamma, runs in groups.items():
         entries = [table_row(r, args.early_epoch) for r in runs]
-        rows.append([f"{gamma:g}"] + [mean_and_runs([e[key] for e in entries], fmt) for key, fmt in (
-            ("test_at_best_val", ".4f"), ("val_early", ".4f"), ("train_loss", ".4f"), ("lambda_1", ".1f"),
-            ("hk_norm", ".1f"), ("distance", ".2f"))])
-    table = common.markdown_table(
-        ["gamma", "test acc. at best-val epoch", f"val. acc. after epoch {args.early_epoch}",
+        rows.append([f"{gamma:g}", len(runs)]
+                    + [statistics.mean_and_runs([e[key] for e in entries], fmt) for key, fmt in columns]
+                    + [statistics.spread([e["lambda_1_later_half"] for e in entries]),
+                       statistics.spread([e["hk_norm_later_half"] for e in entries])])
+    table = markdown_table(
+        ["gamma", "seeds", "test acc. at best-val epoch", "best val. acc.", "final val. acc.",
+         f"val. acc. after epoch {args.early_epoch}",
          f"final train loss ({first['final']['train_eval_examples']:,} ex.)", "final lambda_1", "final ||H_K||",
-         "distance from init"], rows)
-    return common.write_table(table, args.figures, path)
+         "distance from init", "lambda_1 later half", "||H_K|| later half"], rows)
+    return figures.write_table(table, args.figures, path)
+
 
 if __name__ == "__main__":
     main()

@@ -11,7 +11,9 @@ import os
 
 import numpy as np
 
-from experiments import common
+from examples.cli import markdown_table
+from experiments import figures
+from experiments.scale import Scale
 
 STUDY = "sgd_step"
 
@@ -39,7 +41,7 @@ def quadratic_prediction(record: dict, learning_rate: float) -> np.ndarray:
 
 
 def main(argv=None) -> str:
-    parser = common.plot_parser(__doc__, STUDY)
+    parser = figures.plot_parser(__doc__, STUDY)
     args = parser.parse_args(argv)
     found = sorted(glob.glob(os.path.join(args.out, "*", "step_analysis.json")))
     if not found:
@@ -47,9 +49,9 @@ def main(argv=None) -> str:
     with open(found[0]) as f:
         analysis = json.load(f)
     with open(os.path.join(os.path.dirname(found[0]), "result.json")) as f:
-        scale = common.Scale(**json.load(f)["config"]["scale"])
+        scale = Scale(**json.load(f)["config"]["scale"])
     lr, records = analysis["learning_rate"], analysis["records"]
-    plt = common.pyplot()
+    plt = figures.pyplot()
     fig, axes = plt.subplots(1, len(records), figsize=(3.6 * len(records), 3.9), squeeze=False, sharey=True)
     largest = max(np.max(np.abs(np.concatenate([c.ravel() for c in loss_changes(r).values()]))) for r in records)
     linthresh = 10.0 ** np.floor(np.log10(max(largest, 1e-12) * 1e-3))  # three decades shown linearly near 0
@@ -74,7 +76,7 @@ def main(argv=None) -> str:
     axes[0, 0].set_ylabel("loss change (symlog)")
     fig.suptitle(f"Loss change after a partial SGD step, SGD $\\eta$ = {lr:g} (full gradient of the sample)")
     step_path = os.path.join(args.figures, "step_losses.png")
-    common.save_figure(fig, step_path, f"{scale.describe()}; the step, its gradient and its loss all on the same "
+    figures.save_figure(fig, step_path, f"{scale.describe()}; the step, its gradient and its loss all on the same "
                                        f"{scale.num_samples:,} training examples.")
 
     fig, ax = plt.subplots(figsize=(8.5, 4))
@@ -96,7 +98,7 @@ def main(argv=None) -> str:
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: the bars fill the axes
     ax.grid(alpha=0.3, axis="y", which="both")
     align_path = os.path.join(args.figures, "alignment.png")
-    common.save_figure(fig, align_path, scale.describe())
+    figures.save_figure(fig, align_path, scale.describe())
 
     rows = []
     for record in records:
@@ -109,11 +111,11 @@ def main(argv=None) -> str:
                      f"{np.mean(changes['random'][:, at[1.0]]):+.1e}" if 1.0 in at else "",
                      f"{record['alignment'][0]:.3f}", f"{max(record['alignment']):.3f}",
                      f"{np.mean(record['random_alignment']):.1e}", f"{record['expected_random_alignment']:.1e}"])
-    table = common.markdown_table(
+    table = markdown_table(
         ["epoch", "lambda_1", "eta lambda_1", "dL along e_1, 0.5 eta", "... 1 eta", "... 2 eta", "dL full step",
          "dL random, 1 eta", "abs cos(g, e_1)", "max_i abs cos(g, e_i)", "abs cos(g, r) drawn", "E abs cos(g, r)"],
         rows)
-    return common.write_table(table, args.figures, step_path, align_path)
+    return figures.write_table(table, args.figures, step_path, align_path)
 
 if __name__ == "__main__":
     main()

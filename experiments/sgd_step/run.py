@@ -23,7 +23,9 @@ import os
 import keras
 import numpy as np
 
-from experiments import common
+from examples.cli import nonnegative_int_list
+from experiments.scale import study_parser, study_setup
+from experiments.training import load_data, train_run
 from tf_sharpest.analysis import analyze_sgd_step
 from tf_sharpest.hessian import top_eigenpairs
 from tf_sharpest.utils.files import atomic_path
@@ -71,10 +73,10 @@ class StepAnalysisAt(keras.callbacks.Callback):
 
 
 def parse_args(argv=None):
-    parser = common.study_parser(__doc__, STUDY, top_k=5)
+    parser = study_parser(__doc__, STUDY, top_k=5)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--at_epochs", default=None,
+    parser.add_argument("--at_epochs", type=nonnegative_int_list, default=None,
                         help="epochs to analyse at (default 0, 1, 2, half and all of --epochs)")
     parser.add_argument("--num_random", type=int, default=5, help="random unit directions per point")
     parser.add_argument("--seed", type=int, default=0)
@@ -83,8 +85,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    scale, top_k = common.study_setup(args)
-    at_epochs = (common.parse_ints(args.at_epochs) if args.at_epochs
+    scale, top_k = study_setup(args)
+    at_epochs = (args.at_epochs if args.at_epochs
                  else sorted({e for e in (0, 1, 2, scale.epochs // 2, scale.epochs) if e <= scale.epochs}))
     if max(at_epochs) > scale.epochs or min(at_epochs) < 0:
         raise SystemExit(f"--at_epochs must lie in 0..{scale.epochs} (the number of epochs), got {at_epochs}.")
@@ -93,13 +95,13 @@ def main(argv=None) -> dict:
     if os.path.exists(path) and os.path.exists(os.path.join(out, "result.json")) and not args.force:
         with open(path) as f:
             return json.load(f)
-    (x, y), _, _ = common.load_data(scale)
+    (x, y), _, _ = load_data(scale)
     rng = np.random.default_rng(args.seed)
     pick = np.sort(rng.choice(len(x), min(scale.num_samples, len(x)), replace=False))
     analysis = StepAnalysisAt((x[pick], y[pick]), at_epochs, scale.epochs, learning_rate=args.lr, top_k=top_k,
                               num_random=args.num_random, batch_size=scale.lanczos_batch_size, tol=scale.tol,
                               path=path, seed=args.seed)
-    common.train_run(out, scale, lr=args.lr, batch_size=args.batch_size, top_k=top_k, seed=args.seed,
+    train_run(out, scale, lr=args.lr, batch_size=args.batch_size, top_k=top_k, seed=args.seed,
                      force=True, callbacks=[analysis], measure=False)
     with open(path) as f:
         return json.load(f)

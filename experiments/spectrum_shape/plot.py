@@ -9,15 +9,19 @@ import os
 
 import numpy as np
 
-from experiments import common
+from examples.cli import markdown_table
+from experiments import figures
+from experiments.results import eigenvalue_curve, load_results
+from experiments.scale import Scale
+from experiments.statistics import peak
 
 STUDY = "spectrum_shape"
 
 
 def summarize(result: dict) -> dict:
     """Peak of lambda_1 (value, epoch), its final value, and 2/eta."""
-    epochs, values = common.eigenvalue_curve(result)
-    i, top = common.peak(values[:, 0])
+    epochs, values = eigenvalue_curve(result)
+    i, top = peak(values[:, 0])
     lr = result["config"]["lr"]
     return {"lr": lr, "peak": top, "peak_epoch": float(epochs[i]) if i >= 0 else float("nan"),
             "final": float(values[-1, 0]), "first": float(values[0, 0]), "two_over_lr": 2.0 / lr,
@@ -25,14 +29,14 @@ def summarize(result: dict) -> dict:
 
 
 def main(argv=None) -> str:
-    parser = common.plot_parser(__doc__, STUDY)
+    parser = figures.plot_parser(__doc__, STUDY)
     args = parser.parse_args(argv)
-    results = sorted(common.load_results(args.out), key=lambda r: r["config"]["lr"])
-    scale = common.Scale(**results[0]["config"]["scale"])
-    plt = common.pyplot()
+    results = sorted(load_results(args.out), key=lambda r: r["config"]["lr"])
+    scale = Scale(**results[0]["config"]["scale"])
+    plt = figures.pyplot()
     fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.2), squeeze=False)
     for ax, result in zip(axes[0], results):
-        epochs, values = common.eigenvalue_curve(result)
+        epochs, values = eigenvalue_curve(result)
         colors = plt.cm.viridis(np.linspace(0, 0.9, values.shape[1]))
         for k in range(values.shape[1]):
             ax.plot(epochs, values[:, k], marker="o", ms=3, color=colors[k], label=f"$\\lambda_{{{k + 1}}}$")
@@ -45,16 +49,16 @@ def main(argv=None) -> str:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, ncol=2, loc="lower right")
     path = os.path.join(args.figures, "spectrum.png")
-    common.save_figure(fig, path, f"Top-{values.shape[1]} eigenvalues at the start of each epoch and after the "
+    figures.save_figure(fig, path, f"Top-{values.shape[1]} eigenvalues at the start of each epoch and after the "
                                   f"last. {scale.describe()}.")
     rows = []
     for result in results:
         s = summarize(result)
         rows.append([f"{s['lr']:g}", f"{s['first']:.2f}", f"{s['peak']:.2f}", f"{s['peak_epoch']:g}",
                      f"{s['final']:.2f}", f"{s['two_over_lr']:g}", "yes" if s["below_two_over_lr"] else "**no**"])
-    table = common.markdown_table(["lr", "lambda_1 at init", "peak lambda_1", "peak epoch", "final lambda_1",
+    table = markdown_table(["lr", "lambda_1 at init", "peak lambda_1", "peak epoch", "final lambda_1",
                                    "2/eta", "peak < 2/eta"], rows)
-    return common.write_table(table, args.figures, path)
+    return figures.write_table(table, args.figures, path)
 
 if __name__ == "__main__":
     main()

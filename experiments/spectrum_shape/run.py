@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import os
 
-from experiments import common
+from examples.cli import number_list
+from experiments.results import run_label
+from experiments.scale import study_parser, study_setup
+from experiments.training import train_run
 
 STUDY = "spectrum_shape"
 
 
 def parse_args(argv=None):
-    parser = common.study_parser(__doc__, STUDY, top_k=10)
-    parser.add_argument("--lrs", default="0.01,0.1", help="learning rates, comma-separated")
+    parser = study_parser(__doc__, STUDY, top_k=10)
+    parser.add_argument("--lrs", type=number_list, default=[0.01, 0.1], help="learning rates, comma-separated")
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -28,14 +31,15 @@ def parse_args(argv=None):
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    scale, top_k = common.study_setup(args)
+    scale, top_k = study_setup(args)
     results = []
-    for lr in common.parse_floats(args.lrs):
+    for lr in args.lrs:
         out = os.path.join(args.out, f"lr{lr:g}")
-        result = common.train_run(out, scale, lr=lr, batch_size=args.batch_size, top_k=top_k, seed=args.seed,
+        result = train_run(out, scale, lr=lr, batch_size=args.batch_size, top_k=top_k, seed=args.seed,
                                   force=args.force)
-        print(f"{common.run_label(result)}: lambda_1 per epoch "
-              f"{[round(m['eigenvalues'][0], 2) for m in result['lanczos']]} ({result['seconds']:.0f} s)", flush=True)
+        print(f"{run_label(result)}: lambda_1 per epoch "
+              f"{[round(float(m.eigenvalues[0]), 2) for m in result['measurements']]} ({result['seconds']:.0f} s)",
+              flush=True)
         results.append(result)
     return results
 

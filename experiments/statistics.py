@@ -1,0 +1,74 @@
+"""Summaries of a measured curve that no single spike decides, and their spread over seeds.
+
+An eigenvalue measured once per epoch can swing threefold from one epoch to
+the next, so a study's verdict rests on the mean over the later half of a run
+or on the peak of a running mean, reported over several seeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def peak(values: Sequence[float]) -> tuple[int, float]:
+    """Index and value of the largest finite entry (``(-1, nan)`` if none is finite)."""
+    values = np.asarray(values, dtype=float)
+    if not np.any(np.isfinite(values)):
+        return -1, float("nan")
+    i = int(np.nanargmax(values))
+    return i, float(values[i])
+
+
+def later_half_mean(steps, values) -> float:
+    """Mean of the finite values measured at or after half of the last step."""
+    steps, values = np.asarray(steps, float), np.asarray(values, float)
+    keep = (steps >= steps.max() / 2) & np.isfinite(values)
+    return float(np.mean(values[keep])) if keep.any() else float("nan")
+
+
+def smoothed(values, window: int = 3) -> np.ndarray:
+    """Running mean over ``window`` consecutive finite values (all of them averaged if fewer)."""
+    values = np.asarray(values, float)
+    values = values[np.isfinite(values)]
+    if values.size < window:
+        return np.array([np.mean(values)]) if values.size else np.array([])
+    return np.convolve(values, np.ones(window) / window, mode="valid")
+
+
+def smoothed_peak(values, window: int = 3) -> float:
+    """Peak of the running mean over ``window`` consecutive measurements (a lone spike is divided by ``window``)."""
+    curve = smoothed(values, window)
+    return float(np.max(curve)) if curve.size else float("nan")
+
+
+def smoothed_peak_index(values, window: int = 3) -> int:
+    """Position, among the finite values, of the centre of the highest running-mean window (-1 if none)."""
+    curve = smoothed(values, window)
+    if not curve.size:
+        return -1
+    return int(np.argmax(curve)) + (window // 2 if curve.size > 1 or np.isfinite(values).sum() >= window else 0)
+
+
+def spread(values, fmt: str = ".1f") -> str:
+    """``mean ± std`` over seeds (sample std; the value alone for one seed; ``n/a`` for none)."""
+    values = np.asarray([v for v in values if np.isfinite(v)], float)
+    if values.size == 0:
+        return "n/a"
+    if values.size == 1:
+        return format(values[0], fmt)
+    return f"{format(values.mean(), fmt)} ± {format(values.std(ddof=1), fmt)}"
+
+
+def mean_and_runs(values, fmt: str) -> str:
+    """The mean, then each run's value in brackets: ``0.76 (0.77 / 0.74 / 0.76)``."""
+    values = [float(v) for v in values]
+    text = format(np.mean(values), fmt)
+    return text if len(values) == 1 else f"{text} ({' / '.join(format(v, fmt) for v in values)})"
+
+
+def ordered_in_every_seed(per_setting: Sequence[Sequence[float]]) -> bool:
+    """True when, seed by seed, the settings' values rise strictly in the order given."""
+    table = np.asarray(per_setting, float)
+    return bool(table.ndim == 2 and np.all(np.diff(table, axis=0) > 0))
