@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# One-step set-up on a fresh machine: the package (with its test extras) and,
+# One-step set-up on a fresh machine: the package (with its test and zoo extras) and,
 # where apt is available, real Fashion-MNIST from Debian's dataset-fashion-mnist.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python -m pip install --quiet --upgrade pip
-python -m pip install --quiet -e ".[test]"
+python -m pip install --quiet -e ".[test,zoo]"
 
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1; then
   SUDO=""

@@ -367,7 +367,7 @@ def test_without_tensorflow_datasets_the_error_says_how_to_install_it(tmp_path, 
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import raises ImportError
     with pytest.raises(DataNotFoundError, match="tensorflow_datasets: not installed") as info:
         data.load("cifar10", data_dir=tmp_path)
-    assert "pip install tensorflow-datasets" in str(info.value)
+    assert 'pip install "tf_sharpest[zoo]"' in str(info.value)
     with pytest.raises(ImportError, match="source='tfds' needs tensorflow_datasets: pip install"):
         data.load("cifar10", data_dir=tmp_path, source="tfds")
     write_cifar_folder(tmp_path)

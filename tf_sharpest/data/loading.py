@@ -26,7 +26,7 @@ DATASETS = {
 #: Accepted ``source`` values: ``"files"`` reads local IDX / CIFAR-10 python files.
 SOURCES = ("auto", "files", "tfds")
 
-_ZOO = "pip install tensorflow-datasets"
+_ZOO = 'pip install "tf_sharpest[zoo]"'
 
 _BY_TFDS = (f"or, with tensorflow_datasets ({_ZOO}) and internet, load(..., data_dir='DIR') downloads it "
             "into DIR (for an offline machine, do that elsewhere and copy DIR over).")
@@ -115,7 +115,7 @@ def _raw(name: str, data_dir, source: str, download: bool):
     found = _files(name, data_dir, tried) if source != "tfds" else None
     if found is None and source != "files":
         try:
-            import tensorflow_datasets as tfds  # slow import: only when this source is needed
+            import tensorflow_datasets as tfds  # the optional "zoo" extra, slow to import: only when needed
         except ImportError:
             if source == "tfds":
                 raise ImportError(f"source='tfds' needs tensorflow_datasets: {_ZOO}") from None
@@ -175,7 +175,8 @@ def load(name: str, *, data_dir=None, data_seed: int = 777, source: str = "auto"
       ``data_dir`` (TFDS' default directory when ``None``), looked for with
       TFDS' log muted below errors; then, if ``download``, ``tfds.load`` with
       download into ``data_dir`` (needs internet). The two TFDS steps need
-      ``tensorflow_datasets``; without it they are skipped. Local files that
+      ``tensorflow_datasets``, the ``zoo`` extra (``pip install
+      "tf_sharpest[zoo]"``); without it they are skipped. Local files that
       are found but corrupt raise :class:`CorruptDataError` rather than being
       skipped. The returned ``source`` says which one was used. TFDS stores
       the examples in its own order, so the seeded split of a TFDS copy need
