@@ -268,6 +268,20 @@ def test_load_cifar10_from_files(tmp_path, small_cifar):
         assert d.input_shape == (32, 32, 3)
 
 
+def test_keras_cache_of_cifar10_is_searched(tmp_path, monkeypatch):
+    # keras.datasets.cifar10.load_data() (Keras 3.8 to 3.15) extracts the tarball into
+    # <KERAS_HOME>/datasets/cifar-10-batches-py-target/cifar-10-batches-py.
+    keras_datasets = os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")), "datasets")
+    folder = os.path.join(keras_datasets, "cifar-10-batches-py-target", "cifar-10-batches-py")
+    assert folder in cifar.cifar10_places(tmp_path)
+    monkeypatch.setattr(cifar, "CIFAR10_BATCH_EXAMPLES", 10)
+    monkeypatch.setattr(cifar, "CIFAR10_DIRS", [str(tmp_path / "datasets"),
+                                                str(tmp_path / "datasets" / "cifar-10-batches-py-target")])
+    write_cifar_folder(tmp_path / "datasets" / "cifar-10-batches-py-target" / "cifar-10-batches-py")
+    d = data.load("cifar10", source="files")
+    assert d.source == f"files:{tmp_path / 'datasets' / 'cifar-10-batches-py-target' / 'cifar-10-batches-py'}"
+
+
 def test_not_found_error_names_each_place(tmp_path, small_cifar):
     with pytest.raises(DataNotFoundError) as info:
         data.load("cifar10", data_dir=tmp_path, download=False)

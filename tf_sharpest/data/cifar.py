@@ -41,11 +41,13 @@ CIFAR10_TARBALL = "cifar-10-python.tar.gz"
 #: Examples in each batch file; ``None`` accepts any (consistent) size.
 CIFAR10_BATCH_EXAMPLES = 10000
 
-#: Places searched after ``data_dir``: Keras' download cache.
-CIFAR10_DIRS = [
-    os.path.join(os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras")),
-                 "datasets"),
-]
+_KERAS_DATASETS = os.path.join(os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras")),
+                               "datasets")
+
+#: Places searched after ``data_dir``: Keras' download cache, where
+#: ``keras.datasets.cifar10.load_data()`` (Keras 3) leaves
+#: ``cifar-10-batches-py-target/cifar-10-batches-py``.
+CIFAR10_DIRS = [_KERAS_DATASETS, os.path.join(_KERAS_DATASETS, "cifar-10-batches-py-target")]
 
 _ALLOWED_GLOBALS = {
     ("numpy", "ndarray"),

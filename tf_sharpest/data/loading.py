@@ -34,7 +34,9 @@ _BY_TFDS = (f"or, with tensorflow_datasets ({_ZOO}) and internet, load(..., data
 _HOW_TO = {
     "cifar10": (
         "How to get CIFAR-10: download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and put "
-        "the tarball, or the cifar-10-batches-py folder it contains, in data_dir; " + _BY_TFDS
+        "the tarball, or the cifar-10-batches-py folder it contains, in data_dir; or run "
+        "`python -c \"import keras; keras.datasets.cifar10.load_data()\"` (it fills Keras' cache, which "
+        "load reads); " + _BY_TFDS
     ),
     "fashion_mnist": (
         "How to get Fashion-MNIST: on Debian/Ubuntu `apt-get install dataset-fashion-mnist` (installs the "
@@ -171,7 +173,8 @@ def load(name: str, *, data_dir=None, data_seed: int = 777, source: str = "auto"
       and ``/usr/share/datasets/fashion-mnist`` from Debian's
       ``dataset-fashion-mnist``; CIFAR-10 ``cifar-10-batches-py`` folder,
       batches or ``cifar-10-python.tar.gz`` in ``data_dir`` or Keras' cache
-      ``~/.keras/datasets``); a prepared ``tensorflow_datasets`` copy in
+      ``~/.keras/datasets``, as ``keras.datasets.cifar10.load_data()`` leaves
+      it); a prepared ``tensorflow_datasets`` copy in
       ``data_dir`` (TFDS' default directory when ``None``), looked for with
       TFDS' log muted below errors; then, if ``download``, ``tfds.load`` with
       download into ``data_dir`` (needs internet). The two TFDS steps need
