@@ -38,21 +38,25 @@ SMOKE = Scale(n_examples=256, epochs=2, n_filters=4, num_samples=64, lanczos_bat
               n_valid=128, n_test=128, n_train_eval=256)
 
 
-def study_parser(doc: str, study: str, top_k: int) -> argparse.ArgumentParser:
+#: Studies 2 and 3 train every setting with three seeds; half the filters make that fit in the same time.
+MULTI_SEED = dataclasses.replace(Scale(), n_filters=16)
+
+
+def study_parser(doc: str, study: str, top_k: int, default: Scale = Scale()) -> argparse.ArgumentParser:
     """The flags every study's run script takes: ``--out``, ``--top_k`` and the scale (with ``--smoke``)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None, help=f"folder of the runs (default runs/experiments/{study})")
     parser.add_argument("--top_k", type=int, default=None,
                         help=f"eigenvalues measured (default {top_k}; 2 with --smoke)")
-    parser.set_defaults(study=study, default_top_k=top_k)
-    scale_arguments(parser)
+    parser.set_defaults(study=study, default_top_k=top_k, default_scale=default)
+    scale_arguments(parser, default)
     return parser
 
 
 def study_setup(args: argparse.Namespace) -> tuple[Scale, int]:
     """Resolves ``--out`` in place and returns the scale and the number of eigenvalues."""
     args.out = args.out or default_out(args.study, args.smoke)
-    return scale_from(args), args.top_k or (2 if args.smoke else args.default_top_k)
+    return scale_from(args, args.default_scale), args.top_k or (2 if args.smoke else args.default_top_k)
 
 
 def scale_arguments(parser: argparse.ArgumentParser, default: Scale = Scale()) -> None:

@@ -24,7 +24,7 @@ STUDY = "lr_batch_size"
 
 
 def parse_args(argv=None):
-    parser = scales.study_parser(__doc__, STUDY, top_k=5)
+    parser = scales.study_parser(__doc__, STUDY, top_k=5, default=scales.MULTI_SEED)
     parser.add_argument("--lrs", type=number_list, default=None,
                         help="learning rates of the lr sweep (default 0.001,0.01,0.1; 0.01,0.1 with --smoke)")
     parser.add_argument("--lr_sweep_batch_size", type=int, default=128)

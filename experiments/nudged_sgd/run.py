@@ -25,7 +25,7 @@ STUDY = "nudged_sgd"
 
 
 def parse_args(argv=None):
-    parser = scales.study_parser(__doc__, STUDY, top_k=5)
+    parser = scales.study_parser(__doc__, STUDY, top_k=5, default=scales.MULTI_SEED)
     parser.add_argument("--gammas", type=number_list, default=None,
                         help="NSGD gammas, 1 is plain SGD (default 0.01,0.1,1,5; 0.1,1 with --smoke)")
     parser.add_argument("--seeds", type=nonnegative_int_list, default=None, help="default 0,1,2 (0 with --smoke)")
