@@ -11,9 +11,13 @@ per-batch product. Everything but that product lives here, once:
   (a fixed batch shape when all batches are equal), taking and returning flat
   vectors;
 * the example-weighted accumulation, exact for uneven last batches;
-* moving to a new sample without tracing again (``set_data``).
+* moving to a new sample without tracing again (``set_data``);
+* the block product ``matmat`` of a subclass that shares work across the
+  columns of a block (``_batch_block_product``), through the same
+  accumulation, traced once for every block width.
 
-A subclass implements only ``_batch_product(batch, vectors)``.
+A subclass implements only ``_batch_product(batch, vectors)``, and may
+implement ``_batch_block_product(batch, rows)``.
 """
 
 from __future__ import annotations
@@ -76,10 +80,12 @@ class CurvatureOperator(LinearOperator):
         self.model_loss = self.objective.model_loss
         self.num_traces = 0
         self._graph = None  # (trace_spec, traced function)
+        self._block_graph = None  # the same for block products
         self._distributed_step = None
+        self._distributed_block_step = None
         self._plan = None  # (sample, ReplicaPlan) of the latest distributed product
         if self.num_replicas > 1:
-            self.replica_plan  # refuse now a sample smaller than the number of replicas
+            _ = self.replica_plan  # refuse now a sample smaller than the number of replicas
 
     # -- the sample ------------------------------------------------------------------------------
     def set_data(self, data, batch_size: int | None = None) -> None:
@@ -183,11 +189,67 @@ class CurvatureOperator(LinearOperator):
         # The one all-reduce of the product: the replicas' partial sums, added.
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, accumulated, axis=None)
 
+    # -- the block product ------------------------------------------------------------------------
+    #: Whether the subclass implements ``_batch_block_product``; otherwise ``matmat`` is ``k`` matvecs.
+    has_block_product = False
+
+    def _batch_block_product(self, batch, rows: tf.Tensor) -> tf.Tensor:
+        """The per-batch curvature applied to each row of a flat ``[k, dim]`` block; runs in a graph.
+
+        ``k`` is unknown while tracing (one graph serves every block width).
+        Returns a ``[k, dim]`` tensor. Implemented by subclasses that share
+        work across the ``k`` vectors (and set ``has_block_product``).
+        """
+        raise NotImplementedError
+
+    def _accumulate_block(self, batch, rows, accumulated, weight):
+        self.num_traces += 1  # runs only while tracing, as in _accumulate_batch
+        return accumulated + weight * tf.cast(self._batch_block_product(batch, rows), self.dtype)
+
+    def _block_function(self):
+        """The traced per-batch block product: one trace for every ``k``, again only for a new batch signature."""
+        spec = self.sample.trace_spec
+        if self._block_graph is None or self._block_graph[0] != spec:
+            rows_spec = tf.TensorSpec([None, self.dim], self.dtype)
+            function = tf.function(self._accumulate_block,
+                                   input_signature=[spec, rows_spec, rows_spec, tf.TensorSpec([], self.dtype)])
+            self._block_graph = (spec, function)
+        return self._block_graph[1]
+
+    def _matmat(self, vectors):
+        if not self.has_block_product:
+            return super()._matmat(vectors)
+        # The block's columns as rows: the per-batch graph maps over the leading axis.
+        rows = tf.transpose(vectors)
+        if self.num_replicas > 1:
+            return tf.transpose(self._distributed_block(rows))
+        accumulate = self._block_function()
+        accumulated = tf.zeros_like(rows)
+        for batch, weight in self.objective.batch_weights():
+            accumulated = accumulate(batch, rows, accumulated, weight)
+        return tf.transpose(accumulated)
+
+    def _distributed_block(self, rows):
+        plan = self.replica_plan
+        if self._distributed_block_step is None:
+            def step(batch, rows, accumulated, weight):
+                return self.strategy.run(self._accumulate_block, args=(batch, rows, accumulated, weight))
+
+            self._distributed_block_step = tf.function(step, reduce_retracing=True)
+        k = int(rows.shape[0])
+        accumulated = self.strategy.experimental_distribute_values_from_function(
+            lambda _: tf.zeros([k, self.dim], self.dtype))
+        for index in range(plan.num_steps):
+            batch, weight = plan.step(index, self.dtype)
+            accumulated = self._distributed_block_step(batch, rows, accumulated, weight)
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, accumulated, axis=None)
+
     def matvec_structured(self, vectors) -> list[tf.Tensor]:
         """Returns ``A @ v`` for ``v`` given as variable-shaped tensors (one per chosen variable)."""
         vectors = list(vectors)
         if len(vectors) != len(self.layout):
-            raise ValueError(f"Expected {len(self.layout)} tensors (one per trainable variable the operator acts on), got {len(vectors)}.")
+            raise ValueError(f"Expected {len(self.layout)} tensors (one per trainable variable the operator acts "
+                             f"on), got {len(vectors)}.")
         converted = []
         for v, shape in zip(vectors, self.layout.shapes):
             v = tf.convert_to_tensor(v, dtype=self.dtype)

@@ -6,6 +6,9 @@ import tensorflow as tf
 
 from tf_sharpest.operators.curvature import CurvatureOperator, dot, gradients
 
+#: Columns of a block product in flight at once (``tf.map_fn``'s ``parallel_iterations``).
+BLOCK_PARALLEL_ITERATIONS = 10
+
 
 class HessianOperator(CurvatureOperator):
     """The Hessian of the mean training loss over ``data`` w.r.t. the model's trainable variables.
@@ -21,6 +24,13 @@ class HessianOperator(CurvatureOperator):
     The per-batch product is one ``tf.function``, traced once per operator
     (the last, smaller batch reuses the trace; when all batches have one size,
     the trace is for that size, which runs faster).
+
+    ``matmat`` on a ``[dim, k]`` block shares the forward pass and the first
+    backward pass of each batch among the ``k`` vectors: ``H v_j`` is the
+    vector-Jacobian product of the gradient with ``v_j``, so each column
+    costs one more backward pass through the recorded graph (a ``tf.map_fn``
+    over the columns, one trace for every ``k``). ``num_matvecs`` still
+    counts ``k`` products.
 
     Example:
 
@@ -49,3 +59,20 @@ class HessianOperator(CurvatureOperator):
             grads = gradients(inner, loss, self.variables)
             grad_dot_v = dot(grads, vectors)
         return gradients(outer, grad_dot_v, self.variables)
+
+    has_block_product = True
+
+    def _batch_block_product(self, batch, rows):
+        with tf.GradientTape(persistent=True) as outer:
+            with tf.GradientTape() as inner:
+                loss = self.objective.batch_loss(batch)
+            grads = gradients(inner, loss, self.variables)
+
+        def column(vector):
+            # H v = d(g . v)/dθ = (dg/dθ)^T v: the gradient's VJP with v, through the graph recorded once.
+            parts = self.layout.unflatten(vector)
+            return self.layout.flatten(gradients(outer, grads, self.variables, output_gradients=parts))
+
+        # Iterations run concurrently (map_fn's default): a column's small ops fill the cores
+        # while another's convolutions run.
+        return tf.map_fn(column, rows, parallel_iterations=BLOCK_PARALLEL_ITERATIONS)
