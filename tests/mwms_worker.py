@@ -12,9 +12,10 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from references import classification_data, sparse_ce
 from tf_sharpest.hessian import top_eigenpairs
 from tf_sharpest.operators import GGNOperator, HessianOperator
+
+from references import classification_data, sparse_ce
 
 PROCESSED = []
 

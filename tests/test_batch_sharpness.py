@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from references import classification_data, explicit_hessian, sparse_ce, tiny_cnn, tiny_mlp
 from tf_sharpest.analysis import BatchSharpnessMeter, batch_indices, batch_sharpness
+
+from references import classification_data, explicit_hessian, sparse_ce, tiny_cnn, tiny_mlp
 
 RTOL = 1e-6
 

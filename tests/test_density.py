@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from references import classification_data, explicit_hessian, sparse_ce, symmetric_matrix, tiny_cnn
 from tf_sharpest.linalg import MomentEstimate, SpectralDensity, spectral_density
 from tf_sharpest.operators import FunctionOperator, HessianOperator, MatrixOperator
+
+from references import classification_data, explicit_hessian, sparse_ce, symmetric_matrix, tiny_cnn
 
 wasserstein_distance = pytest.importorskip("scipy.stats").wasserstein_distance
 

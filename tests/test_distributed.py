@@ -1,13 +1,12 @@
 """Curvature products under tf.distribute.MirroredStrategy over two logical CPUs, against one device."""
 
-import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from references import classification_data, sparse_ce, tiny_cnn
 from tf_sharpest.hessian import top_eigenpairs
 from tf_sharpest.operators import CURVATURES, HessianOperator, Sample
+
+from references import classification_data, sparse_ce, tiny_cnn
 
 
 def twin_models(strategy, seed=0):

@@ -1,8 +1,9 @@
 import numpy as np
 import tensorflow as tf
 
-from references import classification_data, sparse_ce, tiny_cnn
 from tf_sharpest.operators import EmpiricalLoss
+
+from references import classification_data, sparse_ce, tiny_cnn
 
 
 def test_value_and_gradient_match_one_full_batch_with_uneven_batches():

@@ -3,10 +3,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from references import classification_data, explicit_hessian, sparse_ce, tiny_cnn, tiny_mlp
 from tf_sharpest.hessian import top_eigenpairs
 from tf_sharpest.operators import HessianOperator
 from tf_sharpest.utils.batches import even_batch_size
+
+from references import classification_data, explicit_hessian, sparse_ce, tiny_cnn, tiny_mlp
 
 
 def random_vector(dim, dtype="float64", seed=0):
@@ -22,7 +23,8 @@ def test_mlp_hvp_matches_explicit_hessian_with_uneven_batches(dtype, rtol):
     assert operator.dim == hessian.shape[0] == 51 and operator.num_batches == 5 and operator.num_examples == 23
     for seed in range(3):
         v = random_vector(operator.dim, dtype, seed)
-        np.testing.assert_allclose(operator.matvec(v).numpy(), hessian @ v, rtol=rtol, atol=rtol * np.abs(hessian).max())
+        np.testing.assert_allclose(operator.matvec(v).numpy(), hessian @ v, rtol=rtol,
+                                   atol=rtol * np.abs(hessian).max())
 
 
 @pytest.mark.parametrize("dtype, rtol", [("float64", 1e-6), ("float32", 2e-4)])
@@ -171,7 +173,8 @@ def test_top_eigenpairs_match_eigh_of_explicit_hessian(model_fn, shape):
     assert result.num_matvecs > 0
 
     smallest = top_eigenpairs(model, (x, y), k=2, loss=sparse_ce(), which="smallest", tol=1e-8)
-    np.testing.assert_allclose(smallest.eigenvalues, reference_values[:2], rtol=1e-4, atol=1e-8 * reference_values.max())
+    np.testing.assert_allclose(smallest.eigenvalues, reference_values[:2], rtol=1e-4,
+                               atol=1e-8 * reference_values.max())
 
 
 def test_float32_top_eigenpairs_on_a_cnn():

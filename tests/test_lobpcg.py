@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from references import classification_data, explicit_hessian, sparse_ce, symmetric_matrix, tiny_mlp
 from tf_sharpest.linalg import EigenResult, lanczos, lobpcg
 from tf_sharpest.operators import FunctionOperator, HessianOperator, MatrixOperator
+
+from references import classification_data, explicit_hessian, sparse_ce, symmetric_matrix, tiny_mlp
 
 SPECTRA = {
     "separated": np.concatenate([[10.0, 9.0, 8.5, 8.0, 7.0], np.linspace(-2, 6.5, 195)]),

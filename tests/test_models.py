@@ -50,15 +50,15 @@ def test_resnet_presets_count_and_forward(preset, total, trainable):
 def test_resnet_structure_and_depth():
     for depth in (20, 32, 56):
         model = models.resnet(depth=depth, bn=False)
-        main = [l for l in model.layers
-                if isinstance(l, (keras.layers.Conv2D, keras.layers.Dense))
-                and not l.name.endswith("shortcut")]
-        shortcuts = [l for l in model.layers if l.name.endswith("shortcut")]
+        main = [layer for layer in model.layers
+                if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))
+                and not layer.name.endswith("shortcut")]
+        shortcuts = [layer for layer in model.layers if layer.name.endswith("shortcut")]
         assert len(main) == depth  # "depth" counts weighted layers on the main path
         assert len(shortcuts) == 2
-        assert all(l.strides == (2, 2) and l.kernel_size == (1, 1) for l in shortcuts)
+        assert all(layer.strides == (2, 2) and layer.kernel_size == (1, 1) for layer in shortcuts)
     bn = models.resnet()
-    n_bn = sum(isinstance(l, keras.layers.BatchNormalization) for l in bn.layers)
+    n_bn = sum(isinstance(layer, keras.layers.BatchNormalization) for layer in bn.layers)
     assert n_bn == 2 * 15 + 1
     pool = bn.get_layer("post_avg")
     assert pool.pool_size == (8, 8)
@@ -74,13 +74,13 @@ def test_resnet_init_scale():
     third = models.resnet("cifar10_resnet32_nobn_nodrop_3")  # init_scale 1/15
     w3 = third.get_layer("stage3_block2_conv1").kernel.numpy()
     assert w3.std() == pytest.approx(np.sqrt(2.0 / 15 / fan_in), rel=0.1)
-    assert all(np.all(l.bias.numpy() == 0) for l in small.layers if isinstance(l, keras.layers.Conv2D))
+    assert all(np.all(layer.bias.numpy() == 0) for layer in small.layers if isinstance(layer, keras.layers.Conv2D))
 
 
 def test_options_change_the_network():
     assert models.simple_cnn(use_bias=False).count_params() == 361_898 - (32 + 32 + 64 + 64 + 128 + 10)
     m = models.simple_cnn(bn=True, dropout=0.5, l2=1e-3, n_dense=64, activation="tanh")
-    names = [l.name for l in m.layers]
+    names = [layer.name for layer in m.layers]
     assert {"bn1", "bn2", "bn3", "bn4", "bn5", "dropout"} <= set(names)
     assert len(names) == len(set(names))
     assert len(m.losses) == 5  # four convs and the hidden dense layer
@@ -88,7 +88,7 @@ def test_options_change_the_network():
     assert m.get_layer("act1").activation is keras.activations.tanh
     assert models.simple_cnn(n_filters=8, kernel_size=3, input_shape=(28, 28, 1)).input_shape == (None, 28, 28, 1)
     r = models.resnet(dropout=0.3, l2=0.0, width=2)
-    assert any(isinstance(l, keras.layers.Dropout) and l.rate == 0.3 for l in r.layers)
+    assert any(isinstance(layer, keras.layers.Dropout) and layer.rate == 0.3 for layer in r.layers)
     assert r.losses == []
     assert r.get_layer("first_conv").filters == 32
     assert models.resnet(input_shape=(28, 28, 1), num_classes=7).output_shape == (None, 7)

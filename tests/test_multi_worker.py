@@ -26,9 +26,10 @@ def test_two_workers_share_each_product_and_agree_with_one_process(tmp_path):
     results = [np.load(tmp_path / f"worker_{i}.npz") for i in range(2)]
 
     # In this process, without a strategy: the same model, weights and data.
-    from mwms_worker import counting_model
     from tf_sharpest.hessian import top_eigenpairs
     from tf_sharpest.operators import GGNOperator, HessianOperator
+
+    from mwms_worker import counting_model
 
     model = counting_model()
     model.compile(loss=sparse_ce("float32"))
@@ -41,7 +42,8 @@ def test_two_workers_share_each_product_and_agree_with_one_process(tmp_path):
 
     for result in results:
         assert list(result["plan"]) == [12, 11]
-        np.testing.assert_allclose(result["product"], expected_product, rtol=1e-5, atol=1e-5 * np.abs(expected_product).max())
+        np.testing.assert_allclose(result["product"], expected_product, rtol=1e-5,
+                                   atol=1e-5 * np.abs(expected_product).max())
         np.testing.assert_allclose(result["ggn"], expected_ggn, rtol=1e-5, atol=1e-5 * np.abs(expected_ggn).max())
         np.testing.assert_allclose(result["eigenvalues"], expected, rtol=1e-4)
     assert [int(r["processed"]) for r in results] == [12, 11]  # each worker its own share, once

@@ -10,11 +10,27 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from references import (classification_data, explicit_fisher, explicit_ggn, explicit_hessian,
-                        linear_least_squares_hessian, linear_softmax_regression, regularization_hessian,
-                        softmax_ce_output_hessian, sparse_ce, tiny_cnn, tiny_mlp)
-from tf_sharpest.operators import (EmpiricalFisherOperator, GGNOperator, HessianOperator, PreconditionedOperator,
-                                   optimizer_preconditioner)
+from tf_sharpest.operators import (
+    EmpiricalFisherOperator,
+    GGNOperator,
+    HessianOperator,
+    PreconditionedOperator,
+    optimizer_preconditioner,
+)
+
+from references import (
+    classification_data,
+    explicit_fisher,
+    explicit_ggn,
+    explicit_hessian,
+    linear_least_squares_hessian,
+    linear_softmax_regression,
+    regularization_hessian,
+    softmax_ce_output_hessian,
+    sparse_ce,
+    tiny_cnn,
+    tiny_mlp,
+)
 
 OPERATORS = {"hessian": HessianOperator, "ggn": GGNOperator, "empirical_fisher": EmpiricalFisherOperator}
 RTOL = 1e-8
@@ -327,7 +343,8 @@ def endless_dataset():
 
 def test_a_dataset_that_never_ends_is_refused_within_the_bound(monkeypatch):
     from tf_sharpest.hessian import top_eigenpairs
-    from tf_sharpest.operators import Sample, sample as sample_module
+    from tf_sharpest.operators import Sample
+    from tf_sharpest.operators import sample as sample_module
 
     with pytest.raises(ValueError, match="has not ended after 25 batches.*dataset.take"):
         Sample.from_data(endless_dataset(), max_batches=25)

@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from references import classification_data, explicit_hessian, sparse_ce, symmetric_matrix, tiny_cnn
 from tf_sharpest.linalg import DiagonalResult, TraceResult, diagonal, trace
 from tf_sharpest.linalg.probes import PROBE_BLOCK, rademacher
 from tf_sharpest.operators import FunctionOperator, HessianOperator, LinearOperator, MatrixOperator
+
+from references import classification_data, explicit_hessian, sparse_ce, symmetric_matrix, tiny_cnn
 
 # Eigenvalues of both signs and a sizeable off-diagonal part, so every estimator has real variance.
 MIXED = symmetric_matrix(np.random.default_rng(0).uniform(-1.0, 3.0, 60), seed=0)

@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from references import symmetric_matrix
 from tf_sharpest.linalg.tridiagonal import lanczos_step, next_basis_vector, orthogonalize, tridiagonalize
 from tf_sharpest.operators import FunctionOperator, MatrixOperator
+
+from references import symmetric_matrix
 
 
 def unit(vector):

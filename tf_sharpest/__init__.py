@@ -8,8 +8,7 @@ Layers, each depending only on those before it: ``utils`` → ``operators``
 
 __version__ = "0.1.0"
 
-from tf_sharpest import (analysis, callbacks, data, hessian, linalg, models, operators,  # noqa: E402
-                         optimizers, utils)
+from tf_sharpest import analysis, callbacks, data, hessian, linalg, models, operators, optimizers, utils  # noqa: E402
 
 __all__ = ["analysis", "callbacks", "data", "hessian", "linalg", "models", "operators", "optimizers", "utils",
            "__version__"]

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import keras
 import numpy as np
+
 from tf_sharpest.operators.empirical_loss import EmpiricalLoss
 
 

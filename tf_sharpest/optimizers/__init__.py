@@ -1,5 +1,5 @@
 """Optimizers that act on the sharpest directions."""
 
-from tf_sharpest.optimizers.nsgd import NUDGE_CHOICES, NSGD
+from tf_sharpest.optimizers.nsgd import NSGD, NUDGE_CHOICES
 
 __all__ = ["NSGD", "NUDGE_CHOICES"]

@@ -54,7 +54,7 @@ def as_batched_dataset(data, batch_size: int | None = None) -> tf.data.Dataset:
         lengths = [_num_rows(a) for a in arrays]
         if len(set(lengths)) != 1:
             names = ["x", "y", "sample_weight"][: len(arrays)]
-            described = ", ".join(f"{n} has {l}" for n, l in zip(names, lengths))
+            described = ", ".join(f"{name} has {length}" for name, length in zip(names, lengths))
             raise ValueError(f"x and y must have the same number of examples: {described}.")
         if lengths[0] == 0:
             raise ValueError("The data is empty: need at least one example.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from typing import Iterator
+from collections.abc import Iterator
 
 # Attempts at a fresh temporary name before giving up (a clash needs 64 random bits to repeat).
 _NAME_ATTEMPTS = 100

@@ -9,7 +9,7 @@ callback all use this layout, so they can be passed between them unchanged.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -38,7 +38,7 @@ class FlatLayout:
             raise ValueError(f"Got {len(self.names)} names for {len(self.shapes)} shapes.")
 
     @classmethod
-    def from_variables(cls, variables: Sequence) -> "FlatLayout":
+    def from_variables(cls, variables: Sequence) -> FlatLayout:
         variables = list(variables)
         names = [getattr(v, "path", None) or getattr(v, "name", f"variable_{i}") for i, v in enumerate(variables)]
         return cls([tuple(v.shape) for v in variables], names)
