@@ -16,7 +16,6 @@ from tf_sharpest import data
 from tf_sharpest.data import cifar, idx
 from tf_sharpest.data.errors import CorruptDataError, DataNotFoundError
 
-
 # --------------------------------------------------------------------------- the package
 
 def test_load_is_the_function_and_no_function_shadows_a_submodule():
