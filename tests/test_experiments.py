@@ -188,6 +188,17 @@ def test_nudged_sgd_smoke(tmp_path):
     history = read_csv(os.path.join(folder, "history.csv"))
     assert row["distance"] == pytest.approx(float(history[-1]["distance_from_init"]), rel=1e-6)
     assert all(float(r["nsgd_alpha_1"]) > 0 for r in history)  # NSGD had directions from the first epoch on
+    # Seed by seed against SGD: gamma=0.1's row counts the seeds where it beats SGD, read from history.csv here.
+    ((nsgd_folder, _),) = [(f, r) for f, r in runs.items() if r[0]["config"]["gamma"] == 0.1]
+    ours, sgd = read_csv(os.path.join(nsgd_folder, "history.csv")), history
+    best = [max(range(len(h)), key=lambda i, h=h: float(h[i]["val_accuracy"])) for h in (ours, sgd)]
+    higher = float(ours[best[0]]["test_accuracy"]) > float(sgd[best[1]]["test_accuracy"])
+    def later_half_loss(rows):  # epochs e = 1..n with e >= n / 2
+        return np.mean([float(r["loss"]) for e, r in enumerate(rows, start=1) if e >= len(rows) / 2])
+
+    lower_loss = later_half_loss(ours) < later_half_loss(sgd)
+    (against,) = [r for r in table_rows(table.split("\n\n")[1]) if r[0] == "0.1"]
+    assert against[1] == f"{int(higher)}/1" and against[3] == f"{int(lower_loss)}/1"
 
 
 @pytest.mark.needs_fmnist

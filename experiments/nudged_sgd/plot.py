@@ -36,12 +36,32 @@ def table_row(result: dict, early_epoch: int) -> dict:
         "val_final": logs["val_accuracy"][-1],
         "val_early": logs["val_accuracy"][early],
         "train_loss": result["final"]["train_loss"],
+        "train_loss_later_half": statistics.later_half_mean(np.arange(1, len(logs["loss"]) + 1), logs["loss"]),
         "lambda_1": float(values[-1, 0]),
         "lambda_1_later_half": statistics.later_half_mean(epochs, values[:, 0]),
         "hk_norm": float(top_k_norm(values[-1])),
         "hk_norm_later_half": statistics.later_half_mean(epochs, top_k_norm(values)),
         "distance": result["final"]["distance_from_init"],
     }
+
+
+def against_sgd(groups: dict, early_epoch: int) -> str:
+    """Seed by seed, how often each gamma beats SGD (gamma=1) run with the same seed, per claim."""
+    if 1.0 not in groups:
+        return ""
+    sgd = {r["config"]["seed"]: table_row(r, early_epoch) for r in groups[1.0]}
+    claims = (("test_at_best_val", 1, "test acc. at best-val epoch higher"),
+              ("test_final", 1, "final test acc. higher"),
+              ("train_loss_later_half", -1, "training loss lower (later-half mean)"),
+              ("lambda_1_later_half", 1, "lambda_1 higher (later-half mean)"))
+    rows = []
+    for gamma, runs in groups.items():
+        if gamma == 1.0:
+            continue
+        paired = [(table_row(r, early_epoch), sgd[r["config"]["seed"]]) for r in runs if r["config"]["seed"] in sgd]
+        rows.append([f"{gamma:g}"] + [f"{sum(sign * (ours[key] - theirs[key]) > 0 for ours, theirs in paired)}"
+                                      f"/{len(paired)}" for key, sign, _ in claims])
+    return markdown_table(["gamma, seeds where, against SGD with the same seed:"] + [c[2] for c in claims], rows)
 
 
 def by_gamma(results: list[dict]) -> dict[float, list[dict]]:
@@ -99,13 +119,15 @@ def main(argv=None) -> str:
         rows.append([f"{gamma:g}", len(runs)]
                     + [statistics.mean_and_runs([e[key] for e in entries], fmt) for key, fmt in columns]
                     + [statistics.spread([e["lambda_1_later_half"] for e in entries]),
-                       statistics.spread([e["hk_norm_later_half"] for e in entries])])
+                       statistics.spread([e["hk_norm_later_half"] for e in entries]),
+                       statistics.spread([e["train_loss_later_half"] for e in entries], ".4f")])
     table = markdown_table(
         ["gamma", "seeds", "test acc. at best-val epoch", "best val. acc.", "final val. acc.",
          f"val. acc. after epoch {args.early_epoch}",
          f"final train loss ({first['final']['train_eval_examples']:,} ex.)", "final lambda_1", "final ||H_K||",
-         "distance from init", "lambda_1 later half", "||H_K|| later half"], rows)
-    return figures.write_table(table, args.figures, path)
+         "distance from init", "lambda_1 later half", "||H_K|| later half", "train loss later half"], rows)
+    return figures.write_table("\n\n".join(filter(None, [table, against_sgd(groups, args.early_epoch)])),
+                               args.figures, path)
 
 
 if __name__ == "__main__":
