@@ -2,38 +2,31 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import time
-import warnings
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from tf_sharpest.analysis.sharpness import BatchSharpnessMeter
-from tf_sharpest.callbacks.measurement_log import Measurement, MeasurementLog
+from tf_sharpest.callbacks.measurement_log import Measurement
+from tf_sharpest.callbacks.measuring_callback import MEASUREMENT_ERRORS, MeasuringCallback, describe_error
 from tf_sharpest.callbacks.progress import fit_verbosity
-from tf_sharpest.callbacks.sampling import SampleSource, shared_seed
 from tf_sharpest.linalg.lanczos import lanczos
 from tf_sharpest.linalg.lobpcg import lobpcg
 from tf_sharpest.operators.blocks import resolve_variables
-from tf_sharpest.operators.factory import check_curvature, curvature_operator
-from tf_sharpest.operators.strategy import is_chief
-from tf_sharpest.operators.preconditioned import (PreconditionedOperator, optimizer_preconditioner,
-                                                   optimizer_preconditioner_supports)
-from tf_sharpest.utils.batches import even_batch_size, num_examples_of
+from tf_sharpest.operators.preconditioned import (
+    PreconditionedOperator,
+    optimizer_preconditioner,
+    optimizer_preconditioner_supports,
+)
 from tf_sharpest.utils.checks import positive_float, positive_int
 from tf_sharpest.utils.files import atomic_path
 
-# Errors a measurement may raise that must not stop training: bad data or
-# diverged weights (ValueError), numerical failures, and TensorFlow op errors.
-MEASUREMENT_ERRORS = (ValueError, ArithmeticError, tf.errors.OpError, np.linalg.LinAlgError)
-VERBOSE_CHOICES = ("auto", 0, 1, 2)
 METHODS = ("auto", "lanczos", "lobpcg")
 
 
-class LanczosCallback(keras.callbacks.Callback):
+class LanczosCallback(MeasuringCallback):
     """Measures the top-K eigenvalues of the loss's curvature as ``model.fit`` runs.
 
     At the start of every epoch (or every ``frequency`` training batches), the
@@ -135,6 +128,9 @@ class LanczosCallback(keras.callbacks.Callback):
       batch_sharpness_num_batches: random batches per measurement (default 8).
     """
 
+    _log_name = "lanczos"
+    _shared_on_copy = MeasuringCallback._shared_on_copy + ("blocks",)
+
     def __init__(self, data, top_k: int = 5, num_samples: int = 2250, batch_size: int = 128,
                  frequency="epoch", resample: bool = True, training: bool = False, warm_start: bool = True,
                  save_dir: str | None = None, save_eigenvectors_every: int = 0, seed: int | None = None,
@@ -142,38 +138,22 @@ class LanczosCallback(keras.callbacks.Callback):
                  loss=None, curvature: str = "hessian", variables=None, preconditioned: bool = False,
                  blocks: dict | None = None, method: str = "auto", batch_sharpness: bool = False,
                  batch_sharpness_batch_size: int | None = None, batch_sharpness_num_batches: int = 8):
-        super().__init__()
+        super().__init__(data, num_samples, batch_size, frequency, resample, training, save_dir, seed, verbose,
+                         log_prefix, loss, curvature, variables)
         self.top_k = positive_int("top_k", top_k)
-        self.num_samples = positive_int("num_samples", num_samples)
-        self.batch_size = positive_int("batch_size", batch_size)
         if frequency != "epoch" and (isinstance(frequency, bool) or not isinstance(frequency, (int, np.integer))
                                      or frequency < 1):
             raise ValueError(f"frequency must be 'epoch' or a positive number of batches, got {frequency!r}.")
-        if not isinstance(data, tf.data.Dataset) and not (isinstance(data, (tuple, list)) and len(data) in (2, 3)):
-            raise ValueError("data must be (x, y) arrays or a batched tf.data.Dataset of (x, y).")
-        if verbose not in VERBOSE_CHOICES or isinstance(verbose, bool):
-            raise ValueError(f"verbose must be one of {VERBOSE_CHOICES}, got {verbose!r}.")
         if isinstance(save_eigenvectors_every, bool) or not isinstance(save_eigenvectors_every, (int, np.integer)) \
                 or save_eigenvectors_every < 0:
             raise ValueError(f"save_eigenvectors_every must be an integer >= 0, got {save_eigenvectors_every!r}.")
         if blocks is not None and (not isinstance(blocks, dict) or not all(isinstance(k, str) and k
                                                                            for k in blocks)):
             raise ValueError("blocks must be a dict {name: layer or variables}, with non-empty string names.")
-        self.data = data
-        self.frequency = frequency
-        self.resample = bool(resample)
-        self.training = bool(training)
         self.warm_start = bool(warm_start)
-        self.save_dir = save_dir
         self.save_eigenvectors_every = int(save_eigenvectors_every)
-        self.seed = seed
-        self.verbose = verbose
-        self.log_prefix = log_prefix
         self.tol = positive_float("tol", tol)
         self.max_iterations = positive_int("max_iterations", max_iterations, allow_none=True)
-        self.loss = loss
-        self.curvature = check_curvature(curvature)
-        self.variables = variables
         self.preconditioned = bool(preconditioned)
         self.blocks = dict(blocks or {})
         if method not in METHODS:
@@ -186,95 +166,31 @@ class LanczosCallback(keras.callbacks.Callback):
         #: The latest :class:`~tf_sharpest.analysis.BatchSharpness` (with its batches), when measured.
         self.batch_sharpness_result = None
         self._sharpness_meter = None  # one BatchSharpnessMeter per model: its graph is traced once
-        #: Every measurement, in order: one per epoch or per ``frequency`` batches, and one after training.
-        self.history: list[Measurement] = []
         self.eigenvectors: np.ndarray | None = None
-        self._source = SampleSource(data, self.num_samples, resample=self.resample, seed=seed)
-        self._targets = {}  # target name ("" for the main one) -> _Target
-        self._run_seed = seed
-        self._reset_run_state()
 
     def _reset_run_state(self):
-        self._source.reset(self._run_seed)
-        self._rng = np.random.default_rng(self._run_seed)
-        self._epoch = 0
-        self._global_step = 0
-        self._pending_logs: dict = {}
-        self._warned = set()
-        self._first_measurement_of_run = True
+        super()._reset_run_state()
         self._fallbacks = 0
 
-    # keras-tuner deep-copies callbacks for every trial; a tf.data.Dataset (and
-    # large arrays) are shared instead of copied: the callback only reads them.
-    def __deepcopy__(self, memo):
-        clone = self.__class__.__new__(self.__class__)
-        memo[id(self)] = clone
-        for name, value in self.__dict__.items():
-            if name in ("_targets", "_sharpness_meter"):
-                # Traced graphs of the original's model: the clone builds its own.
-                clone.__dict__[name] = {} if name == "_targets" else None
-                continue
-            shared = name in ("data", "_model", "variables", "blocks") or isinstance(value, (tf.data.Dataset,
-                                                                                              keras.Model))
-            clone.__dict__[name] = value if shared else copy.deepcopy(value, memo)
-        return clone
-
-    @property
-    def operator(self):
-        """The curvature operator of the latest measurement (None before the first); reused across measurements."""
-        target = self._targets.get("")
-        return None if target is None else target.operator
-
-    def key(self, name: str) -> str:
-        """The logged key for ``name`` (with ``log_prefix``)."""
-        return f"{self.log_prefix}{name}"
+    def _fresh_on_copy(self) -> dict:
+        return {**super()._fresh_on_copy(), "_sharpness_meter": None}  # traced for the original's model
 
     # -- Keras hooks -------------------------------------------------------------------
     def on_train_begin(self, logs=None):
-        # Under MultiWorkerMirroredStrategy every worker must draw the same samples.
-        self._run_seed = shared_seed(self.seed, self.model.distribute_strategy)
-        self._reset_run_state()
         self._check_optimizer()
-        # The global step survives a resumed run (BackupAndRestore restores the optimizer).
-        optimizer = getattr(self.model, "optimizer", None)
-        if optimizer is not None and getattr(optimizer, "built", False):
-            self._global_step = int(optimizer.iterations.numpy())
-        if self.save_dir and self._log.exists():
-            self.history = self._log.read()  # a resumed run continues the saved history
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = int(epoch)
-        self._pending_logs = {}
-        if self.frequency == "epoch":
-            self._measure()
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self.frequency != "epoch" and self._global_step % int(self.frequency) == 0:
-            self._measure()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._global_step += 1
+        super().on_train_begin(logs)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
-        logs.update(self._pending_logs)
+        super().on_epoch_end(epoch, logs)
         logs.update(self._nsgd_logs())
         if self.save_eigenvectors_every and self._writes_files() and (epoch + 1) % self.save_eigenvectors_every == 0 \
                 and self.eigenvectors is not None:
             self._save_eigenvectors(epoch)
 
-    def on_train_end(self, logs=None):
-        self._measure(final=True)
-
     # -- measurement ---------------------------------------------------------------------
-    def _measure(self, final: bool = False):
-        if self._first_measurement_of_run:
-            # A run measures again from its first epoch on (a fresh fit() from 0, a run
-            # resumed by BackupAndRestore from where it stopped): drop what it redoes.
-            self.history = [m for m in self.history if m.epoch < self._epoch]
-            self._first_measurement_of_run = False
-        epoch = self._epoch + 1 if final else self._epoch  # the final one follows the last epoch
+    def _take_measurement(self, epoch: int, final: bool) -> Measurement:
         start = time.perf_counter()
         progress = self._progress_mode()
         fallbacks_before = self._fallbacks
@@ -310,14 +226,7 @@ class LanczosCallback(keras.callbacks.Callback):
                 print(f"{type(self).__name__} at epoch {epoch}, step {self._global_step}: top-{self.top_k} "
                       f"eigenvalues {np.array2string(eigenvalues, precision=4)} ({measurement.matvecs} matvecs, "
                       f"{measurement.seconds:.1f}s)", flush=True)
-        self.history.append(measurement)
-        if not final:
-            self._pending_logs = self._measurement_logs(measurement)
-        if self._writes_files():
-            try:
-                self._log.write(self.history, self.top_k)
-            except OSError as error:
-                self._warn_once("save", f"could not write {self._log.npz_path} ({error}); training goes on.")
+        return measurement
 
     def _solve(self, name: str, variables, sample, progress):
         """Eigenvalues (padded to ``top_k`` with NaN), matvecs, loss and eigenvectors of one target."""
@@ -364,26 +273,11 @@ class LanczosCallback(keras.callbacks.Callback):
         fallback.num_matvecs += result.num_matvecs
         return fallback
 
-    def _target(self, name: str, variables, sample) -> "_Target":
-        """The operator for one target on ``sample``: reused (no new trace) while the model's variables stay."""
-        # Identity and shape of every trainable variable: a new model, or layers frozen or
-        # unfrozen, changes it, and then warm-start vectors and traced graphs are stale.
-        signature = (id(self.model), tuple((id(v), tuple(v.shape)) for v in self.model.trainable_variables))
-        target = self._targets.get(name)
-        if target is not None and target.signature == signature:
-            try:
-                target.operator.set_data(sample)
-                return target
-            except ValueError:
-                pass  # a sample of another structure: build afresh (and report its error)
-        # Equal batches (at most batch_size) let the operator trace one fixed, faster batch shape.
-        batch_size = even_batch_size(num_examples_of(sample), self.batch_size)
-        operator = curvature_operator(self.curvature, self.model, sample, loss=self.loss, batch_size=batch_size,
-                                      training=self.training, variables=variables)
-        target = _Target(signature, operator)
-        self._targets[name] = target
-        if not name:
-            self.eigenvectors = None
+    def _target(self, name: str, variables, sample):
+        previous = self._targets.get(name)
+        target = super()._target(name, variables, sample)
+        if not name and target is not previous:
+            self.eigenvectors = None  # of another model or variable set
         return target
 
     def _measurement_logs(self, measurement: Measurement) -> dict:
@@ -401,7 +295,7 @@ class LanczosCallback(keras.callbacks.Callback):
 
     # -- batch sharpness (batch_sharpness=True) --------------------------------------------------
     def _measure_batch_sharpness(self, sample) -> dict:
-        """``batch_sharpness`` and its standard error on random batches of ``sample``; NaN (and a warning) on failure."""
+        """``batch_sharpness`` and its standard error on random batches of ``sample``; NaN and a warning on failure."""
         batch_size = self.batch_sharpness_batch_size or int((self.params or {}).get("batch_size") or 128)
         if self._sharpness_meter is None or self._sharpness_meter.model is not self.model:
             self._sharpness_meter = BatchSharpnessMeter(self.model, loss=self.loss, training=self.training)
@@ -427,32 +321,6 @@ class LanczosCallback(keras.callbacks.Callback):
         if fit_verbose == 0:
             return 0
         return 1 if fit_verbose == 1 and self.frequency == "epoch" else 2
-
-    def _warn_once(self, key: str, message: str):
-        if key not in self._warned:
-            self._warned.add(key)
-            warnings.warn(f"{type(self).__name__}: {message}", RuntimeWarning, stacklevel=3)
-
-    def _warn_failure(self, measurement: Measurement):
-        self._warn_once("failure", f"the measurement at epoch {measurement.epoch}, step {measurement.step} failed "
-                                   f"and was logged as NaN; training goes on (further failures are not reported). "
-                                   f"Reason: {measurement.error}")
-
-    def _warn_about_batchnorm(self):
-        if self.training or "batchnorm" in self._warned:
-            return
-        steps = self._global_step
-        for layer in all_layers(self.model):
-            if isinstance(layer, keras.layers.BatchNormalization):
-                settle = 1.0 / max(1.0 - float(layer.momentum), 1e-12)
-                if steps < settle:
-                    self._warn_once("batchnorm", (
-                        f"BatchNorm layer {layer.name!r} has seen only {steps} updates of its moving statistics "
-                        f"(momentum {layer.momentum}: they settle after about {settle:.0f}); in inference mode "
-                        "the measured network is not yet the one being trained and its curvature can be far off. "
-                        "Pass training=True to measure with batch statistics (the moving statistics are left "
-                        "untouched)."))
-                return
 
     # -- the optimizer -------------------------------------------------------------------------
     def _steered_optimizer(self):
@@ -498,13 +366,8 @@ class LanczosCallback(keras.callbacks.Callback):
         return logs
 
     # -- files -------------------------------------------------------------------------------
-    def _writes_files(self) -> bool:
-        """Only the chief writes (Keras's multi-worker convention); the other workers log the same values."""
-        return bool(self.save_dir) and is_chief(self.model.distribute_strategy)
-
-    @property
-    def _log(self) -> MeasurementLog:
-        return MeasurementLog(self.save_dir, "lanczos")
+    def _log_top_k(self) -> int:
+        return self.top_k
 
     def _save_eigenvectors(self, epoch: int):
         target = self._targets.get("")
@@ -517,49 +380,7 @@ class LanczosCallback(keras.callbacks.Callback):
                      variable_shapes=np.array([shape_text(v.shape) for v in variables], dtype=str))
 
 
-def all_layers(model) -> list:
-    """Every layer inside ``model``, nested models included (depth first)."""
-    found = []
-    for layer in getattr(model, "layers", []):
-        found.append(layer)
-        found.extend(all_layers(layer))
-    return found
-
-
-class _Target:
-    """One measured operator (the main one or a block) and its latest eigenvectors (for warm starts)."""
-
-    def __init__(self, signature, operator):
-        self.signature = signature
-        self.operator = operator
-        self.eigenvectors = None
-
-
 def shape_text(shape) -> str:
     """A variable's shape as comma-separated text, e.g. ``"3,3,1,32"`` (``""`` for a scalar)."""
     return ",".join(str(int(d)) for d in shape)
 
-
-def describe_error(error: BaseException) -> str:
-    """The line of an error's message that says what went wrong.
-
-    TensorFlow's graph errors open with a generic line ("Graph execution
-    error:", "in user code:") followed by where the op was defined; the op's
-    own message comes after the stack frames and their source lines.
-    """
-    text = error.message if isinstance(error, tf.errors.OpError) else str(error)
-    lines = text.splitlines()
-    first = next((line.strip() for line in lines if line.strip()), "")
-    if first not in ("Graph execution error:", "in user code:"):
-        return first or type(error).__name__
-    kept, after_frame = [], False
-    for line in lines[1:]:
-        stripped = line.strip()
-        if after_frame and stripped:  # the source line TensorFlow echoes under a frame
-            after_frame = False
-            continue
-        after_frame = stripped.startswith('File "')
-        if after_frame or not stripped or stripped.startswith(("Detected at node", "[[")):
-            continue
-        kept.append(stripped)
-    return kept[-1] if kept else first

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import copy
 import inspect
 import io
 import os
 import time
-import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_sharpest.callbacks.lanczos_callback import MEASUREMENT_ERRORS, VERBOSE_CHOICES, all_layers, describe_error
-from tf_sharpest.callbacks.measurement_log import Measurement, MeasurementLog
+from tf_sharpest.callbacks.measurement_log import Measurement
+from tf_sharpest.callbacks.measuring_callback import MEASUREMENT_ERRORS, MeasuringCallback, describe_error
 from tf_sharpest.callbacks.progress import fit_verbosity
-from tf_sharpest.callbacks.sampling import SampleSource, shared_seed
 from tf_sharpest.linalg.density import SpectralDensity, spectral_density
 from tf_sharpest.linalg.trace import MIN_MATVECS, TRACE_METHODS, trace
-from tf_sharpest.operators.factory import check_curvature, curvature_operator
-from tf_sharpest.utils.batches import even_batch_size, num_examples_of
 from tf_sharpest.utils.checks import positive_int
 from tf_sharpest.utils.files import atomic_path
 
@@ -34,7 +29,7 @@ _TITLES = {"hessian": "Hessian", "ggn": "Gauss-Newton", "empirical_fisher": "Emp
 _CALLER_DEPTH = 8
 
 
-class SpectrumCallback(keras.callbacks.Callback):
+class SpectrumCallback(MeasuringCallback):
     """Measures the trace and the spectral density of the loss's curvature as ``model.fit`` runs.
 
     A sibling of :class:`~tf_sharpest.callbacks.LanczosCallback` with the
@@ -142,17 +137,19 @@ class SpectrumCallback(keras.callbacks.Callback):
         variable, or a list of them.
     """
 
+    _log_name = "spectrum"
+
     def __init__(self, data, num_samples: int = 2250, batch_size: int = 128, frequency="epoch",
                  trace_method: str = "hutch++", trace_matvecs: int = 30, density_every: int = 10,
                  final_density: bool = True, num_probes: int = 5, num_steps: int = 50, resample: bool = True,
                  training: bool = False, save_dir: str | None = None, tensorboard_dir: str | None = "auto",
                  seed: int | None = None, verbose="auto", log_prefix: str = "", loss=None,
                  curvature: str = "hessian", variables=None):
-        super().__init__()
-        if not isinstance(data, tf.data.Dataset) and not (isinstance(data, (tuple, list)) and len(data) in (2, 3)):
-            raise ValueError("data must be (x, y) arrays or a batched tf.data.Dataset of (x, y).")
-        self.num_samples = positive_int("num_samples", num_samples)
-        self.batch_size = positive_int("batch_size", batch_size)
+        if save_dir is not None and not (isinstance(save_dir, (str, os.PathLike)) and os.fspath(save_dir)):
+            raise ValueError(f"save_dir must be a folder or None, got {save_dir!r}.")
+        super().__init__(data, num_samples, batch_size, frequency, resample, training,
+                         None if save_dir is None else os.fspath(save_dir), seed, verbose, log_prefix, loss,
+                         curvature, variables)
         if frequency not in ("epoch", None) and (isinstance(frequency, bool)
                                                  or not isinstance(frequency, (int, np.integer)) or frequency < 1):
             raise ValueError(f"frequency must be 'epoch', a positive number of batches or None (only after "
@@ -168,69 +165,26 @@ class SpectrumCallback(keras.callbacks.Callback):
         if isinstance(density_every, bool) or not isinstance(density_every, (int, np.integer)) or density_every < 0:
             raise ValueError(f"density_every must be an integer >= 0 (0: not during training), got "
                              f"{density_every!r}.")
-        if verbose not in VERBOSE_CHOICES or isinstance(verbose, bool):
-            raise ValueError(f"verbose must be one of {VERBOSE_CHOICES}, got {verbose!r}.")
         if tensorboard_dir is not None and not (isinstance(tensorboard_dir, (str, os.PathLike))
                                                 and os.fspath(tensorboard_dir)):
             raise ValueError(f"tensorboard_dir must be 'auto', a log folder or None, got {tensorboard_dir!r}.")
-        if save_dir is not None and not (isinstance(save_dir, (str, os.PathLike)) and os.fspath(save_dir)):
-            raise ValueError(f"save_dir must be a folder or None, got {save_dir!r}.")
-        self.data = data
-        self.frequency = frequency
         self.trace_method = trace_method
         self.trace_matvecs = trace_matvecs  # checked above; "exact" ignores it
         self.density_every = int(density_every)
         self.final_density = bool(final_density)
         self.num_probes = positive_int("num_probes", num_probes)
         self.num_steps = positive_int("num_steps", num_steps)
-        self.resample = bool(resample)
-        self.training = bool(training)
-        self.save_dir = None if save_dir is None else os.fspath(save_dir)
         self.tensorboard_dir = None if tensorboard_dir is None else os.fspath(tensorboard_dir)
-        self.seed = seed
-        self.verbose = verbose
-        self.log_prefix = log_prefix
-        self.loss = loss
-        self.curvature = check_curvature(curvature)
-        self.variables = variables
-        #: Every measurement, in order: one per epoch or per ``frequency`` batches, and one after training.
-        self.history: list[Measurement] = []
         #: The densities of the latest run, by epoch (the one after training has the number of epochs run).
         self.densities: dict[int, SpectralDensity] = {}
-        self._source = SampleSource(data, self.num_samples, resample=self.resample, seed=seed)
-        self._operator = None
-        self._signature = None
         self._writer = None
-        self._run_seed = seed
-        self._reset_run_state()
 
     def _reset_run_state(self):
-        self._source.reset(self._run_seed)
-        self._rng = np.random.default_rng(self._run_seed)
-        self._epoch = 0
-        self._global_step = 0
-        self._pending_logs: dict = {}
-        self._warned = set()
-        self._first_measurement_of_run = True
+        super()._reset_run_state()
         self._log_dir = None  # TensorBoard log dir resolved for this run
 
-    # keras-tuner deep-copies callbacks for every trial; a tf.data.Dataset (and
-    # large arrays) are shared instead of copied: the callback only reads them.
-    def __deepcopy__(self, memo):
-        clone = self.__class__.__new__(self.__class__)
-        memo[id(self)] = clone
-        for name, value in self.__dict__.items():
-            if name in ("_operator", "_signature", "_writer"):
-                clone.__dict__[name] = None  # the original's traced graph and open event file: the clone makes its own
-                continue
-            shared = name in ("data", "_model", "variables") or isinstance(value, (tf.data.Dataset, keras.Model))
-            clone.__dict__[name] = value if shared else copy.deepcopy(value, memo)
-        return clone
-
-    @property
-    def operator(self):
-        """The curvature operator of the latest measurement (None before the first); reused across measurements."""
-        return self._operator
+    def _fresh_on_copy(self) -> dict:
+        return {**super()._fresh_on_copy(), "_writer": None}  # the original's open event file
 
     @property
     def density(self) -> SpectralDensity | None:
@@ -242,46 +196,14 @@ class SpectrumCallback(keras.callbacks.Callback):
         """The logged key of the trace, e.g. ``"hessian_trace"``."""
         return self.key(f"{self.curvature}_trace")
 
-    def key(self, name: str) -> str:
-        """The logged key for ``name`` (with ``log_prefix``)."""
-        return f"{self.log_prefix}{name}"
-
     # -- Keras hooks -------------------------------------------------------------------
     def on_train_begin(self, logs=None):
-        # Under MultiWorkerMirroredStrategy every worker must draw the same samples.
-        self._run_seed = shared_seed(self.seed, self.model.distribute_strategy)
-        self._reset_run_state()
-        optimizer = getattr(self.model, "optimizer", None)
-        if optimizer is not None and getattr(optimizer, "built", False):
-            # The global step survives a resumed run (BackupAndRestore restores the optimizer).
-            self._global_step = int(optimizer.iterations.numpy())
+        super().on_train_begin(logs)
         self._log_dir = self._resolve_log_dir()
-        if self.save_dir and self._log.exists():
-            try:
-                self.history = self._log.read()  # a resumed run continues the saved history
-            except (OSError, ValueError, KeyError) as error:
-                self._warn_once("read", f"could not read {self._log.npz_path} ({error}); starting a new history.")
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = int(epoch)
-        self._pending_logs = {}
-        if self.frequency == "epoch":
-            self._measure()
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self.frequency not in ("epoch", None) and self._global_step % int(self.frequency) == 0:
-            self._measure()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._global_step += 1
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs.update(self._pending_logs)
 
     def on_train_end(self, logs=None):
         try:
-            self._measure(final=True)
+            super().on_train_end(logs)
         finally:
             if self._writer is not None:
                 self._writer.close()
@@ -295,19 +217,16 @@ class SpectrumCallback(keras.callbacks.Callback):
             return False
         return epoch not in self.densities  # with frequency in batches: the first measurement of the epoch
 
-    def _measure(self, final: bool = False):
-        if self._first_measurement_of_run:
-            # A run measures again from its first epoch on (a fresh fit() from 0, a run
-            # resumed by BackupAndRestore from where it stopped): drop what it redoes.
-            self.history = [m for m in self.history if m.epoch < self._epoch]
-            self.densities = {}
-            self._first_measurement_of_run = False
-        epoch = self._epoch + 1 if final else self._epoch  # the final one follows the last epoch
+    def _forget_from(self, epoch: int):
+        super()._forget_from(epoch)
+        self.densities = {}
+
+    def _take_measurement(self, epoch: int, final: bool) -> Measurement:
         start = time.perf_counter()
         try:
             sample = self._source.draw()
             self._warn_about_batchnorm()
-            operator = self._operator_for(sample)
+            operator = self._target("", self.variables, sample).operator
             first = operator.num_matvecs
             # With no more parameters than trace_matvecs, the exact trace costs no more (and Hutch++
             # and XTrace cannot run at all): a small block is measured exactly.
@@ -321,9 +240,7 @@ class SpectrumCallback(keras.callbacks.Callback):
             measurement = Measurement(epoch, self._global_step, np.zeros(0), 0, time.perf_counter() - start,
                                       float("nan"), error=describe_error(error),
                                       values={"trace": np.nan, "trace_stderr": np.nan, "density_matvecs": 0.0})
-            self._warn_once("failure", f"the measurement at epoch {epoch}, step {self._global_step} failed and was "
-                                       f"logged as NaN; training goes on (further failures are not reported). "
-                                       f"Reason: {measurement.error}")
+            self._warn_failure(measurement)
         else:
             density_seed = int(self._rng.integers(2**31))  # drawn either way: a run's estimates do not depend on
             density_matvecs = 0                            # which epochs have a density
@@ -339,15 +256,8 @@ class SpectrumCallback(keras.callbacks.Callback):
                 print(f"{type(self).__name__} at epoch {epoch}, step {self._global_step}: {self.curvature} trace "
                       f"{result.value:.6g} +- {stderr:.2g} ({result.method}, {result.num_matvecs} matvecs"
                       f"{density_note}; {measurement.seconds:.1f}s)", flush=True)
-        self.history.append(measurement)
-        if not final:
-            self._pending_logs = self._measurement_logs(measurement)
         self._write_trace_summary(measurement)
-        if self.save_dir and self._writes_files():
-            try:
-                self._log.write(self.history)
-            except OSError as error:
-                self._warn_once("save", f"could not write {self._log.npz_path} ({error}); training goes on.")
+        return measurement
 
     def _measure_density(self, operator, epoch: int, seed: int, final: bool) -> int:
         """Computes, keeps and writes the density at ``epoch``; returns its matvecs (0 if it failed)."""
@@ -364,24 +274,6 @@ class SpectrumCallback(keras.callbacks.Callback):
         self._write_density(density, epoch, operator, final)
         return operator.num_matvecs - first
 
-    def _operator_for(self, sample):
-        """The operator on ``sample``: built once per model and variable set, then moved with ``set_data``."""
-        # Identity and shape of every trainable variable: a new model, or layers frozen or
-        # unfrozen, changes it, and then the traced graph is stale.
-        signature = (id(self.model), tuple((id(v), tuple(v.shape)) for v in self.model.trainable_variables))
-        if self._operator is not None and self._signature == signature:
-            try:
-                self._operator.set_data(sample)
-                return self._operator
-            except ValueError:
-                pass  # a sample of another structure: build afresh (and report its error)
-        # Equal batches (at most batch_size) let the operator trace one fixed, faster batch shape.
-        batch_size = even_batch_size(num_examples_of(sample), self.batch_size)
-        self._operator = curvature_operator(self.curvature, self.model, sample, loss=self.loss,
-                                            batch_size=batch_size, training=self.training, variables=self.variables)
-        self._signature = signature
-        return self._operator
-
     def _measurement_logs(self, measurement: Measurement) -> dict:
         return {self.trace_key: float(measurement.values["trace"]),
                 self.key(f"{self.curvature}_trace_stderr"): float(measurement.values["trace_stderr"]),
@@ -393,40 +285,10 @@ class SpectrumCallback(keras.callbacks.Callback):
             return int(self.verbose)
         return 0 if fit_verbosity(self.params) == 0 else 2
 
-    def _warn_once(self, key: str, message: str):
-        if key not in self._warned:
-            self._warned.add(key)
-            warnings.warn(f"{type(self).__name__}: {message}", RuntimeWarning, stacklevel=3)
-
-    def _warn_about_batchnorm(self):
-        if self.training or "batchnorm" in self._warned:
-            return
-        for layer in all_layers(self.model):
-            if isinstance(layer, keras.layers.BatchNormalization):
-                settle = 1.0 / max(1.0 - float(layer.momentum), 1e-12)
-                if self._global_step < settle:
-                    self._warn_once("batchnorm", (
-                        f"BatchNorm layer {layer.name!r} has seen only {self._global_step} updates of its moving "
-                        f"statistics (momentum {layer.momentum}: they settle after about {settle:.0f}); in "
-                        "inference mode the measured network is not yet the one being trained and its curvature "
-                        "can be far off. Pass training=True to measure with batch statistics."))
-                return
-
     # -- files and summaries -----------------------------------------------------------------
-    @property
-    def _log(self) -> MeasurementLog:
-        return MeasurementLog(self.save_dir, "spectrum")
-
-    def _strategy_extended(self):
-        strategy = getattr(self.model, "distribute_strategy", None) or tf.distribute.get_strategy()
-        return getattr(strategy, "extended", None)
-
-    def _writes_files(self) -> bool:
-        """Only the chief worker writes files (Keras's multi-worker convention); True without a cluster."""
-        return bool(getattr(self._strategy_extended(), "should_checkpoint", True))
-
     def _writes_summaries(self) -> bool:
-        return bool(getattr(self._strategy_extended(), "should_save_summary", True))
+        """Only the chief writes summaries, as only it writes files (True without a cluster)."""
+        return bool(self.model.distribute_strategy.extended.should_save_summary)
 
     def _resolve_log_dir(self) -> str | None:
         if self.tensorboard_dir is None:
@@ -461,7 +323,7 @@ class SpectrumCallback(keras.callbacks.Callback):
 
     def _write_density(self, density: SpectralDensity, epoch: int, operator, final: bool):
         png = self._density_png(density, epoch, operator, final)
-        if self.save_dir and self._writes_files():
+        if self._writes_files():
             stem = os.path.join(self.save_dir, f"density_epoch{epoch:04d}")
             try:
                 with atomic_path(stem + ".npz") as path:

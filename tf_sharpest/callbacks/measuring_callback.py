@@ -1,0 +1,280 @@
+"""MeasuringCallback: what LanczosCallback and SpectrumCallback share, whatever they measure.
+
+Both draw a sample of ``data`` on a schedule (every epoch or every few
+batches, and once after training), measure the curvature of the loss on it,
+log the result with the epoch's metrics and keep a :class:`MeasurementLog`.
+The state of a run (sampling, seeds, warnings, the global step), its
+deep copy for keras-tuner, the reuse of one curvature operator per model and
+the chief-only files are one piece of logic, kept here once so that the two
+callbacks cannot drift apart; each subclass says only what one measurement is.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_sharpest.callbacks.measurement_log import Measurement, MeasurementLog
+from tf_sharpest.callbacks.sampling import SampleSource, shared_seed
+from tf_sharpest.operators.factory import check_curvature, curvature_operator
+from tf_sharpest.operators.strategy import is_chief
+from tf_sharpest.utils.batches import even_batch_size, num_examples_of
+from tf_sharpest.utils.checks import positive_int
+
+# Errors a measurement may raise that must not stop training: bad data or
+# diverged weights (ValueError), numerical failures, and TensorFlow op errors.
+MEASUREMENT_ERRORS = (ValueError, ArithmeticError, tf.errors.OpError, np.linalg.LinAlgError)
+VERBOSE_CHOICES = ("auto", 0, 1, 2)
+
+
+class MeasuringCallback(keras.callbacks.Callback):
+    """The base of the callbacks that measure the curvature on samples of ``data`` as ``model.fit`` runs.
+
+    A subclass gives ``_take_measurement`` (one measurement, as a
+    :class:`Measurement`), ``_measurement_logs`` (its logged keys) and
+    ``_log_name`` (the stem of its files in ``save_dir``); this class runs
+    the schedule, logs, saves and resumes. The arguments mean what the
+    subclasses' docstrings say.
+    """
+
+    #: Stem of the measurement log in ``save_dir`` (``<stem>.npz`` / ``<stem>.csv``).
+    _log_name = ""
+    #: Attributes a deep copy shares with the original instead of copying: the callback only reads them.
+    _shared_on_copy = ("data", "_model", "variables")
+
+    def __init__(self, data, num_samples: int, batch_size: int, frequency, resample: bool, training: bool,
+                 save_dir, seed: int | None, verbose, log_prefix: str, loss, curvature: str, variables):
+        super().__init__()
+        if not isinstance(data, tf.data.Dataset) and not (isinstance(data, (tuple, list)) and len(data) in (2, 3)):
+            raise ValueError("data must be (x, y) arrays or a batched tf.data.Dataset of (x, y).")
+        if verbose not in VERBOSE_CHOICES or isinstance(verbose, bool):
+            raise ValueError(f"verbose must be one of {VERBOSE_CHOICES}, got {verbose!r}.")
+        self.data = data
+        self.num_samples = positive_int("num_samples", num_samples)
+        self.batch_size = positive_int("batch_size", batch_size)
+        self.frequency = frequency  # checked by the subclass: which schedules it takes differs
+        self.resample = bool(resample)
+        self.training = bool(training)
+        self.save_dir = save_dir
+        self.seed = seed
+        self.verbose = verbose
+        self.log_prefix = log_prefix
+        self.loss = loss
+        self.curvature = check_curvature(curvature)
+        self.variables = variables
+        #: Every measurement, in order: one per epoch or per ``frequency`` batches, and one after training.
+        self.history: list[Measurement] = []
+        self._source = SampleSource(data, self.num_samples, resample=self.resample, seed=seed)
+        self._targets = {}  # target name ("" for the main one) -> _Target
+        self._run_seed = seed
+        self._reset_run_state()
+
+    def _reset_run_state(self):
+        """Starts a run afresh: the same seed draws the same samples and start vectors in every run."""
+        self._source.reset(self._run_seed)
+        self._rng = np.random.default_rng(self._run_seed)
+        self._epoch = 0
+        self._global_step = 0
+        self._pending_logs: dict = {}
+        self._warned = set()
+        self._first_measurement_of_run = True
+
+    def _fresh_on_copy(self) -> dict:
+        """Attributes a deep copy starts afresh, by name: what was traced or opened for the original's model."""
+        return {"_targets": {}}
+
+    # keras-tuner deep-copies callbacks for every trial; a tf.data.Dataset (and
+    # large arrays) are shared instead of copied: the callback only reads them.
+    def __deepcopy__(self, memo):
+        clone = self.__class__.__new__(self.__class__)
+        memo[id(self)] = clone
+        fresh = self._fresh_on_copy()
+        for name, value in self.__dict__.items():
+            if name in fresh:
+                clone.__dict__[name] = fresh[name]
+            elif name in self._shared_on_copy or isinstance(value, (tf.data.Dataset, keras.Model)):
+                clone.__dict__[name] = value
+            else:
+                clone.__dict__[name] = copy.deepcopy(value, memo)
+        return clone
+
+    @property
+    def operator(self):
+        """The curvature operator of the latest measurement (None before the first); reused across measurements."""
+        target = self._targets.get("")
+        return None if target is None else target.operator
+
+    def key(self, name: str) -> str:
+        """The logged key for ``name`` (with ``log_prefix``)."""
+        return f"{self.log_prefix}{name}"
+
+    # -- Keras hooks -------------------------------------------------------------------
+    def on_train_begin(self, logs=None):
+        # Under MultiWorkerMirroredStrategy every worker must draw the same samples.
+        self._run_seed = shared_seed(self.seed, self.model.distribute_strategy)
+        self._reset_run_state()
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None and getattr(optimizer, "built", False):
+            # The global step survives a resumed run (BackupAndRestore restores the optimizer).
+            self._global_step = int(optimizer.iterations.numpy())
+        if self.save_dir and self._log.exists():
+            try:
+                self.history = self._log.read()  # a resumed run continues the saved history
+            except (OSError, ValueError, KeyError) as error:
+                self._warn_once("read", f"could not read {self._log.npz_path} ({error}); starting a new history.")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = int(epoch)
+        self._pending_logs = {}
+        if self.frequency == "epoch":
+            self._measure()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.frequency not in ("epoch", None) and self._global_step % int(self.frequency) == 0:
+            self._measure()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._global_step += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.update(self._pending_logs)
+
+    def on_train_end(self, logs=None):
+        self._measure(final=True)
+
+    # -- measurement ---------------------------------------------------------------------
+    def _measure(self, final: bool = False):
+        if self._first_measurement_of_run:
+            # A run measures again from its first epoch on (a fresh fit() from 0, a run
+            # resumed by BackupAndRestore from where it stopped): drop what it redoes.
+            self._forget_from(self._epoch)
+            self._first_measurement_of_run = False
+        epoch = self._epoch + 1 if final else self._epoch  # the final one follows the last epoch
+        measurement = self._take_measurement(epoch, final)
+        self.history.append(measurement)
+        if not final:
+            self._pending_logs = self._measurement_logs(measurement)
+        if self._writes_files():
+            try:
+                self._log.write(self.history, self._log_top_k())
+            except OSError as error:
+                self._warn_once("save", f"could not write {self._log.npz_path} ({error}); training goes on.")
+
+    def _take_measurement(self, epoch: int, final: bool) -> Measurement:
+        """One measurement on a fresh sample; a failed one is a Measurement with NaN values and ``error``."""
+        raise NotImplementedError
+
+    def _measurement_logs(self, measurement: Measurement) -> dict:
+        """The keys and values ``measurement`` adds to its epoch's logs."""
+        raise NotImplementedError
+
+    def _forget_from(self, epoch: int):
+        """Drops the measurements from ``epoch`` on, which this run measures again."""
+        self.history = [m for m in self.history if m.epoch < epoch]
+
+    def _target(self, name: str, variables, sample) -> _Target:
+        """The operator for one target on ``sample``: reused (no new trace) while the model's variables stay."""
+        # Identity and shape of every trainable variable: a new model, or layers frozen or
+        # unfrozen, changes it, and then warm-start vectors and traced graphs are stale.
+        signature = (id(self.model), tuple((id(v), tuple(v.shape)) for v in self.model.trainable_variables))
+        target = self._targets.get(name)
+        if target is not None and target.signature == signature:
+            try:
+                target.operator.set_data(sample)
+                return target
+            except ValueError:
+                pass  # a sample of another structure: build afresh (and report its error)
+        # Equal batches (at most batch_size) let the operator trace one fixed, faster batch shape.
+        batch_size = even_batch_size(num_examples_of(sample), self.batch_size)
+        operator = curvature_operator(self.curvature, self.model, sample, loss=self.loss, batch_size=batch_size,
+                                      training=self.training, variables=variables)
+        target = _Target(signature, operator)
+        self._targets[name] = target
+        return target
+
+    def _warn_once(self, key: str, message: str):
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(f"{type(self).__name__}: {message}", RuntimeWarning, stacklevel=3)
+
+    def _warn_failure(self, measurement: Measurement):
+        self._warn_once("failure", f"the measurement at epoch {measurement.epoch}, step {measurement.step} failed "
+                                   f"and was logged as NaN; training goes on (further failures are not reported). "
+                                   f"Reason: {measurement.error}")
+
+    def _warn_about_batchnorm(self):
+        if self.training or "batchnorm" in self._warned:
+            return
+        steps = self._global_step
+        for layer in all_layers(self.model):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                settle = 1.0 / max(1.0 - float(layer.momentum), 1e-12)
+                if steps < settle:
+                    self._warn_once("batchnorm", (
+                        f"BatchNorm layer {layer.name!r} has seen only {steps} updates of its moving statistics "
+                        f"(momentum {layer.momentum}: they settle after about {settle:.0f}); in inference mode "
+                        "the measured network is not yet the one being trained and its curvature can be far off. "
+                        "Pass training=True to measure with batch statistics (the moving statistics are left "
+                        "untouched)."))
+                return
+
+    # -- files -------------------------------------------------------------------------------
+    def _writes_files(self) -> bool:
+        """Only the chief writes (Keras's multi-worker convention); the other workers log the same values."""
+        return bool(self.save_dir) and is_chief(self.model.distribute_strategy)
+
+    @property
+    def _log(self) -> MeasurementLog:
+        return MeasurementLog(self.save_dir, self._log_name)
+
+    def _log_top_k(self) -> int | None:
+        """Eigenvalue columns of the saved log (None: as many as the measurements have)."""
+        return None
+
+
+class _Target:
+    """One measured operator (the main one or a block) and its latest eigenvectors (for warm starts)."""
+
+    def __init__(self, signature, operator):
+        self.signature = signature
+        self.operator = operator
+        self.eigenvectors = None
+
+
+def all_layers(model) -> list:
+    """Every layer inside ``model``, nested models included (depth first)."""
+    found = []
+    for layer in getattr(model, "layers", []):
+        found.append(layer)
+        found.extend(all_layers(layer))
+    return found
+
+
+def describe_error(error: BaseException) -> str:
+    """The line of an error's message that says what went wrong.
+
+    TensorFlow's graph errors open with a generic line ("Graph execution
+    error:", "in user code:") followed by where the op was defined; the op's
+    own message comes after the stack frames and their source lines.
+    """
+    text = error.message if isinstance(error, tf.errors.OpError) else str(error)
+    lines = text.splitlines()
+    first = next((line.strip() for line in lines if line.strip()), "")
+    if first not in ("Graph execution error:", "in user code:"):
+        return first or type(error).__name__
+    kept, after_frame = [], False
+    for line in lines[1:]:
+        stripped = line.strip()
+        if after_frame and stripped:  # the source line TensorFlow echoes under a frame
+            after_frame = False
+            continue
+        after_frame = stripped.startswith('File "')
+        if after_frame or not stripped or stripped.startswith(("Detected at node", "[[")):
+            continue
+        kept.append(stripped)
+    return kept[-1] if kept else first
