@@ -107,7 +107,6 @@ def train(splits, epochs, extra_steps, warm_gap, lr, batch_size, seed, cache):
     return model, earlier, seconds
 
 
-
 def print_setup(script: str, packages) -> None:
     """The machine, the packages' versions and the command line: what every peer benchmark prints first."""
     from importlib.metadata import PackageNotFoundError, version
@@ -133,6 +132,7 @@ def cached_training(splits, args):
         cache = f"{stem}_e{args.epochs}_s{args.train_steps}_g{args.warm_gap}_lr{args.lr:g}_seed{args.seed}{ext}"
     return train(splits, args.epochs, args.train_steps, args.warm_gap, args.lr, 128, args.seed, cache)
 
+
 def check_twin(model, twin, x, y, tol):
     """Logits and loss of the Keras model and its PyTorch twin on the same examples; exits on a mismatch."""
     import torch
@@ -155,6 +155,47 @@ def check_twin(model, twin, x, y, tol):
     return logit_gap, loss_gap, loss_k
 
 
+def add_network_arguments(parser, n_examples: int) -> None:
+    """The flags of the network, its weights and the examples: the same in every peer benchmark, which share
+    the weight cache (its file name encodes the training flags)."""
+    parser.add_argument("--n_examples", type=int, default=n_examples, help="examples in the Hessian's loss")
+    parser.add_argument("--batch_size", type=int, default=256, help="HVP batch size, every tool")
+    parser.add_argument("--epochs", type=int, default=2, help="SGD epochs over the 50,000 training images")
+    parser.add_argument("--train_steps", type=int, default=20, help="single SGD steps after the epochs")
+    parser.add_argument("--warm_gap", type=int, default=10,
+                        help="peers.py's warm start uses the eigenvectors at the weights this many SGD steps "
+                             "earlier (kept in the weight cache)")
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--match_tol", type=float, default=1e-5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache", default=os.path.expanduser("~/.cache/tf_sharpest_bench/peers_weights.npz"),
+                        help="file for the trained weights (reused when present; '' to always train)")
+
+
+def prepare(parser, args, script: str, packages):
+    """What every peer benchmark does first: threads, versions, data, the trained network and its checked twin.
+
+    Returns the Keras model, its weights ``--warm_gap`` steps earlier, the
+    PyTorch twin (parameters requiring gradients), the examples and the loss.
+    """
+    if args.warm_gap > args.train_steps:
+        parser.error("--warm_gap must not exceed --train_steps")
+    set_threads(THREADS)
+    from torch_simple_cnn import from_keras
+
+    print_setup(script, packages)
+    splits, source = load_fashion_mnist()
+    model, earlier, train_seconds = cached_training(splits, args)
+    x, y = benchmark_examples(splits, args.n_examples, args.seed)
+    print(f"Data: {source}; {args.n_examples} training examples (seed {args.seed}), HVP batch {args.batch_size}. "
+          f"Training took {train_seconds:.0f} s.", flush=True)
+    twin = from_keras(model)
+    _, _, loss_value = check_twin(model, twin, x, y, args.match_tol)
+    for p in twin.parameters():
+        p.requires_grad_(True)
+    return model, earlier, twin, x, y, loss_value
+
+
 # --------------------------------------------------------------------------- the tools
 
 
@@ -174,25 +215,44 @@ class CountingBatches:
         return len(self.batches)
 
 
-class Tools:
-    """Every tool as ``name -> run(repeat) -> (eigenvalues, hvps, note)``, all on the same data."""
+class PeerTools:
+    """What the tools of every peer benchmark work on: the model, its twin, the examples, the PyTorch batches.
 
-    def __init__(self, model, twin, x, y, args, warm_vectors):
+    Subclasses add the tools; all of them see the same batches, so their HVPs are counted alike.
+    """
+
+    def __init__(self, model, twin, x, y, args):
         import torch
 
         from torch_simple_cnn import to_nchw
 
         self.model, self.twin, self.x, self.y, self.args = model, twin, x, y, args
-        self.warm_vectors = warm_vectors
         xt, yt = to_nchw(x), torch.from_numpy(y)
         bs = args.batch_size
         self.torch_batches = [(xt[i:i + bs], yt[i:i + bs]) for i in range(0, len(x), bs)]
         self.n_batches = len(self.torch_batches)
-        self.cold_matvecs = None  # steps hessian-eigenthings' Lanczos gets when --he_lanczos_steps is 0
 
     def _hvps(self, loader, before=0):
+        """HVPs a PyTorch tool made: the passes over the batches it drew (``before``: batches drawn outside them)."""
         passes = (loader.drawn - before) / self.n_batches
         return int(passes) if passes == int(passes) else round(passes, 2)
+
+    def _he_operator(self):
+        import hessian_eigenthings as he
+        import torch
+
+        loader = CountingBatches(self.torch_batches)
+        operator = he.HessianOperator(self.twin, loader, he.supervised_loss(torch.nn.functional.cross_entropy))
+        return operator, loader
+
+
+class Tools(PeerTools):
+    """Every tool as ``name -> run(repeat) -> (eigenvalues, hvps, note)``, all on the same data."""
+
+    def __init__(self, model, twin, x, y, args, warm_vectors):
+        super().__init__(model, twin, x, y, args)
+        self.warm_vectors = warm_vectors
+        self.cold_matvecs = None  # steps hessian-eigenthings' Lanczos gets when --he_lanczos_steps is 0
 
     # tf_sharpest ------------------------------------------------------------
     def tf_sharpest(self, repeat, warm):
@@ -208,14 +268,6 @@ class Tools:
         return np.asarray(result.eigenvalues), result.num_matvecs, note
 
     # hessian-eigenthings -----------------------------------------------------
-    def _he_operator(self):
-        import hessian_eigenthings as he
-        import torch
-
-        loader = CountingBatches(self.torch_batches)
-        operator = he.HessianOperator(self.twin, loader, he.supervised_loss(torch.nn.functional.cross_entropy))
-        return operator, loader
-
     def he_lanczos(self, repeat):
         import hessian_eigenthings as he
 
@@ -291,15 +343,15 @@ PACKAGES = {"he_lanczos": "hessian_eigenthings", "he_power": "hessian_eigenthing
             "curvlinops_eigsh": "curvlinops"}
 
 
-def missing_tools(names):
-    """``name -> reason`` for the tools whose package cannot be imported."""
+def missing_tools(names, packages=PACKAGES) -> dict:
+    """``name -> reason`` for the tools whose package (``packages[name]``) cannot be imported."""
     import importlib
 
     missing = {}
     for name in names:
-        if name in PACKAGES:
+        if name in packages:
             try:
-                importlib.import_module(PACKAGES[name])
+                importlib.import_module(packages[name])
             except Exception as e:  # report, don't fail the whole benchmark
                 missing[name] = f"not run: {type(e).__name__}: {e}"
     return missing
@@ -378,13 +430,7 @@ def relative_error(values, reference):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n_examples", type=int, default=2048, help="examples in the Hessian's loss")
-    parser.add_argument("--batch_size", type=int, default=256, help="HVP batch size, every tool")
-    parser.add_argument("--epochs", type=int, default=2, help="SGD epochs over the 50,000 training images")
-    parser.add_argument("--train_steps", type=int, default=20, help="single SGD steps after the epochs")
-    parser.add_argument("--warm_gap", type=int, default=10,
-                        help="the warm start uses the eigenvectors at the weights this many SGD steps earlier")
-    parser.add_argument("--lr", type=float, default=0.05)
+    add_network_arguments(parser, n_examples=2048)
     parser.add_argument("--tol", type=float, default=1e-3, help="each tool's own tolerance argument")
     parser.add_argument("--ref_tol", type=float, default=1e-6, help="tolerance of the reference Lanczos run")
     parser.add_argument("--power_max_iter", type=int, default=10,
@@ -395,30 +441,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--profile_repeats", type=int, default=5)
     parser.add_argument("--tools", nargs="+", default=list(TOOLS), choices=list(TOOLS))
-    parser.add_argument("--match_tol", type=float, default=1e-5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cache", default=os.path.expanduser("~/.cache/tf_sharpest_bench/peers_weights.npz"),
-                        help="file for the trained weights (reused when present; '' to always train)")
     args = parser.parse_args()
-    if args.warm_gap > args.train_steps:
-        parser.error("--warm_gap must not exceed --train_steps")
-
-    set_threads(THREADS)
-    from tf_sharpest.linalg import lanczos
+    model, earlier, twin, x, y, loss_value = prepare(
+        parser, args, "peers.py", ("pyhessian", "hessian-eigenthings", "curvlinops-for-pytorch", "scipy", "keras"))
     from tf_sharpest import models
+    from tf_sharpest.linalg import lanczos
     from tf_sharpest.operators import HessianOperator
-    from torch_simple_cnn import from_keras
-
-    print_setup("peers.py", ("pyhessian", "hessian-eigenthings", "curvlinops-for-pytorch", "scipy", "keras"))
-    splits, source = load_fashion_mnist()
-    model, earlier, train_seconds = cached_training(splits, args)
-    x, y = benchmark_examples(splits, args.n_examples, args.seed)
-    print(f"Data: {source}; {args.n_examples} training examples (seed {args.seed}), HVP batch {args.batch_size}. "
-          f"Training took {train_seconds:.0f} s.", flush=True)
-    twin = from_keras(model)
-    _, _, loss_value = check_twin(model, twin, x, y, args.match_tol)
-    for p in twin.parameters():
-        p.requires_grad_(True)
 
     # Warm-start vectors: the top-5 eigenvectors at the weights warm_gap SGD steps earlier (not timed:
     # along a run they come from the previous measurement).

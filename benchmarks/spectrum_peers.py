@@ -52,8 +52,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 
 from _common import markdown_table, median  # noqa: E402
-from peers import (THREADS, CountingBatches, benchmark_examples, cached_training, check_twin, load_fashion_mnist,
-                   print_setup, set_threads)
+from peers import CountingBatches, PeerTools, add_network_arguments, missing_tools, prepare
 
 TOOLS = {  # name -> (task, label)
     "tf_hutchpp": ("trace", "tf_sharpest `trace(method=\"hutch++\")`"),
@@ -115,22 +114,8 @@ def pyhessian_density_needs_the_shim() -> str:
     return ""
 
 
-class Tools:
+class Tools(PeerTools):
     """Every tool as ``name -> run(seed) -> result dict``, all on the same examples and batches."""
-
-    def __init__(self, model, twin, x, y, args):
-        import torch
-
-        from torch_simple_cnn import to_nchw
-
-        self.model, self.twin, self.x, self.y, self.args = model, twin, x, y, args
-        xt, yt = to_nchw(x), torch.from_numpy(y)
-        bs = args.batch_size
-        self.torch_batches = [(xt[i:i + bs], yt[i:i + bs]) for i in range(0, len(x), bs)]
-        self.n_batches = len(self.torch_batches)
-
-    def _hvps(self, loader) -> float:
-        return loader.drawn / self.n_batches
 
     # tf_sharpest -------------------------------------------------------------
     def _tf_operator(self):
@@ -190,14 +175,6 @@ class Tools:
                 "hvps": self._hvps(loader)}
 
     # hessian-eigenthings ----------------------------------------------------------
-    def _he_operator(self):
-        import hessian_eigenthings as he
-        import torch
-
-        loader = CountingBatches(self.torch_batches)
-        operator = he.HessianOperator(self.twin, loader, he.supervised_loss(torch.nn.functional.cross_entropy))
-        return operator, loader
-
     def he_hutchpp(self, seed):
         import hessian_eigenthings as he
 
@@ -221,19 +198,6 @@ class Tools:
         weights = result.raw_weights.double().numpy()
         nodes = np.nan_to_num(result.raw_eigenvalues.double().numpy(), nan=0.0)  # padding carries weight 0
         return {"nodes": nodes, "weights": weights, "hvps": self._hvps(loader)}
-
-
-def missing_tools(names) -> dict:
-    import importlib
-
-    missing = {}
-    for name in names:
-        if name in PACKAGES:
-            try:
-                importlib.import_module(PACKAGES[name])
-            except Exception as error:  # report, don't fail the whole benchmark
-                missing[name] = f"not run: {type(error).__name__}: {error}"
-    return missing
 
 
 # --------------------------------------------------------------------------- statistics
@@ -298,8 +262,7 @@ def plot(densities, path, args, loss):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n_examples", type=int, default=256, help="examples in the Hessian's loss")
-    parser.add_argument("--batch_size", type=int, default=256, help="HVP batch size, every tool")
+    add_network_arguments(parser, n_examples=256)  # the network of peers.py (same defaults, same weight cache)
     parser.add_argument("--trace_matvecs", type=int, default=15,
                         help="HVPs per trace estimate (a multiple of 3: hessian-eigenthings' Hutch++ spends "
                              "3 * (m // 3))")
@@ -310,35 +273,13 @@ def main():
                         choices=list(TOOLS))
     parser.add_argument("--figure", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                          "spectrum_peers.png"))
-    parser.add_argument("--match_tol", type=float, default=1e-5)
-    parser.add_argument("--seed", type=int, default=0)
-    # The network of peers.py (same defaults, same weight cache).
-    parser.add_argument("--epochs", type=int, default=2, help="SGD epochs over the 50,000 training images")
-    parser.add_argument("--train_steps", type=int, default=20, help="single SGD steps after the epochs")
-    parser.add_argument("--warm_gap", type=int, default=10, help="as in peers.py (names its weight cache)")
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--cache", default=os.path.expanduser("~/.cache/tf_sharpest_bench/peers_weights.npz"),
-                        help="file for the trained weights (shared with peers.py; '' to always train)")
     args = parser.parse_args()
     if args.trace_matvecs < 3 or args.trace_matvecs % 3:
         parser.error("--trace_matvecs must be a positive multiple of 3 (equal budgets for both Hutch++)")
-    if args.warm_gap > args.train_steps:
-        parser.error("--warm_gap must not exceed --train_steps")
 
-    set_threads(THREADS)
-    from torch_simple_cnn import from_keras
-
-    print_setup("spectrum_peers.py", ("pyhessian", "hessian-eigenthings", "keras", "matplotlib"))
-    splits, source = load_fashion_mnist()
-    model, _, train_seconds = cached_training(splits, args)
-    x, y = benchmark_examples(splits, args.n_examples, args.seed)
+    model, _, twin, x, y, loss_value = prepare(
+        parser, args, "spectrum_peers.py", ("pyhessian", "hessian-eigenthings", "keras", "matplotlib"))
     dim = int(model.count_params())
-    print(f"Data: {source}; {args.n_examples} training examples (seed {args.seed}), HVP batch {args.batch_size}. "
-          f"Training took {train_seconds:.0f} s.", flush=True)
-    twin = from_keras(model)
-    _, _, loss_value = check_twin(model, twin, x, y, args.match_tol)
-    for p in twin.parameters():
-        p.requires_grad_(True)
     shim_reason = pyhessian_density_needs_the_shim()
     if shim_reason:
         print(f"PyHessian density(): torch.eig fails on this PyTorch ({shim_reason}); it runs with "
@@ -346,7 +287,7 @@ def main():
 
     tools = Tools(model, twin, x, y, args)
     names = list(args.tools)
-    skipped = missing_tools(names)
+    skipped = missing_tools(names, PACKAGES)
     names = [n for n in names if n not in skipped]
     runs = {name: [] for name in names}
     seconds = {name: [] for name in names}
