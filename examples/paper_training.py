@@ -439,3 +439,17 @@ def run(argv, family: str) -> dict:
     shutil.rmtree(backup_dir, ignore_errors=True)  # the run is complete: a rerun says so instead of resuming
     print(f"Test accuracy {test_accuracy:.4f}, test loss {test_loss:.4f}; results in {save_dir}")
     return final
+
+
+def main(family: str) -> None:
+    """A training script's whole entry point: defines ``family``'s flags, then runs ``run`` under absl.
+
+    The two scripts differ only in their docstring (their ``--help``) and the
+    model family; everything else is here once.
+    """
+    define_flags(family)
+
+    def train(argv):
+        run(argv, family)  # not returned: app.run would exit with the metrics dict as an error status
+
+    app.run(train, flags_parser=parse_flags)

@@ -14,16 +14,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from absl import app  # noqa: E402
-
 import paper_training  # noqa: E402
 
-paper_training.define_flags("simple_cnn")
-
-
-def main(argv):
-    paper_training.run(argv, "simple_cnn")
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=paper_training.parse_flags)
+    paper_training.main("simple_cnn")
