@@ -97,7 +97,8 @@ def main():
     print(f"Machine: {machine()}\n")
 
     dim, t, agreement, plan = measure(args.n_examples, args.batch_size, args.repeats)
-    print(f"Two logical {DEVICE_TYPE} devices. SimpleCNN-root, {dim:,} parameters, HVP over {args.n_examples} random 28x28 examples in batches of "
+    print(f"Two logical {DEVICE_TYPE} devices. SimpleCNN-root, {dim:,} parameters, HVP over {args.n_examples} "
+          f"random 28x28 examples in batches of "
           f"{args.batch_size}; two replicas take {plan} examples; relative difference of the products "
           f"{agreement:.1e}.\n")
     print(markdown_table(["replicas", "HVP ms (median)", "time / one replica", "bytes all-reduced per product"], [

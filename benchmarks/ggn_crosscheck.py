@@ -52,6 +52,7 @@ def main():
     from tf_sharpest import models
     from tf_sharpest.linalg import lanczos
     from tf_sharpest.operators import GGNOperator, HessianOperator
+
     from torch_simple_cnn import from_keras, keras_to_torch_vector, to_nchw
 
     print(f"Machine: {machine()}")

@@ -14,9 +14,10 @@ import argparse
 import keras
 import numpy as np
 
-from _common import machine, markdown_table, median
 from tf_sharpest import data, models
 from tf_sharpest.callbacks import LanczosCallback
+
+from _common import machine, markdown_table, median
 
 
 def main():

@@ -28,8 +28,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from _common import machine, markdown_table, median, timed
 from tf_sharpest.optimizers import NSGD
+
+from _common import machine, markdown_table, median, timed
 
 
 def simple_cnn(input_shape=(32, 32, 3), filters=32, n_dense=128, num_classes=10, seed=0):

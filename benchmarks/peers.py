@@ -41,6 +41,7 @@ import numpy as np
 
 from _common import machine, markdown_table, median
 
+# isort: split
 import tensorflow as tf  # noqa: E402  (after _common, which quiets TF's logging)
 
 THREADS = 2
@@ -70,7 +71,8 @@ def load_fashion_mnist():
 
 
 def train(splits, epochs, extra_steps, warm_gap, lr, batch_size, seed, cache):
-    """SimpleCNN-root after ``epochs`` epochs + ``extra_steps`` SGD steps, and its weights ``warm_gap`` steps earlier."""
+    """SimpleCNN-root after ``epochs`` epochs + ``extra_steps`` SGD steps, and its weights ``warm_gap`` steps
+    earlier."""
     import keras
 
     from tf_sharpest import models
@@ -138,6 +140,7 @@ def check_twin(model, twin, x, y, tol):
     import torch
 
     from tf_sharpest import models
+
     from torch_simple_cnn import to_nchw
 
     logits_k = model(x, training=False).numpy()
@@ -367,6 +370,7 @@ def profile_batch(model, twin, x, y, repeats):
 
     from tf_sharpest import models
     from tf_sharpest.operators import HessianOperator
+
     from torch_simple_cnn import keras_to_torch_vector, to_nchw
 
     loss_fn = models.default_loss()

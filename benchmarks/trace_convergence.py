@@ -17,9 +17,10 @@ import argparse
 
 import numpy as np
 
-from _common import machine, markdown_table  # noqa: F401  (sets TensorFlow's log level first)
 from tf_sharpest.linalg import trace
 from tf_sharpest.operators import MatrixOperator
+
+from _common import machine, markdown_table  # noqa: F401  (sets TensorFlow's log level first)
 
 METHODS = ("hutchinson", "hutch++", "xtrace")
 

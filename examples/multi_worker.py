@@ -5,8 +5,10 @@ The launcher starts ``--workers`` processes on this machine, each with the
 runs the same short real Fashion-MNIST training under
 ``tf.distribute.MultiWorkerMirroredStrategy`` with a ``LanczosCallback`` and
 NSGD (a custom loop that drives the callbacks as ``model.fit`` does: Keras
-3.15's ``fit`` itself cannot run under this strategy, see ``fit_multi_worker``). Every curvature product is shared by all replicas of all workers (one
-shard of the sample each, one all-reduce per product); every worker logs the
+3.15's ``fit`` itself cannot run under this strategy, see
+``fit_multi_worker``). Every curvature product is shared by all replicas of
+all workers (one shard of the sample each, one all-reduce per product);
+every worker logs the
 same eigenvalues and hands NSGD the same directions, and only the chief
 (worker 0) writes ``lanczos.npz``/``lanczos.csv`` (each worker is given its
 own ``save_dir`` here, to show that the others write nothing). The launcher then checks
@@ -54,7 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
 def worker(args) -> None:
     """One worker of the cluster: TF_CONFIG tells it who it is."""
     import keras
-    import numpy as np
     import tensorflow as tf
 
     from tf_sharpest import data, models

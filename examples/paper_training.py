@@ -341,10 +341,11 @@ def run(argv, family: str) -> dict:
 
     import keras
 
-    from epoch_backup import EpochBackup, finished_epochs, restore_backup, training_finished
     from tf_sharpest import data, models
     from tf_sharpest.callbacks import LanczosCallback
     from tf_sharpest.utils.files import atomic_path
+
+    from epoch_backup import EpochBackup, finished_epochs, restore_backup, training_finished
 
     factory = models.simple_cnn if family == "simple_cnn" else models.resnet
     presets = models.SIMPLE_CNN_PRESETS if family == "simple_cnn" else models.RESNET_PRESETS

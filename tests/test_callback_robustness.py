@@ -9,12 +9,20 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from references import classification_data, explicit_ggn, explicit_hessian, softmax_ce_output_hessian, sparse_ce, \
-    tiny_cnn, tiny_mlp
 from tf_sharpest.callbacks import LanczosCallback, MeasurementLog
 from tf_sharpest.callbacks.lanczos_callback import describe_error
 from tf_sharpest.hessian import top_eigenpairs
 from tf_sharpest.optimizers import NSGD
+
+from references import (
+    classification_data,
+    explicit_ggn,
+    explicit_hessian,
+    softmax_ce_output_hessian,
+    sparse_ce,
+    tiny_cnn,
+    tiny_mlp,
+)
 
 
 @pytest.fixture

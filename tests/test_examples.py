@@ -23,7 +23,8 @@ def run_script(script, *args, timeout=240, check=True):
     result = subprocess.run([sys.executable, os.path.join(EXAMPLES, script), *args], capture_output=True,
                             text=True, timeout=timeout, env=env, cwd=ROOT)
     if check and result.returncode != 0:
-        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
+                             f"{result.stderr[-3000:]}")
     return result
 
 
@@ -135,8 +136,9 @@ def test_resnet_on_cifar_files(tmp_path, monkeypatch):
     from absl import flags
 
     sys.path.insert(0, EXAMPLES)
-    import paper_training
     from tf_sharpest.data import cifar
+
+    import paper_training
 
     monkeypatch.setattr(cifar, "CIFAR10_BATCH_EXAMPLES", None)
     write_fake_cifar(str(tmp_path / "data"))
@@ -184,6 +186,7 @@ def test_killed_run_resumes_without_duplicate_or_lost_rows(tmp_path):
 def test_backup_survives_a_kill_while_the_next_epoch_is_written(tmp_path):
     sys.path.insert(0, EXAMPLES)
     import keras
+
     from epoch_backup import EpochBackup, finished_epochs, restore_backup
 
     def compiled_model():
@@ -292,8 +295,9 @@ def test_bad_sizes_are_usage_errors_before_any_data_is_loaded(tmp_path, flag, me
 
 def test_dict_flags_are_bounded_before_parsing_and_quoted_briefly(tmp_path):
     sys.path.insert(0, EXAMPLES)
-    import paper_training
     from absl import app
+
+    import paper_training
 
     huge = "[" + "0," * 5_000_000 + "]"  # took 39 s and 4.8 GB to parse before it was refused
     start = time.perf_counter()

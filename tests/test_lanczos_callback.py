@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from references import classification_data, explicit_hessian, sparse_ce, tiny_cnn
 from tf_sharpest.callbacks import LanczosCallback
 from tf_sharpest.hessian import top_eigenpairs
 from tf_sharpest.utils import FlatLayout
+
+from references import classification_data, explicit_hessian, sparse_ce, tiny_cnn
 
 
 def compiled_cnn(learning_rate=0.0, optimizer=None, seed=0):

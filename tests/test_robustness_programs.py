@@ -57,6 +57,7 @@ def test_atomic_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):
 def test_backup_state_and_trimmed_history_get_an_ordinary_files_permissions(tmp_path):
     sys.path.insert(0, EXAMPLES)
     import keras
+
     import paper_training
     from epoch_backup import STATE_FILE, EpochBackup
 

@@ -10,10 +10,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from references import (classification_data, explicit_ggn, explicit_hessian, softmax_ce_output_hessian, sparse_ce,
-                        tiny_cnn)
 from tf_sharpest.callbacks import SpectrumCallback
 from tf_sharpest.callbacks.spectrum_callback import histogram_buckets, load_density
+
+from references import (
+    classification_data,
+    explicit_ggn,
+    explicit_hessian,
+    softmax_ce_output_hessian,
+    sparse_ce,
+    tiny_cnn,
+)
 
 # Largest deviation, in standard errors, tolerated between an estimate and the exact value (the
 # probes are seeded, so each check is deterministic; 4 standard errors keeps it meaningful).

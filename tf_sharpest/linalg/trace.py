@@ -25,8 +25,15 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from tf_sharpest.linalg.probes import (apply, as_symmetric_operator, block_sizes, check_symmetric, rademacher,
-                                       representable, symmetry_tolerance)
+from tf_sharpest.linalg.probes import (
+    apply,
+    as_symmetric_operator,
+    block_sizes,
+    check_symmetric,
+    rademacher,
+    representable,
+    symmetry_tolerance,
+)
 from tf_sharpest.operators.base import LinearOperator
 
 TRACE_METHODS = ("hutch++", "hutchinson", "xtrace", "exact")
