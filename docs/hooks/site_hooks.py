@@ -92,12 +92,12 @@ def on_files(files, config):
     """Adds the experiments' result figures to the site."""
     for study in sorted(os.listdir(EXPERIMENTS)):
         results = os.path.join(EXPERIMENTS, study, "results")
-        if not os.path.isdir(results):
-            continue
-        for name in sorted(os.listdir(results)):
-            if name.endswith(".png"):
-                files.append(File(f"experiments/{study}/results/{name}", src_dir=ROOT, dest_dir=config["site_dir"],
-                                  use_directory_urls=config["use_directory_urls"]))
+        for folder, _, names in sorted(os.walk(results)):  # with subfolders (e.g. results/augmented)
+            for name in sorted(names):
+                if name.endswith(".png"):
+                    path = os.path.relpath(os.path.join(folder, name), ROOT).replace(os.sep, "/")
+                    files.append(File(path, src_dir=ROOT, dest_dir=config["site_dir"],
+                                      use_directory_urls=config["use_directory_urls"]))
     return files
 
 

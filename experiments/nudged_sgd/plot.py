@@ -110,7 +110,8 @@ def main(argv=None) -> str:
     fig.suptitle(f"Nudged SGD, $\\eta$ = {c['lr']:g}, batch {c['batch_size']}, K = {c['top_k']}: "
                  f"mean of {max(len(r) for r in groups.values())} seed(s) (thick), each seed (thin)")
     path = os.path.join(args.figures, "nudged_sgd.png")
-    figures.save_figure(fig, path, f"Eigenvalues at the start of each epoch and after the last. {scale.describe()}.")
+    figures.save_figure(fig, path, f"Eigenvalues at the start of each epoch and after the last. {scale.describe()}"
+                        f"{', augmented' if first['config'].get('augment') else ''}.")
     columns = (("test_at_best_val", ".4f"), ("val_best", ".4f"), ("val_final", ".4f"), ("val_early", ".4f"),
                ("train_loss", ".4f"), ("lambda_1", ".1f"), ("hk_norm", ".1f"), ("distance", ".2f"))
     rows = []
