@@ -217,8 +217,8 @@ class CurvatureOperator(LinearOperator):
         return self._block_graph[1]
 
     def _matmat(self, vectors):
-        if not self.has_block_product:
-            return super()._matmat(vectors)
+        if not self.has_block_product or vectors.shape[1] == 1:
+            return super()._matmat(vectors)  # one column: the matvec graph, without the block's loop
         # The block's columns as rows: the per-batch graph maps over the leading axis.
         rows = tf.transpose(vectors)
         if self.num_replicas > 1:
