@@ -7,9 +7,14 @@ the Gauss-Newton and empirical-Fisher products on the same batch beside them.
 Part 2: matvecs that ``tf_sharpest.linalg.lanczos`` and scipy's
 ``eigsh`` (ARPACK) need for the top-5 eigenvalues to a given relative accuracy
 on the same Hessian operator.
+Part 3: the Hessian's block product ``matmat`` on ``K`` vectors (one forward
+and first backward pass per batch, shared) against ``K`` separate matvecs, on
+the same batch, side by side (medians over interleaved repeats).
 
-    python benchmarks/hvp_cost.py                  # both parts
-    python benchmarks/hvp_cost.py --skip_eigsh     # ratios only
+    python benchmarks/hvp_cost.py                  # all parts
+    python benchmarks/hvp_cost.py --skip_eigsh     # ratios and block products
+    python benchmarks/hvp_cost.py --skip_ratio --skip_eigsh --repeats 15    # block products only
+    python benchmarks/hvp_cost.py --skip_ratio --skip_eigsh --block_input_shape 28 28 1 --batch_size 125
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ import argparse
 import numpy as np
 import tensorflow as tf
 
-from _common import machine, markdown_table, median, timed
 from tf_sharpest import models
 from tf_sharpest.linalg import lanczos
 from tf_sharpest.operators import EmpiricalFisherOperator, GGNOperator, HessianOperator
+
+from _common import machine, markdown_table, median, timed
 
 
 def gradient_function(model, loss_fn):
@@ -35,13 +41,19 @@ def gradient_function(model, loss_fn):
     return gradient
 
 
-def hvp_ratio(preset, batch_size, repeats, seed=0):
-    """Median seconds of a gradient, an HVP, the same HVP graph traced with an open batch dimension, a GGN and
-    an empirical-Fisher product, all on the same batch."""
-    model = models.simple_cnn(preset)
+def random_batch(preset, batch_size, seed=0, input_shape=None):
+    """SimpleCNN ``preset`` (on ``input_shape``, default its preset's) and one batch of random inputs and labels."""
+    model = models.simple_cnn(preset, input_shape=input_shape)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch_size,) + tuple(model.input_shape[1:])).astype("float32")
     y = rng.integers(0, 10, batch_size)
+    return model, x, y, rng
+
+
+def hvp_ratio(preset, batch_size, repeats, seed=0):
+    """Median seconds of a gradient, an HVP, the same HVP graph traced with an open batch dimension, a GGN and
+    an empirical-Fisher product, all on the same batch."""
+    model, x, y, rng = random_batch(preset, batch_size, seed)
     loss_fn = models.default_loss()
     gradient = gradient_function(model, loss_fn)
     operator = HessianOperator(model, (x, y), loss=loss_fn, batch_size=batch_size)
@@ -65,6 +77,25 @@ def hvp_ratio(preset, batch_size, repeats, seed=0):
         for name, call in calls.items():
             times[name].append(timed(call))
     return model.count_params(), {name: median(values) for name, values in times.items()}
+
+
+def block_cost(preset, batch_size, block_sizes, repeats, seed=0, input_shape=None):
+    """Median seconds of ``matmat`` on ``K`` vectors and of ``K`` separate matvecs, for each ``K``, interleaved."""
+    model, x, y, rng = random_batch(preset, batch_size, seed, input_shape)
+    operator = HessianOperator(model, (x, y), loss=models.default_loss(), batch_size=batch_size)
+    calls = {}
+    for k in block_sizes:
+        block = tf.constant(rng.standard_normal((operator.dim, k)).astype("float32"))
+        columns = [block[:, j] for j in range(k)]
+        calls[("matmat", k)] = lambda block=block: operator.matmat(block)
+        calls[("matvecs", k)] = lambda columns=columns: [operator.matvec(c) for c in columns]
+    for call in calls.values():  # trace and warm up
+        timed(call)
+    times = {key: [] for key in calls}
+    for _ in range(repeats):  # interleaved, so drifts in machine load hit all alike
+        for key, call in calls.items():
+            times[key].append(timed(call))
+    return model.count_params(), {key: median(values) for key, values in times.items()}
 
 
 def fashion_mnist_sample(n, seed=0):
@@ -122,11 +153,18 @@ def main():
     parser.add_argument("--skip_eigsh", action="store_true")
     parser.add_argument("--n_examples", type=int, default=512)
     parser.add_argument("--train_steps", type=int, default=100)
+    parser.add_argument("--skip_ratio", action="store_true", help="skip part 1 (HVP / gradient and GGN / HVP)")
+    parser.add_argument("--skip_block", action="store_true", help="skip part 3 (block products)")
+    parser.add_argument("--block_sizes", type=int, nargs="+", default=[1, 5, 10])
+    parser.add_argument("--block_preset", default="root")
+    parser.add_argument("--block_input_shape", type=int, nargs=3, default=None,
+                        help="input shape of the block-product network (default: the preset's; 28 28 1 is "
+                             "Fashion-MNIST, as in tracking_cost.py)")
     args = parser.parse_args()
 
     print(f"Machine: {machine()}\n")
     rows = []
-    for preset in args.presets:
+    for preset in [] if args.skip_ratio else args.presets:
         params, t = hvp_ratio(preset, args.batch_size, args.repeats)
         rows.append([f"simple_cnn('{preset}')", f"{params:,}", args.batch_size, f"{t['gradient'] * 1e3:.0f}",
                      f"{t['hvp'] * 1e3:.0f}", f"{t['hvp'] / t['gradient']:.2f}",
@@ -134,9 +172,25 @@ def main():
                      f"{t['ggn'] * 1e3:.0f}", f"{t['ggn'] / t['hvp']:.2f}",
                      f"{t['empirical_fisher'] * 1e3:.0f}", f"{t['empirical_fisher'] / t['hvp']:.2f}"])
         print(f"{preset}: " + ", ".join(f"{name} {seconds:.3f}s" for name, seconds in t.items()), flush=True)
-    print("\n" + markdown_table(["network", "parameters", "batch", "gradient ms", "HVP ms", "HVP / gradient",
-                                  "HVP, open batch dim, ms", "open / gradient", "GGN ms", "GGN / HVP",
-                                  "EF ms", "EF / HVP"], rows))
+    if rows:
+        print("\n" + markdown_table(["network", "parameters", "batch", "gradient ms", "HVP ms", "HVP / gradient",
+                                      "HVP, open batch dim, ms", "open / gradient", "GGN ms", "GGN / HVP",
+                                      "EF ms", "EF / HVP"], rows))
+
+    if not args.skip_block:
+        params, t = block_cost(args.block_preset, args.batch_size, args.block_sizes, args.repeats,
+                               input_shape=args.block_input_shape)
+        shape = "x".join(str(d) for d in args.block_input_shape) if args.block_input_shape else "preset"
+        print(f"\nHessian block product, simple_cnn('{args.block_preset}') ({params:,} parameters, input {shape}), "
+              f"one batch of {args.batch_size}, medians of {args.repeats} interleaved repeats:\n")
+        one = t[("matvecs", 1)] if ("matvecs", 1) in t else None
+        rows = []
+        for k in args.block_sizes:
+            block, separate = t[("matmat", k)], t[("matvecs", k)]
+            rows.append([k, f"{block * 1e3:.0f}", f"{separate * 1e3:.0f}", f"{block / separate:.2f}",
+                         f"{block / k * 1e3:.0f}", f"{block / k / one:.2f}" if one else "-"])
+        print(markdown_table(["K", "matmat ms", "K matvecs ms", "matmat / K matvecs", "matmat ms per column",
+                              "per column / one matvec"], rows))
 
     if not args.skip_eigsh:
         tols = [1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5]
