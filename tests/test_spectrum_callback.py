@@ -173,7 +173,9 @@ def test_one_trace_per_run_and_the_last_sample_measured_exactly(data):
                                 num_probes=3, num_steps=8, seed=0)
     history = model.fit(x, y, batch_size=10, epochs=3, verbose=0, callbacks=[callback])
     assert len(callback.history) == 4 and sorted(callback.densities) == [0, 1, 2, 3]
-    assert callback.operator.num_traces == 1  # trace and density, four samples: one graph
+    # Four samples, one graph per kind of product, traced once: the exact trace multiplies blocks (matmat), the
+    # density single vectors (matvec).
+    assert callback.operator.num_traces == 2
     assert len(set(history.history["hessian_trace"])) == 3  # new weights and a new sample each epoch
     # The reused operator measured the last sample as an explicitly formed Hessian of it does.
     sample = callback.operator.sample
