@@ -56,9 +56,9 @@ fi
 "$VENV/bin/python" -c "import tensorflow as tf, keras; print('oldest.sh: TensorFlow', tf.__version__, 'Keras', keras.__version__)"
 echo "oldest.sh: set-up took $(( $(date +%s) - start )) s"
 
-# NSGD, the Keras contract, operators, Lanczos and the callback; the ARPACK comparison (44 s, no Keras) is left
+# NSGD, the Keras contract, operators (block products too), Lanczos and the callback; the ARPACK comparison (44 s, no Keras) is left
 # to the main run.
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
   tests/test_keras_contract.py tests/test_nsgd.py tests/test_operators.py tests/test_lanczos.py \
-  tests/test_lanczos_callback.py -k "not no_more_matvecs_than_arpack"
+  tests/test_lanczos_callback.py tests/test_block_products.py -k "not no_more_matvecs_than_arpack"
 echo "oldest.sh: took $(( $(date +%s) - start )) s"
