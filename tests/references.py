@@ -171,3 +171,27 @@ def linear_least_squares_hessian(x, sample_weight=None):
     weights = np.ones(len(x)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     a = np.concatenate([x, np.ones((len(x), 1))], axis=1)
     return 2.0 * (a * weights[:, None]).T @ a / len(x)
+
+
+def batchnorm_dropout_model():
+    """A float64 MLP with BatchNormalization and Dropout: the layers whose state a measurement must not change."""
+    keras.utils.set_random_seed(2)
+    return keras.Sequential([
+        keras.Input((5,), dtype="float64"),
+        keras.layers.Dense(6, dtype="float64"),
+        keras.layers.BatchNormalization(dtype="float64"),
+        keras.layers.Activation("tanh", dtype="float64"),
+        keras.layers.Dropout(0.3, dtype="float64"),
+        keras.layers.Dense(3, dtype="float64"),
+    ])
+
+
+def twin_models(strategy, seed=0):
+    """The same float32 tiny CNN with the same weights, once under ``strategy`` and once on one device."""
+    single = tiny_cnn("float32", seed=seed)
+    single.compile(loss=sparse_ce("float32"))
+    with strategy.scope():
+        mirrored = tiny_cnn("float32", seed=seed)
+        mirrored.compile(loss=sparse_ce("float32"))
+    mirrored.set_weights(single.get_weights())
+    return single, mirrored

@@ -7,7 +7,7 @@ import pytest
 from tf_sharpest.linalg import lobpcg
 from tf_sharpest.operators import GGNOperator, HessianOperator
 
-from references import classification_data, sparse_ce, tiny_cnn
+from references import batchnorm_dropout_model, classification_data, sparse_ce, tiny_cnn, twin_models
 
 RTOL = 1e-8
 
@@ -28,29 +28,6 @@ def weighted_case(kind):
     x, y = classification_data(shape, n=13, seed=6)
     w = np.random.default_rng(7).uniform(0.3, 1.7, size=13)
     return model, (x, y, w)
-
-
-def batchnorm_dropout_model():
-    keras.utils.set_random_seed(2)
-    return keras.Sequential([
-        keras.Input((5,), dtype="float64"),
-        keras.layers.Dense(6, dtype="float64"),
-        keras.layers.BatchNormalization(dtype="float64"),
-        keras.layers.Activation("tanh", dtype="float64"),
-        keras.layers.Dropout(0.3, dtype="float64"),
-        keras.layers.Dense(3, dtype="float64"),
-    ])
-
-
-def twin_models(strategy, seed=0):
-    """The same float32 tiny CNN with the same weights, once under ``strategy`` and once on one device."""
-    single = tiny_cnn("float32", seed=seed)
-    single.compile(loss=sparse_ce("float32"))
-    with strategy.scope():
-        mirrored = tiny_cnn("float32", seed=seed)
-        mirrored.compile(loss=sparse_ce("float32"))
-    mirrored.set_weights(single.get_weights())
-    return single, mirrored
 
 
 def columns_by_matvec(operator, block):

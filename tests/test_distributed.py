@@ -6,18 +6,7 @@ import pytest
 from tf_sharpest.hessian import top_eigenpairs
 from tf_sharpest.operators import CURVATURES, HessianOperator, Sample
 
-from references import classification_data, sparse_ce, tiny_cnn
-
-
-def twin_models(strategy, seed=0):
-    """The same tiny CNN with the same weights, once under ``strategy`` and once on one device."""
-    single = tiny_cnn("float32", seed=seed)
-    single.compile(loss=sparse_ce("float32"))
-    with strategy.scope():
-        mirrored = tiny_cnn("float32", seed=seed)
-        mirrored.compile(loss=sparse_ce("float32"))
-    mirrored.set_weights(single.get_weights())
-    return single, mirrored
+from references import classification_data, sparse_ce, tiny_cnn, twin_models
 
 
 @pytest.mark.parametrize("name", sorted(CURVATURES))

@@ -19,6 +19,7 @@ from tf_sharpest.operators import (
 )
 
 from references import (
+    batchnorm_dropout_model,
     classification_data,
     explicit_fisher,
     explicit_ggn,
@@ -204,18 +205,6 @@ def test_each_operator_traces_once_and_moves_to_new_data(name):
     assert operator.num_traces == 1 and operator.num_matvecs == 4
     fresh = OPERATORS[name](model, (x[4:], y[4:]), loss=sparse_ce(), batch_size=9)
     np.testing.assert_allclose(moved, fresh.matvec(v).numpy(), rtol=1e-10)
-
-
-def batchnorm_dropout_model():
-    keras.utils.set_random_seed(2)
-    return keras.Sequential([
-        keras.Input((5,), dtype="float64"),
-        keras.layers.Dense(6, dtype="float64"),
-        keras.layers.BatchNormalization(dtype="float64"),
-        keras.layers.Activation("tanh", dtype="float64"),
-        keras.layers.Dropout(0.3, dtype="float64"),
-        keras.layers.Dense(3, dtype="float64"),
-    ])
 
 
 @pytest.mark.parametrize("name", sorted(OPERATORS))
