@@ -10,7 +10,7 @@ Fisher, blocks, preconditioned) plugs into all of them alike.
 from __future__ import annotations
 
 import abc
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf

@@ -81,8 +81,7 @@ class CurvatureOperator(LinearOperator):
         self.num_traces = 0
         self._graph = None  # (trace_spec, traced function)
         self._block_graph = None  # the same for block products
-        self._distributed_step = None
-        self._distributed_block_step = None
+        self._distributed_steps = {}  # the traced strategy.run of each accumulation (vector, block)
         self._plan = None  # (sample, ReplicaPlan) of the latest distributed product
         if self.num_replicas > 1:
             _ = self.replica_plan  # refuse now a sample smaller than the number of replicas
@@ -166,27 +165,29 @@ class CurvatureOperator(LinearOperator):
 
     def _matvec(self, vector):
         if self.num_replicas > 1:
-            return self._distributed_matvec(vector)
+            return self._distributed(self._accumulate_batch, vector)
         accumulate = self._accumulate_function()
         accumulated = tf.zeros([self.dim], self.dtype)
         for batch, weight in self.objective.batch_weights():
             accumulated = accumulate(batch, vector, accumulated, weight)
         return accumulated
 
-    def _distributed_matvec(self, vector):
+    def _distributed(self, accumulate, operand):
+        """``accumulate`` over every replica's shard of the sample, then the one all-reduce of the product."""
         plan = self.replica_plan
-        if self._distributed_step is None:
+        step = self._distributed_steps.get(accumulate.__name__)
+        if step is None:
             # strategy.run inside one tf.function, as Keras runs its train step; traced again
             # only for a new batch shape (the smaller batches at a shard's end).
-            def step(batch, vector, accumulated, weight):
-                return self.strategy.run(self._accumulate_batch, args=(batch, vector, accumulated, weight))
+            def run(batch, operand, accumulated, weight):
+                return self.strategy.run(accumulate, args=(batch, operand, accumulated, weight))
 
-            self._distributed_step = tf.function(step, reduce_retracing=True)
-        accumulated = plan.zeros(self.dim, self.dtype)
+            step = self._distributed_steps[accumulate.__name__] = tf.function(run, reduce_retracing=True)
+        accumulated = plan.zeros(operand.shape, self.dtype)
         for index in range(plan.num_steps):
             batch, weight = plan.step(index, self.dtype)
-            accumulated = self._distributed_step(batch, vector, accumulated, weight)
-        # The one all-reduce of the product: the replicas' partial sums, added.
+            accumulated = step(batch, operand, accumulated, weight)
+        # The replicas' partial sums, added.
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, accumulated, axis=None)
 
     # -- the block product ------------------------------------------------------------------------
@@ -222,27 +223,12 @@ class CurvatureOperator(LinearOperator):
         # The block's columns as rows: the per-batch graph maps over the leading axis.
         rows = tf.transpose(vectors)
         if self.num_replicas > 1:
-            return tf.transpose(self._distributed_block(rows))
+            return tf.transpose(self._distributed(self._accumulate_block, rows))
         accumulate = self._block_function()
         accumulated = tf.zeros_like(rows)
         for batch, weight in self.objective.batch_weights():
             accumulated = accumulate(batch, rows, accumulated, weight)
         return tf.transpose(accumulated)
-
-    def _distributed_block(self, rows):
-        plan = self.replica_plan
-        if self._distributed_block_step is None:
-            def step(batch, rows, accumulated, weight):
-                return self.strategy.run(self._accumulate_block, args=(batch, rows, accumulated, weight))
-
-            self._distributed_block_step = tf.function(step, reduce_retracing=True)
-        k = int(rows.shape[0])
-        accumulated = self.strategy.experimental_distribute_values_from_function(
-            lambda _: tf.zeros([k, self.dim], self.dtype))
-        for index in range(plan.num_steps):
-            batch, weight = plan.step(index, self.dtype)
-            accumulated = self._distributed_block_step(batch, rows, accumulated, weight)
-        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, accumulated, axis=None)
 
     def matvec_structured(self, vectors) -> list[tf.Tensor]:
         """Returns ``A @ v`` for ``v`` given as variable-shaped tensors (one per chosen variable)."""

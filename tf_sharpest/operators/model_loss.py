@@ -13,10 +13,9 @@ every product sees the same dropout mask.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 # Keras losses whose Hessian with respect to the logits has the closed form
@@ -75,7 +74,7 @@ class ModelLoss:
         with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
             y_pred = self.model(x, training=self.training)
             losses = list(self.model.losses)
-        regularization = tf.add_n([tf.cast(l, _dtype_of(y_pred)) for l in losses]) if losses else None
+        regularization = tf.add_n([tf.cast(term, _dtype_of(y_pred)) for term in losses]) if losses else None
         return y_pred, regularization
 
     def output_loss(self, x, y, y_pred, sample_weight=None) -> tf.Tensor:
@@ -99,7 +98,7 @@ class ModelLoss:
                 losses = list(self.model.losses)
             if losses:
                 additional_scale = 1.0 / replicas  # Keras 3's TF trainer scales additional losses too
-                total = total - additional_scale * tf.add_n([tf.cast(l, total.dtype) for l in losses])
+                total = total - additional_scale * tf.add_n([tf.cast(term, total.dtype) for term in losses])
             return total / data_scale
         return self._explicit_output_loss(y, y_pred, sample_weight) / data_scale
 

@@ -12,7 +12,8 @@ learned as a side effect of evaluating a product.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -51,7 +52,7 @@ class Sample:
     batch_spec: Any
 
     @classmethod
-    def from_data(cls, data, batch_size: int | None = None, *, max_batches: int | None = None) -> "Sample":
+    def from_data(cls, data, batch_size: int | None = None, *, max_batches: int | None = None) -> Sample:
         """Reads ``data`` once into a ``Sample``.
 
         Args:
@@ -165,7 +166,7 @@ class Sample:
             start += size
         return tuple(shards)
 
-    def check_compatible(self, other: "Sample") -> None:
+    def check_compatible(self, other: Sample) -> None:
         """Raises a ``ValueError`` unless ``other`` has batches of the same structure (any batch size)."""
         if other.batch_spec != self.batch_spec:
             raise ValueError(f"The new data's batches {other.batch_spec} do not match the operator's "

@@ -92,6 +92,6 @@ class ReplicaPlan:
         distribute = self.strategy.experimental_distribute_values_from_function
         return distribute(batch_of), distribute(weight_of)
 
-    def zeros(self, dim: int, dtype):
-        """A per-replica zero accumulator of length ``dim``."""
-        return self.strategy.experimental_distribute_values_from_function(lambda _: tf.zeros([dim], dtype))
+    def zeros(self, shape, dtype):
+        """A per-replica zero accumulator of ``shape`` (a vector's ``[dim]`` or a block's ``[k, dim]``)."""
+        return self.strategy.experimental_distribute_values_from_function(lambda _: tf.zeros(shape, dtype))
