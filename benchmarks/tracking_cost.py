@@ -30,11 +30,15 @@ pays for its extra steps. A cache miss would only cost time, never accuracy.
 
 Methods are a registry (``METHODS``, ``register``): a new lever (another
 operator such as the GGN, a block product) is one decorated function that
-returns an ``EigenResult`` for a :class:`Context`.
+returns an ``EigenResult`` for a :class:`Context`. ``HessianOperator.matmat`` is
+a block product (one forward and first backward pass per batch for the whole
+block), which ``lobpcg`` uses by itself; ``lobpcg_warm_columns`` runs the same
+solver with the block multiplied column by column, for comparison.
 
     python benchmarks/tracking_cost.py --smoke          # about 3 minutes, tiny scale
     python benchmarks/tracking_cost.py                  # about 20 minutes on 2 idle cores
     python benchmarks/tracking_cost.py --methods lanczos_cold lobpcg_warm --schedule 100
+    python benchmarks/tracking_cost.py --methods lanczos_warm lobpcg_warm lobpcg_warm_columns ggn_lanczos_warm
 """
 
 from __future__ import annotations
@@ -50,11 +54,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from _common import machine, markdown_table, median
 from tf_sharpest import data, models
 from tf_sharpest.linalg import EigenResult, lanczos, lobpcg
-from tf_sharpest.operators import HessianOperator, LinearOperator
+from tf_sharpest.operators import GGNOperator, HessianOperator, LinearOperator
 from tf_sharpest.utils.batches import even_batch_size, materialize
+
+from _common import machine, markdown_table, median
 
 EPOCH_EXAMPLES = 45_000  # the paper's CIFAR-10 training split: the unit of "epoch-equivalents"
 TOP_K = 5
@@ -99,31 +104,25 @@ class Method:
     description: str
     warm: bool
     solve: Callable[[Context], EigenResult]
+    prepare: Callable[[Context], None] | None = None  # runs before ``solve``, untimed
 
 
 # The registry. A lever that needs another operator keeps it in ``ctx.state`` (traced
-# once per run) and moves it to each sample, e.g. for the GGN:
-#
-#     @register("ggn_lobpcg_warm", "lobpcg on the GGN, warm, residual stop, tol 1e-3")
-#     def _ggn_lobpcg_warm(ctx):
-#         ggn = ctx.state.get("ggn")
-#         if ggn is None:
-#             ggn = ctx.state["ggn"] = GGNOperator(ctx.model, ctx.sample, loss=ctx.loss, batch_size=ctx.batch_size)
-#         else:
-#             ggn.set_data(ctx.sample)
-#         return lobpcg(ggn, ctx.k, tol=1e-3, initial_vectors=ctx.previous, seed=ctx.seed)
-#
-# Errors are always against the Hessian reference, so such a row also shows how far the
-# GGN's top eigenvalues are from the Hessian's. A block product (``_matmat``) needs no
-# new method: lobpcg already multiplies whole blocks, so its seconds drop by themselves.
+# once per run, outside the timing, by its ``prepare``) and moves it to each sample:
+# see the GGN methods below. Errors are always against the Hessian reference, so a GGN
+# row also shows how far the GGN's top eigenvalues are from the Hessian's.
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, description: str, *, warm: bool = True):
-    """Adds ``solve(context) -> EigenResult`` to the registry under ``name``."""
+def register(name: str, description: str, *, warm: bool = True, prepare=None):
+    """Adds ``solve(context) -> EigenResult`` to the registry under ``name``.
+
+    ``prepare(context)``, if given, runs before ``solve`` at every point and is not
+    timed (building or moving another operator to the point's sample, and tracing it).
+    """
 
     def decorate(solve):
-        METHODS[name] = Method(name, description, warm, solve)
+        METHODS[name] = Method(name, description, warm, solve, prepare)
         return solve
 
     return decorate
@@ -142,6 +141,39 @@ def _lanczos_warm(ctx: Context) -> EigenResult:
 @register("lobpcg_warm", f"lobpcg from the previous eigenvectors, residual stop, tol {CALLBACK_TOL:g}")
 def _lobpcg_warm(ctx: Context) -> EigenResult:
     return lobpcg(ctx.hessian, ctx.k, tol=CALLBACK_TOL, initial_vectors=ctx.previous, seed=ctx.seed)
+
+
+class ColumnProducts(LinearOperator):
+    """An operator whose ``matmat`` multiplies column by column (the base class's loop), whatever ``inner`` does."""
+
+    def __init__(self, inner: LinearOperator):
+        super().__init__(inner.dim, inner.dtype)
+        self.inner = inner
+
+    def _matvec(self, vector):
+        return self.inner.matvec(vector)
+
+
+@register("lobpcg_warm_columns", f"lobpcg warm, residual stop, tol {CALLBACK_TOL:g}, block multiplied column by "
+          "column (no block product)")
+def _lobpcg_warm_columns(ctx: Context) -> EigenResult:
+    return lobpcg(ColumnProducts(ctx.hessian), ctx.k, tol=CALLBACK_TOL, initial_vectors=ctx.previous, seed=ctx.seed)
+
+
+def _ggn_on_sample(ctx: Context) -> None:
+    """The GGN on this point's sample in ``ctx.state["ggn"]``: built and traced once, then moved."""
+    ggn = ctx.state.get("ggn")
+    if ggn is None:
+        ggn = ctx.state["ggn"] = GGNOperator(ctx.model, ctx.sample, loss=ctx.loss, batch_size=ctx.batch_size)
+        ggn.matvec(tf.zeros([ggn.dim], ggn.dtype))  # trace now, outside the timing
+    else:
+        ggn.set_data(ctx.sample)
+
+
+@register("ggn_lanczos_warm", f"Lanczos on the GGN from its previous eigenvectors, tol {CALLBACK_TOL:g}",
+          prepare=_ggn_on_sample)
+def _ggn_lanczos_warm(ctx: Context) -> EigenResult:
+    return lanczos(ctx.state["ggn"], k=ctx.k, tol=CALLBACK_TOL, seed=ctx.seed, initial_vectors=ctx.previous)
 
 
 @register("lobpcg_warm_eig", f"lobpcg from the previous eigenvectors, eigenvalue stop, tol {CALLBACK_TOL:g}")
@@ -348,6 +380,7 @@ class Tracker(keras.callbacks.Callback):
             batch_size = even_batch_size(len(sample[1]), BATCH_SIZE)
             self.operator = HessianOperator(self.model, sample, loss=self.loss, batch_size=batch_size)
             self.operator.matvec(tf.zeros([self.operator.dim]))  # trace now, outside every timed method
+            self.operator.matmat(tf.zeros([self.operator.dim, 1]))  # and the block product (one trace for every k)
         else:
             self.operator.set_data(sample)
         return self.operator
@@ -394,9 +427,12 @@ class Tracker(keras.callbacks.Callback):
                     self.previous[(schedule, method.name)] = cold.eigenvectors
                     continue
                 else:
+                    ctx = context(schedule, method)
+                    if method.prepare is not None:
+                        method.prepare(ctx)
                     before = hessian.num_matvecs
                     t = time.perf_counter()
-                    result = method.solve(context(schedule, method))
+                    result = method.solve(ctx)
                     seconds = time.perf_counter() - t
                     matvecs = max(result.num_matvecs, hessian.num_matvecs - before)
                 if method.warm:
@@ -411,8 +447,8 @@ class Tracker(keras.callbacks.Callback):
 
 def summarize(rows: list[Row], schedules, methods) -> tuple[list, list]:
     header = ["schedule", "method", "measurements", "matvecs (median)", "seconds (median)",
-              "epoch-equivalents (median)", "max rel. error λ1..λ5 (median / worst)", "matvecs vs cold Lanczos",
-              "all converged"]
+              "seconds per matvec (median)", "epoch-equivalents (median)", "max rel. error λ1..λ5 (median / worst)",
+              "matvecs vs cold Lanczos", "all converged"]
     table = []
     for schedule in schedules:
         cold = {r.step: r for r in rows if r.schedule == schedule and r.method == "lanczos_cold"}
@@ -425,6 +461,7 @@ def summarize(rows: list[Row], schedules, methods) -> tuple[list, list]:
             label = "every epoch" if schedule == "epoch" else f"every {schedule} steps"
             table.append([label, method.name, len(chosen), f"{median([r.matvecs for r in chosen]):g}",
                           f"{median([r.seconds for r in chosen]):.1f}",
+                          f"{median([r.seconds / r.matvecs for r in chosen]):.2f}",
                           f"{median([r.epoch_equivalents for r in chosen]):.2f}",
                           f"{median([r.error for r in chosen]):.1e} / {max(r.error for r in chosen):.1e}",
                           f"{median(ratios):.2f}" if ratios else "-",
