@@ -29,6 +29,20 @@ def median(values):
     return statistics.median(values)
 
 
+def interleaved_medians(calls: dict, repeats: int) -> dict:
+    """Median seconds of each call in ``calls``, after one warm-up call each (tracing), timed in turn per repeat.
+
+    Interleaving the calls lets a drift in the machine's load hit all of them alike, so their ratios hold.
+    """
+    for call in calls.values():
+        timed(call)
+    times = {key: [] for key in calls}
+    for _ in range(repeats):
+        for key, call in calls.items():
+            times[key].append(timed(call))
+    return {key: median(values) for key, values in times.items()}
+
+
 def machine() -> str:
     devices = [d.device_type for d in tf.config.list_physical_devices()]
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, "

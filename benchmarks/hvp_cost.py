@@ -28,7 +28,7 @@ from tf_sharpest import models
 from tf_sharpest.linalg import lanczos
 from tf_sharpest.operators import EmpiricalFisherOperator, GGNOperator, HessianOperator
 
-from _common import machine, markdown_table, median, timed
+from _common import interleaved_medians, machine, markdown_table
 
 
 def gradient_function(model, loss_fn):
@@ -70,13 +70,7 @@ def hvp_ratio(preset, batch_size, repeats, seed=0):
     calls = {"gradient": lambda: gradient(x, y), "hvp": lambda: operator.matvec(v),
              "hvp_open_batch": lambda: open_batch_graph(batch, v, zeros, one),
              "ggn": lambda: ggn.matvec(v), "empirical_fisher": lambda: fisher.matvec(v)}
-    for call in calls.values():  # trace and warm up
-        timed(call)
-    times = {name: [] for name in calls}
-    for _ in range(repeats):  # interleaved, so drifts in machine load hit all alike
-        for name, call in calls.items():
-            times[name].append(timed(call))
-    return model.count_params(), {name: median(values) for name, values in times.items()}
+    return model.count_params(), interleaved_medians(calls, repeats)
 
 
 def block_cost(preset, batch_size, block_sizes, repeats, seed=0, input_shape=None):
@@ -89,13 +83,7 @@ def block_cost(preset, batch_size, block_sizes, repeats, seed=0, input_shape=Non
         columns = [block[:, j] for j in range(k)]
         calls[("matmat", k)] = lambda block=block: operator.matmat(block)
         calls[("matvecs", k)] = lambda columns=columns: [operator.matvec(c) for c in columns]
-    for call in calls.values():  # trace and warm up
-        timed(call)
-    times = {key: [] for key in calls}
-    for _ in range(repeats):  # interleaved, so drifts in machine load hit all alike
-        for key, call in calls.items():
-            times[key].append(timed(call))
-    return model.count_params(), {key: median(values) for key, values in times.items()}
+    return model.count_params(), interleaved_medians(calls, repeats)
 
 
 def fashion_mnist_sample(n, seed=0):
