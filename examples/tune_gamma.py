@@ -43,7 +43,10 @@ def main():
     parser = build_parser()
     args = parser.parse_args()
 
-    import keras_tuner
+    try:
+        import keras_tuner
+    except ImportError:
+        raise SystemExit('This example needs keras-tuner: pip install keras-tuner (or pip install -e ".[tune]").') from None
 
     from tf_sharpest import data, models
     from tf_sharpest.callbacks import LanczosCallback
