@@ -46,7 +46,8 @@ def main():
     try:
         import keras_tuner
     except ImportError:
-        raise SystemExit('This example needs keras-tuner: pip install keras-tuner (or pip install -e ".[tune]").') from None
+        raise SystemExit("This example needs keras-tuner: pip install keras-tuner "
+                         '(or pip install -e ".[tune]").') from None
 
     from tf_sharpest import data, models
     from tf_sharpest.callbacks import LanczosCallback
