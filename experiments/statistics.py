@@ -48,7 +48,8 @@ def smoothed_peak_index(values, window: int = 3) -> int:
     curve = smoothed(values, window)
     if not curve.size:
         return -1
-    return int(np.argmax(curve)) + (window // 2 if curve.size > 1 or np.isfinite(values).sum() >= window else 0)
+    centre = window // 2 if np.isfinite(values).sum() >= window else 0  # fewer values: one mean of them all
+    return int(np.argmax(curve)) + centre
 
 
 def spread(values, fmt: str = ".1f") -> str:
