@@ -7,7 +7,7 @@ from tf_sharpest.hessian import top_eigenpairs
 from tf_sharpest.operators import HessianOperator
 from tf_sharpest.utils.batches import even_batch_size
 
-from references import classification_data, explicit_hessian, sparse_ce, tiny_cnn, tiny_mlp
+from references import batchnorm_dropout_model, classification_data, explicit_hessian, sparse_ce, tiny_cnn, tiny_mlp
 
 
 def random_vector(dim, dtype="float64", seed=0):
@@ -132,19 +132,11 @@ def test_set_data_of_another_structure_is_refused_and_the_operator_kept():
 
 
 def test_training_flag_controls_batchnorm_and_dropout():
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((4,), dtype="float64"),
-        keras.layers.Dense(5, dtype="float64"),
-        keras.layers.BatchNormalization(dtype="float64"),
-        keras.layers.Activation("tanh", dtype="float64"),
-        keras.layers.Dropout(0.5, dtype="float64"),
-        keras.layers.Dense(3, dtype="float64"),
-    ])
+    model = batchnorm_dropout_model()  # Dense(6), BatchNormalization, tanh, Dropout, Dense(3) on 5 inputs
     bn = model.layers[1]
-    bn.moving_mean.assign(np.full(5, 0.3))
-    bn.moving_variance.assign(np.full(5, 2.0))
-    x, y = classification_data((4,), n=12)
+    bn.moving_mean.assign(np.full(6, 0.3))
+    bn.moving_variance.assign(np.full(6, 2.0))
+    x, y = classification_data((5,), n=12)
     hessian = explicit_hessian(model, x, y, sparse_ce(), training=False)
     operator = HessianOperator(model, (x, y), loss=sparse_ce(), batch_size=12)
     v = random_vector(operator.dim)
