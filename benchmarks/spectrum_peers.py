@@ -225,8 +225,17 @@ def per_hvp(seconds, runs) -> str:
 
 
 def z_score(a, b) -> float:
+    """``(a - b)`` in combined standard errors; NaN where an error is unknown (a single probe has none)."""
     (va, ea), (vb, eb) = a, b
+    if ea is None or eb is None:
+        return float("nan")
     return (va - vb) / float(np.hypot(ea, eb))
+
+
+def plus_minus(value: float, stderr: float | None, value_format: str, error_format: str) -> str:
+    """``value +- stderr``, or ``value +- n/a`` where a single probe leaves the error unknown."""
+    error = "n/a" if stderr is None else format(stderr, error_format)
+    return f"{format(value, value_format)} +- {error}"
 
 
 def plot(densities, path, args, loss):
@@ -343,7 +352,7 @@ def main():
         moments = [density.moment(p) for p in (1, 2)]
         cells = []
         for p, moment in enumerate(moments):
-            cells.append(f"{moment.value:.4g} +- {moment.stderr:.2g}")
+            cells.append(plus_minus(moment.value, moment.stderr, ".4g", ".2g"))
             if tf_moments is None or name == "tf_density":
                 cells.append("-")
             else:
@@ -362,8 +371,9 @@ def main():
     print(markdown_table(header, rows))
     if "tf_density" in densities and reference:
         trace_from_density = densities["tf_density"].moment(1, normalized=False)
-        print(f"\nCross-check: tf_sharpest's SLQ trace dim * tr(H)/dim = {trace_from_density.value:.2f} +- "
-              f"{trace_from_density.stderr:.2f} against its Hutch++ {reference[0]:.2f} +- {reference[1]:.2f} "
+        print("\nCross-check: tf_sharpest's SLQ trace dim * tr(H)/dim = "
+              f"{plus_minus(trace_from_density.value, trace_from_density.stderr, '.2f', '.2f')} "
+              f"against its Hutch++ {reference[0]:.2f} +- {reference[1]:.2f} "
               f"(z {z_score((trace_from_density.value, trace_from_density.stderr), reference):+.2f}).")
 
     labels = {"tf_density": "tf_sharpest", "pyhessian_density": "PyHessian", "he_density": "hessian-eigenthings"}
