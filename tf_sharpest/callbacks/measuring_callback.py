@@ -11,6 +11,7 @@ callbacks cannot drift apart; each subclass says only what one measurement is.
 
 from __future__ import annotations
 
+import abc
 import copy
 import warnings
 
@@ -31,7 +32,7 @@ MEASUREMENT_ERRORS = (ValueError, ArithmeticError, tf.errors.OpError, np.linalg.
 VERBOSE_CHOICES = ("auto", 0, 1, 2)
 
 
-class MeasuringCallback(keras.callbacks.Callback):
+class MeasuringCallback(keras.callbacks.Callback, metaclass=abc.ABCMeta):
     """The base of the callbacks that measure the curvature on samples of ``data`` as ``model.fit`` runs.
 
     A subclass gives ``_take_measurement`` (one measurement, as a
@@ -165,13 +166,13 @@ class MeasuringCallback(keras.callbacks.Callback):
             except OSError as error:
                 self._warn_once("save", f"could not write {self._log.npz_path} ({error}); training goes on.")
 
+    @abc.abstractmethod
     def _take_measurement(self, epoch: int, final: bool) -> Measurement:
         """One measurement on a fresh sample; a failed one is a Measurement with NaN values and ``error``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _measurement_logs(self, measurement: Measurement) -> dict:
         """The keys and values ``measurement`` adds to its epoch's logs."""
-        raise NotImplementedError
 
     def _forget_from(self, epoch: int):
         """Drops the measurements from ``epoch`` on, which this run measures again."""

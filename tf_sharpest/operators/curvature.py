@@ -191,17 +191,17 @@ class CurvatureOperator(LinearOperator):
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, accumulated, axis=None)
 
     # -- the block product ------------------------------------------------------------------------
-    #: Whether the subclass implements ``_batch_block_product``; otherwise ``matmat`` is ``k`` matvecs.
+    # A subclass that shares work across a block's columns defines
+    #   _batch_block_product(self, batch, rows) -> [k, dim]
+    # the per-batch curvature applied to each row of a flat [k, dim] block, in a graph where k is
+    # unknown while tracing (one graph serves every block width). Without it, matmat is k matvecs.
+
+    #: Whether the class defines ``_batch_block_product`` (set for each subclass as it is defined).
     has_block_product = False
 
-    def _batch_block_product(self, batch, rows: tf.Tensor) -> tf.Tensor:
-        """The per-batch curvature applied to each row of a flat ``[k, dim]`` block; runs in a graph.
-
-        ``k`` is unknown while tracing (one graph serves every block width).
-        Returns a ``[k, dim]`` tensor. Implemented by subclasses that share
-        work across the ``k`` vectors (and set ``has_block_product``).
-        """
-        raise NotImplementedError
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.has_block_product = callable(getattr(cls, "_batch_block_product", None))
 
     def _accumulate_block(self, batch, rows, accumulated, weight):
         self.num_traces += 1  # runs only while tracing, as in _accumulate_batch

@@ -60,8 +60,6 @@ class HessianOperator(CurvatureOperator):
             grad_dot_v = dot(grads, vectors)
         return gradients(outer, grad_dot_v, self.variables)
 
-    has_block_product = True
-
     def _batch_block_product(self, batch, rows):
         with tf.GradientTape(persistent=True) as outer:
             with tf.GradientTape() as inner:
