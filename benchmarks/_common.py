@@ -14,7 +14,7 @@ import tensorflow as tf  # noqa: E402
 
 # The programs share one home for their tables and number-list flags: examples/cli.py (standard library only).
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
-from cli import markdown_table, number_list  # noqa: E402, F401  (re-exported for the benchmark scripts)
+from cli import markdown_table, number_list, positive_int  # noqa: E402, F401  (re-exported for the benchmark scripts)
 
 
 def timed(fn, *args):

@@ -28,7 +28,7 @@ from tf_sharpest import models
 from tf_sharpest.linalg import lanczos
 from tf_sharpest.operators import EmpiricalFisherOperator, GGNOperator, HessianOperator
 
-from _common import interleaved_medians, machine, markdown_table
+from _common import interleaved_medians, machine, markdown_table, positive_int
 
 
 def gradient_function(model, loss_fn):
@@ -136,14 +136,14 @@ def lanczos_vs_eigsh(n_examples, train_steps, tols):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--repeats", type=positive_int, default=9)
     parser.add_argument("--presets", nargs="+", default=["root", "medium"])
     parser.add_argument("--skip_eigsh", action="store_true")
     parser.add_argument("--n_examples", type=int, default=512)
     parser.add_argument("--train_steps", type=int, default=100)
     parser.add_argument("--skip_ratio", action="store_true", help="skip part 1 (HVP / gradient and GGN / HVP)")
     parser.add_argument("--skip_block", action="store_true", help="skip part 3 (block products)")
-    parser.add_argument("--block_sizes", type=int, nargs="+", default=[1, 5, 10])
+    parser.add_argument("--block_sizes", type=positive_int, nargs="+", default=[1, 5, 10])
     parser.add_argument("--block_preset", default="root")
     parser.add_argument("--block_input_shape", type=int, nargs=3, default=None,
                         help="input shape of the block-product network (default: the preset's; 28 28 1 is "

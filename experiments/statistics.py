@@ -67,9 +67,3 @@ def mean_and_runs(values, fmt: str) -> str:
     values = [float(v) for v in values]
     text = format(np.mean(values), fmt)
     return text if len(values) == 1 else f"{text} ({' / '.join(format(v, fmt) for v in values)})"
-
-
-def ordered_in_every_seed(per_setting: Sequence[Sequence[float]]) -> bool:
-    """True when, seed by seed, the settings' values rise strictly in the order given."""
-    table = np.asarray(per_setting, float)
-    return bool(table.ndim == 2 and np.all(np.diff(table, axis=0) > 0))

@@ -27,7 +27,7 @@ STUDY = "lr_batch_size"
 def run_summary(result: dict) -> dict:
     """One run's statistics of lambda_1 and lambda_2, its accuracy and its training loss."""
     epochs, values = eigenvalue_curve(result)
-    summary = {}
+    summary = {"seed": result["config"]["seed"]}
     for k in range(min(2, values.shape[1])):
         curve = values[:, k]
         index = statistics.smoothed_peak_index(curve)
@@ -44,9 +44,10 @@ def run_summary(result: dict) -> dict:
 
 
 def pairwise_checks(groups: dict, key: str, name: str) -> list[str]:
-    """For each neighbouring pair of settings, in how many seeds the first has the lower ``key``."""
+    """For each neighbouring pair of settings (``{setting: [run_summary, ...]}``), in how many seeds the first
+    has the lower ``key``."""
     labels = [f"{name} {setting[0]:g}" for setting in groups]
-    per_setting = [{r["config"]["seed"]: run_summary(r)[key] for r in runs} for runs in groups.values()]
+    per_setting = [{s["seed"]: s[key] for s in summaries} for summaries in groups.values()]
     checks = []
     for i in range(len(per_setting) - 1):
         seeds = sorted(set(per_setting[i]) & set(per_setting[i + 1]))
@@ -92,10 +93,12 @@ def main(argv=None) -> str:
     path = os.path.join(args.figures, "lr_batch_size.png")
     figures.save_figure(fig, path, f"Measured at the start of each epoch and after the last. {scale.describe()}"
                         f"{', augmented' if first['config'].get('augment') else ''}.")
+    summaries_of = {sweep: {setting: [run_summary(r) for r in runs] for setting, runs in groups.items()}
+                    for sweep, groups in sweeps.items()}
     rows = []
     for sweep, groups in sweeps.items():
-        for runs in groups.values():
-            c, summaries = runs[0]["config"], [run_summary(r) for r in runs]
+        for setting, runs in groups.items():
+            c, summaries = runs[0]["config"], summaries_of[sweep][setting]
 
             def column(key, fmt=".1f", summaries=summaries):
                 return statistics.spread([s[key] for s in summaries], fmt)
@@ -111,12 +114,12 @@ def main(argv=None) -> str:
                            rows)
     # The claims, seed by seed: a larger lr (a smaller batch) gives a lower peak, so each setting is compared
     # with its neighbour (an lr that has not peaked yet shows up as a failed comparison, not as a lower peak).
-    lr_groups = dict(reversed(list(sweeps["lr"].items())))
+    lr_groups = dict(reversed(list(summaries_of["lr"].items())))
     checks = []
     for key, what in (("smoothed_peak_1", "smoothed peak of lambda_1"), ("later_half_1", "later-half lambda_1"),
                       ("smoothed_peak_epoch_1", "epoch of the smoothed peak")):
         checks.append(f"- {what}: " + "; ".join(pairwise_checks(lr_groups, key, "lr")
-                                                + pairwise_checks(sweeps["batch"], key, "batch")))
+                                                + pairwise_checks(summaries_of["batch"], key, "batch")))
     return figures.write_table(table + "\n\nLower, seed by seed:\n\n" + "\n".join(checks), args.figures, path)
 
 
