@@ -10,7 +10,8 @@ Four parts, each with several seeds, on real Fashion-MNIST:
    E_B[g_B^T H_B g_B / ||g_B||^2], each against 2/eta (Andreyev & Beneventano,
    arXiv 2412.20553).
 3. ``momentum``: the same with heavy-ball momentum beta, against 2(1+beta)/eta
-   and 2(1-beta)/eta.
+   (full-batch: Cohen et al., ICLR 2021; SGD at large batches) and
+   2(1-beta)/eta (SGD at small batches: Andreyev et al., arXiv 2604.14108).
 4. ``adam``: the preconditioned sharpness lambda_1(P^-1 H) against
    (2 + 2 beta1) / (eta (1 - beta1)) = 38/eta (Cohen et al., arXiv 2207.14484),
    full-batch and at a mini-batch size, with the plain lambda_1 beside it.
