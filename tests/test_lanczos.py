@@ -1,11 +1,13 @@
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_sharpest.linalg import EigenResult, lanczos
+from tf_sharpest.hessian import top_eigenpairs
+from tf_sharpest.linalg import EigenResult, lanczos, lobpcg
 from tf_sharpest.operators import FunctionOperator
 
-from references import symmetric_matrix
+from references import classification_data, sparse_ce, symmetric_matrix, tiny_mlp
 
 SPECTRA = {
     "clustered": np.concatenate([[5.0, 4.999, 4.998, 4.99, 4.98], np.linspace(-1, 3, 195)]),
@@ -28,7 +30,7 @@ def check_pairs(matrix, result, which, k, rtol=1e-6):
 @pytest.mark.parametrize("which", ["largest", "smallest"])
 def test_matches_eigh_on_hard_spectra(spectrum, which):
     matrix = symmetric_matrix(SPECTRA[spectrum], seed=3)
-    result = lanczos(matrix, k=5, which=which, tol=1e-10, max_iterations=2000)
+    result = lanczos(matrix, k=5, which=which, tol=1e-10, max_matvecs=2000)
     assert isinstance(result, EigenResult) and result.converged
     check_pairs(matrix, result, which, 5)
     order = -result.eigenvalues if which == "largest" else result.eigenvalues
@@ -37,7 +39,7 @@ def test_matches_eigh_on_hard_spectra(spectrum, which):
 
 def test_restarts_keep_accuracy_with_a_small_basis():
     matrix = symmetric_matrix(SPECTRA["clustered"], seed=5)
-    result = lanczos(matrix, k=5, tol=1e-9, max_basis_size=12, max_iterations=3000)
+    result = lanczos(matrix, k=5, tol=1e-9, max_basis_size=12, max_matvecs=3000)
     assert result.num_restarts > 0 and result.converged
     check_pairs(matrix, result, "largest", 5)
 
@@ -131,7 +133,11 @@ def test_no_more_matvecs_than_arpack_at_equal_accuracy():
         ({"k": 2, "which": "biggest"}, "largest"),
         ({"k": 2, "tol": 0.0}, "tol"),
         ({"k": 2, "initial_vectors": np.ones(3)}, "initial_vectors"),
-        ({"k": 2, "max_iterations": 1}, "max_iterations"),
+        ({"k": 2, "max_matvecs": 1}, "max_matvecs must be an integer with max_matvecs >= 2"),
+        ({"k": 2, "max_matvecs": 50.0}, "max_matvecs must be an integer"),
+        ({"k": 2, "max_basis_size": 3}, r"max_basis_size >= k \+ 2 = 4"),
+        ({"k": 2, "max_basis_size": 0}, "max_basis_size"),
+        ({"k": 2, "max_basis_size": 8.5}, "max_basis_size"),
     ],
 )
 def test_bad_arguments(kwargs, message):
@@ -166,3 +172,71 @@ def test_reported_matvecs_are_the_products_that_ran():
     np.testing.assert_allclose(result.eigenvalues, [19.0, 18.0], rtol=1e-8)
     operator.matmat(np.eye(20)[:, :3])  # a block of 3 columns is 3 products
     assert operator.num_matvecs == len(calls) == result.num_matvecs + 4
+
+
+@pytest.mark.parametrize("solver", [lanczos, lobpcg])
+def test_deprecated_max_iterations_still_works_and_warns(solver):
+    matrix = symmetric_matrix(SPECTRA["clustered"], seed=1)
+    # A binding budget (not converged at 1e-12), so the result depends on it.
+    new = solver(matrix, 3, tol=1e-12, max_matvecs=17)
+    with pytest.warns(DeprecationWarning, match=r"max_iterations= is deprecated.*write max_matvecs=17 instead"):
+        old = solver(matrix, 3, tol=1e-12, max_iterations=17)
+    assert old.num_matvecs == new.num_matvecs == 17 and not old.converged
+    np.testing.assert_array_equal(old.eigenvalues, new.eigenvalues)
+    np.testing.assert_array_equal(old.eigenvectors, new.eigenvectors)
+    with pytest.raises(TypeError, match="pass only max_matvecs="):
+        solver(matrix, 3, max_matvecs=17, max_iterations=17)
+
+
+def test_top_eigenpairs_takes_max_matvecs_and_the_deprecated_max_iterations():
+    model = tiny_mlp()
+    x, y = classification_data((4,), n=12)
+    new = top_eigenpairs(model, (x, y), k=2, loss=sparse_ce(), tol=1e-12, max_matvecs=6)
+    with pytest.warns(DeprecationWarning, match="top_eigenpairs\\(\\): max_iterations= .*write max_matvecs=6"):
+        old = top_eigenpairs(model, (x, y), k=2, loss=sparse_ce(), tol=1e-12, max_iterations=6)
+    assert old.num_matvecs == new.num_matvecs == 6
+    np.testing.assert_array_equal(old.eigenvalues, new.eigenvalues)
+    with pytest.raises(TypeError, match="got both max_iterations= and max_matvecs="):
+        top_eigenpairs(model, (x, y), k=2, loss=sparse_ce(), max_matvecs=6, max_iterations=6)
+    with pytest.raises(ValueError, match="max_matvecs must be a positive integer"):
+        top_eigenpairs(model, (x, y), k=2, loss=sparse_ce(), max_matvecs=0)
+
+
+class RecordingProgbar(keras.utils.Progbar):
+    """The real bar (so its output is checked too), recording what the solver gives it."""
+
+    made = []
+
+    def __init__(self, target, *args, **kwargs):
+        super().__init__(target, *args, **kwargs)
+        self.interval = 0.0  # print every update, so the output does not depend on timing
+        self.updates = []
+        RecordingProgbar.made.append(self)
+
+    def update(self, current, values=None, finalize=None):
+        self.updates.append((current, dict(values or [])))
+        super().update(current, values, finalize)
+
+
+@pytest.mark.parametrize("solver", [lanczos, lobpcg])
+def test_progress_bar_shows_the_current_residual_and_no_total(solver, monkeypatch, capsys):
+    """Regression: the bar averaged the residual over the solve and took the budget as its total (a false ETA)."""
+    monkeypatch.setattr(keras.utils, "Progbar", RecordingProgbar)
+    RecordingProgbar.made.clear()
+    spectrum = np.linspace(1.0, 30.0, 60)
+    matrix = symmetric_matrix(spectrum, seed=2)
+    result = solver(matrix, 2, tol=1e-8, verbose=1)
+    assert result.converged
+    (bar,) = RecordingProgbar.made
+    # The budget (300) is not the total: the solve stops at convergence, long before it.
+    assert bar.target is None and result.num_matvecs < 300
+    assert {"worst_residual", "tol", "max_matvecs"} <= set(bar.stateful_metrics)
+    residuals = [values["worst_residual"] for _, values in bar.updates]
+    assert residuals[0] > 100 * residuals[-1]  # it fell by orders of magnitude along the solve
+    # The last residual shown is the returned pairs' relative residual, not a mean over the solve.
+    np.testing.assert_allclose(residuals[-1], np.max(result.residual_norms) / 30.0, rtol=1e-6)
+    assert residuals[-1] <= 1e-8
+    assert bar.updates[-1][0] == result.num_matvecs
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"{result.num_matvecs:7d}/Unknown" in last_line
+    assert f"worst_residual: {residuals[-1]:.4e}" in last_line and "max_matvecs: 300.0000" in last_line

@@ -44,7 +44,7 @@ def check_pairs(matrix, result, which, k, rtol=1e-7):
 @pytest.mark.parametrize("which", ["largest", "smallest"])
 def test_matches_eigh_on_hard_spectra(spectrum, which):
     matrix = symmetric_matrix(SPECTRA[spectrum], seed=3)
-    result = lobpcg(matrix, 5, tol=1e-9, which=which, max_iterations=3000)
+    result = lobpcg(matrix, 5, tol=1e-9, which=which, max_matvecs=3000)
     assert isinstance(result, EigenResult) and result.converged
     check_pairs(matrix, result, which, 5)
     scale = np.abs(SPECTRA[spectrum]).max()
@@ -57,7 +57,7 @@ def test_matches_eigh_on_hard_spectra(spectrum, which):
 def test_classic_lobpcg_basis_converges_too(max_basis_size):
     """``max_basis_size = 3 * block_size`` is classic LOBPCG ([X, W, P]); it must reach the same pairs."""
     matrix = symmetric_matrix(SPECTRA["separated"], seed=5)
-    result = lobpcg(matrix, 5, tol=1e-9, max_basis_size=max_basis_size, max_iterations=3000)
+    result = lobpcg(matrix, 5, tol=1e-9, max_basis_size=max_basis_size, max_matvecs=3000)
     assert result.converged
     if max_basis_size:
         assert result.num_restarts > 5
@@ -248,7 +248,7 @@ def test_small_whole_space_and_dependent_warm_start():
 
 def test_budget_is_respected_and_reported():
     matrix = symmetric_matrix(SPECTRA["clustered"], seed=1)
-    result = lobpcg(matrix, 5, tol=1e-12, max_iterations=23)
+    result = lobpcg(matrix, 5, tol=1e-12, max_matvecs=23)
     assert result.num_matvecs == 23 and not result.converged
 
 
@@ -268,7 +268,7 @@ def test_budget_is_respected_and_reported():
         ({"k": 3, "block_size": 2}, "block_size"),
         ({"k": 2, "block_size": 11}, "block_size"),
         ({"k": 2, "block_size": 2, "initial_vectors": np.eye(10)[:, :3]}, "block_size"),
-        ({"k": 2, "max_iterations": 3}, "max_iterations"),
+        ({"k": 2, "max_matvecs": 3}, "max_matvecs must be an integer with max_matvecs >= 4"),
         ({"k": 2, "max_basis_size": 5}, "max_basis_size"),
     ],
 )

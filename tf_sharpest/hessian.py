@@ -13,19 +13,20 @@ from __future__ import annotations
 
 import keras
 
+from tf_sharpest.linalg import _options
 from tf_sharpest.linalg.lanczos import lanczos
 from tf_sharpest.linalg.result import EigenResult
 from tf_sharpest.operators import HessianOperator  # noqa: F401  (kept importable from here; home: operators)
 from tf_sharpest.operators.factory import curvature_operator
-from tf_sharpest.utils.checks import positive_float, positive_int
+from tf_sharpest.utils._deprecation import renamed_argument
 
 __all__ = ["top_eigenpairs"]
 
 
 def top_eigenpairs(model: keras.Model, data, k: int = 5, *, curvature: str = "hessian", variables=None,
                    loss=None, batch_size: int | None = None, training: bool = False, which: str = "largest",
-                   tol: float = 1e-4, max_iterations: int | None = None, seed: int | None = 0,
-                   initial_vectors=None, verbose: int = 0) -> EigenResult:
+                   tol: float = 1e-4, max_matvecs: int | None = None, seed: int | None = 0,
+                   initial_vectors=None, verbose: int = 0, max_iterations: int | None = None) -> EigenResult:
     """The ``k`` extreme eigenpairs of the Hessian (or another curvature) of ``model``'s mean loss over ``data``.
 
     Example:
@@ -46,14 +47,18 @@ def top_eigenpairs(model: keras.Model, data, k: int = 5, *, curvature: str = "he
         variable, a layer, or a list of variables and layers).
 
     ``model``, ``data``, ``loss``, ``batch_size`` and ``training`` are as in
-    :class:`~tf_sharpest.operators.HessianOperator`; ``which``, ``tol``, ``max_iterations``, ``seed``,
+    :class:`~tf_sharpest.operators.HessianOperator`; ``which``, ``tol``, ``max_matvecs``, ``seed``,
     ``initial_vectors`` and ``verbose`` as in :func:`tf_sharpest.linalg.lanczos`.
+    ``max_iterations`` is the deprecated name of ``max_matvecs`` (a ``DeprecationWarning``; removed in 0.3).
     Eigenvectors use the flat layout of the chosen variables
     (``model.trainable_variables`` by default).
     """
-    positive_float("tol", tol)
-    positive_int("max_iterations", max_iterations, allow_none=True)
+    max_matvecs = renamed_argument("top_eigenpairs", "max_iterations", "max_matvecs", max_iterations, max_matvecs)
+    # Checked before the operator is built (which reads the data), the rest by lanczos once dim is known.
+    _options.tolerance(tol)
+    _options.which(which)
+    _options.matvec_budget(max_matvecs)
     operator = curvature_operator(curvature, model, data, loss=loss, batch_size=batch_size, training=training,
                                   variables=variables)
-    return lanczos(operator, k=k, which=which, tol=tol, max_iterations=max_iterations, seed=seed,
+    return lanczos(operator, k=k, which=which, tol=tol, max_matvecs=max_matvecs, seed=seed,
                    initial_vectors=initial_vectors, verbose=verbose)

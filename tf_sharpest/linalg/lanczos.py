@@ -5,19 +5,22 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tf_sharpest.linalg import _options
+from tf_sharpest.linalg._progress import progress
 from tf_sharpest.linalg.result import EigenResult
 from tf_sharpest.linalg.tridiagonal import lanczos_step, next_basis_vector
 from tf_sharpest.operators.base import LinearOperator, as_operator
+from tf_sharpest.utils._deprecation import renamed_argument
+from tf_sharpest.utils.checks import integer
 
-WHICH_CHOICES = ("largest", "smallest")
 # Share of the warm-start vector drawn at random, so directions that were not
 # among the previous eigenvectors (a new sharp direction) can still be found.
 WARM_START_NOISE = 0.01
 
 
 def lanczos(matvec, k: int = 5, *, dim: int | None = None, which: str = "largest", tol: float = 1e-4,
-            max_iterations: int | None = None, max_basis_size: int | None = None, initial_vectors=None,
-            seed: int | None = 0, dtype=None, verbose: int = 0) -> EigenResult:
+            max_matvecs: int | None = None, max_basis_size: int | None = None, initial_vectors=None,
+            seed: int | None = 0, dtype=None, verbose: int = 0, max_iterations: int | None = None) -> EigenResult:
     """Top-``k`` (or bottom-``k``) eigenpairs of a symmetric operator.
 
     The Krylov basis is kept fully orthogonal (two Gram-Schmidt passes per step
@@ -48,14 +51,19 @@ def lanczos(matvec, k: int = 5, *, dim: int | None = None, which: str = "largest
       tol: a pair has converged when ``||A v - lambda v|| <= tol * |lambda_max|``,
         where ``lambda_max`` is the Ritz value of largest magnitude. Eigenvalue
         errors are bounded by the residual norm (and typically its square).
-      max_iterations: most matvecs to spend (default ``max(300, 20 * k)``).
+      max_matvecs: most matvecs to spend (default ``max(300, 20 * k)``), at least ``k``.
       max_basis_size: most basis vectors held at once (memory is this many
         vectors of length ``dim``); default ``max(2k + 10, 30)``.
       initial_vectors: ``[dim]`` or ``[dim, p]`` guesses, e.g. the previous
         eigenvectors along training; the search starts from their combination.
       seed: seed of the random start vector (results are deterministic for it).
       dtype: dtype of a callable's vectors (default float32).
-      verbose: 1 shows a ``keras.utils.Progbar`` of matvecs and the worst residual.
+      verbose: 1 shows a ``keras.utils.Progbar`` of the matvecs spent and the
+        current worst relative residual (to compare with ``tol``), with the
+        budget ``max_matvecs`` shown as such: no total and no ETA, since a solve
+        usually converges long before its budget.
+      max_iterations: deprecated name of ``max_matvecs`` (it always counted
+        matvecs); it still works, with a ``DeprecationWarning``, until 0.3.
 
     Returns:
       An :class:`~tf_sharpest.linalg.EigenResult`.
@@ -63,24 +71,20 @@ def lanczos(matvec, k: int = 5, *, dim: int | None = None, which: str = "largest
     Raises:
       ValueError: for bad arguments, or an operator that returns non-finite values.
     """
+    max_matvecs = renamed_argument("lanczos", "max_iterations", "max_matvecs", max_iterations, max_matvecs)
     if dim is None and callable(matvec) and not isinstance(matvec, LinearOperator):
         raise ValueError("A callable matvec needs the length of its vectors: call lanczos(fn, k, dim=n).")
     operator = as_operator(matvec, dim, dtype)
     n = operator.dim
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
-        raise ValueError(f"k must be an integer with 1 <= k <= dim={n}, got {k!r}.")
-    k = int(k)
-    if which not in WHICH_CHOICES:
-        raise ValueError(f"which must be one of {WHICH_CHOICES}, got {which!r}.")
-    if not (np.isfinite(tol) and tol > 0):
-        raise ValueError(f"tol must be a positive number, got {tol!r}.")
-    if max_iterations is None:
-        max_iterations = max(300, 20 * k)
-    if max_iterations < k:
-        raise ValueError(f"max_iterations={max_iterations} is too small to find k={k} eigenpairs.")
-    basis_size = min(n, int(max_basis_size) if max_basis_size else max(2 * k + 10, 30))
-    if basis_size < min(n, k + 2):
-        raise ValueError(f"max_basis_size must be at least k + 2 = {k + 2}, got {max_basis_size}.")
+    k = _options.eigen_count(k, n)
+    which = _options.which(which)
+    tol = _options.tolerance(tol)
+    max_matvecs = _options.matvec_budget(max_matvecs, k=k, least=k, needs=f"to find k={k} eigenpairs")
+    if max_basis_size is None:
+        basis_size = min(n, max(2 * k + 10, 30))
+    else:  # a basis beyond dim vectors cannot be orthogonal: it is capped at dim
+        basis_size = min(n, integer("max_basis_size", max_basis_size, low=min(n, k + 2),
+                                    bounds=f"max_basis_size >= k + 2 = {k + 2}"))
 
     rng = np.random.default_rng(seed)
     dtype = operator.dtype
@@ -88,7 +92,7 @@ def lanczos(matvec, k: int = 5, *, dim: int | None = None, which: str = "largest
     projected = np.zeros((basis_size, basis_size))
     vector = tf.constant(_start_vector(n, rng, initial_vectors), dtype)
     first_matvec = operator.num_matvecs
-    progbar = _progbar(max_iterations) if verbose else None
+    progbar = progress(verbose, max_matvecs, tol)
 
     size, restarts = 0, 0
     while True:
@@ -106,8 +110,8 @@ def lanczos(matvec, k: int = 5, *, dim: int | None = None, which: str = "largest
         converged = size >= k and bool(np.all(residual_norms <= tol * scale))
         spent = operator.num_matvecs - first_matvec
         if progbar is not None:
-            progbar.update(spent, [("worst_residual", float(np.max(residual_norms) / scale))])
-        if converged or size == n or spent >= max_iterations:
+            progbar.update(spent, np.max(residual_norms) / scale)
+        if converged or size == n or spent >= max_matvecs:
             break
 
         vector, beta = next_basis_vector(step, basis[:size], rng)
@@ -126,9 +130,9 @@ def lanczos(matvec, k: int = 5, *, dim: int | None = None, which: str = "largest
             restarts += 1
 
     if progbar is not None:
-        progbar.update(operator.num_matvecs - first_matvec, finalize=True)
+        progbar.update(operator.num_matvecs - first_matvec, np.max(residual_norms) / scale, finalize=True)
     if size < k:
-        raise ValueError(f"Stopped after {size} basis vectors, fewer than k={k}; raise max_iterations.")
+        raise ValueError(f"Stopped after {size} basis vectors, fewer than k={k}; raise max_matvecs.")
     chosen = wanted[:k]
     eigenvectors = tf.matmul(basis[:size], tf.constant(ritz_vectors[:, chosen], dtype), transpose_a=True)
     return EigenResult(
@@ -165,8 +169,3 @@ def _start_vector(n: int, rng: np.random.Generator, initial_vectors) -> np.ndarr
     start = (1.0 - WARM_START_NOISE) * combined / norm + WARM_START_NOISE * random
     return start / np.linalg.norm(start)
 
-
-def _progbar(target: int):
-    import keras  # Keras is needed only for the progress bar
-
-    return keras.utils.Progbar(target, unit_name="matvec")

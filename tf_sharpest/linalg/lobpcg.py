@@ -13,14 +13,19 @@ product (along SGD at lr 0.05, about twice as many measuring every 100 steps:
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import tensorflow as tf
 
+from tf_sharpest.linalg import _options
+from tf_sharpest.linalg._progress import progress
 from tf_sharpest.linalg.result import EigenResult
-from tf_sharpest.operators.base import as_operator
+from tf_sharpest.operators.base import LinearOperator, as_operator
+from tf_sharpest.utils._deprecation import renamed_argument
+from tf_sharpest.utils.checks import choice, integer
 
 STOP_CHOICES = ("residual", "eigenvalues")
-WHICH_CHOICES = ("largest", "smallest")
 # Random directions added to the warm start by default, so that a direction that
 # was not among the previous eigenvectors (a new sharp direction) has a way into
 # the search space besides the residuals; they also guard the k-th pair.
@@ -30,10 +35,10 @@ FRESH_DIRECTIONS = 2
 EIGENVALUE_FLOOR = 1e-2
 
 
-def lobpcg(operator, k: int = 5, *, tol: float = 1e-3, max_iterations: int | None = None,
+def lobpcg(operator, k: int = 5, *, tol: float = 1e-3, max_matvecs: int | None = None,
            initial_vectors=None, block_size: int | None = None, max_basis_size: int | None = None,
            stop_on: str = "residual", which: str = "largest", seed: int | None = 0, dim: int | None = None,
-           dtype=None, verbose: int = 0) -> EigenResult:
+           dtype=None, verbose: int = 0, max_iterations: int | None = None) -> EigenResult:
     """Top-``k`` (or bottom-``k``) eigenpairs of a symmetric operator by a warm-started block method.
 
     The method is LOBPCG without a preconditioner in its robust form: the
@@ -80,8 +85,8 @@ def lobpcg(operator, k: int = 5, *, tol: float = 1e-3, max_iterations: int | Non
         with ``stop_on="eigenvalues"`` the search stops when no eigenvalue
         ``lambda_1..lambda_k`` moved by more than ``tol`` times its size
         between two iterations.
-      max_iterations: most matvecs to spend, as in ``lanczos`` (default
-        ``max(300, 20 * k)``). The last block is cut to fit.
+      max_matvecs: most matvecs to spend, as in ``lanczos`` (default
+        ``max(300, 20 * k)``), at least ``block_size``. The last block is cut to fit.
       initial_vectors: ``[dim]`` or ``[dim, p]`` guesses, e.g. the previous
         eigenvectors along training. They start the block as they are (no
         mixing), topped up with random directions.
@@ -108,7 +113,10 @@ def lobpcg(operator, k: int = 5, *, tol: float = 1e-3, max_iterations: int | Non
       seed: seed of the random directions (results are deterministic for it).
       dim: length of the vectors of a callable ``operator``.
       dtype: dtype of a callable's vectors (default float32).
-      verbose: 1 shows a ``keras.utils.Progbar`` of matvecs and the worst residual.
+      verbose: 1 shows a ``keras.utils.Progbar`` of the matvecs spent and the
+        current worst relative residual, as in ``lanczos`` (no total, no ETA).
+      max_iterations: deprecated name of ``max_matvecs`` (it always counted
+        matvecs); it still works, with a ``DeprecationWarning``, until 0.3.
 
     Returns:
       An :class:`~tf_sharpest.linalg.EigenResult`; ``residual_norms`` are the
@@ -119,137 +127,232 @@ def lobpcg(operator, k: int = 5, *, tol: float = 1e-3, max_iterations: int | Non
       ValueError: for bad arguments, non-finite initial vectors, or an
         operator that returns non-finite values.
     """
+    max_matvecs = renamed_argument("lobpcg", "max_iterations", "max_matvecs", max_iterations, max_matvecs)
     operator = as_operator(operator, dim, dtype)
-    n = operator.dim
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
-        raise ValueError(f"k must be an integer with 1 <= k <= dim={n}, got {k!r}.")
-    k = int(k)
-    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating, np.integer)) \
-            or not (np.isfinite(tol) and tol > 0):
-        raise ValueError(f"tol must be a positive number, got {tol!r}.")
-    if stop_on not in STOP_CHOICES:
-        raise ValueError(f"stop_on must be one of {STOP_CHOICES}, got {stop_on!r}.")
-    if which not in WHICH_CHOICES:
-        raise ValueError(f"which must be one of {WHICH_CHOICES}, got {which!r}.")
-    guesses = _check_initial_vectors(initial_vectors, n)
-    num_guesses = 0 if guesses is None else guesses.shape[1]
-    if block_size is None:
-        block_size = min(n, max(k, num_guesses) + FRESH_DIRECTIONS)
-    elif isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \
-            or not max(k, num_guesses) <= block_size <= n:
-        raise ValueError(
-            f"block_size must be an integer with max(k, number of initial_vectors) = {max(k, num_guesses)} "
-            f"<= block_size <= dim={n}, got {block_size!r}.")
-    m = int(block_size)
-    if max_iterations is None:
-        max_iterations = max(300, 20 * k)
-    if isinstance(max_iterations, bool) or not isinstance(max_iterations, (int, np.integer)) \
-            or max_iterations < m:
-        raise ValueError(
-            f"max_iterations={max_iterations!r} matvecs cannot even multiply the first block of {m} vectors.")
-    if max_basis_size is None:
-        max_basis_size = max(6 * m, 30)
-    if isinstance(max_basis_size, bool) or not isinstance(max_basis_size, (int, np.integer)) \
-            or max_basis_size < 3 * m:
-        raise ValueError(f"max_basis_size must be an integer >= 3 * block_size = {3 * m}, got {max_basis_size!r}.")
-    basis_limit = min(int(max_basis_size), n)
-
+    options = _Options.check(operator.dim, k, tol, max_matvecs, initial_vectors, block_size, max_basis_size,
+                             stop_on, which)
     rng = np.random.default_rng(seed)
-    dtype = operator.dtype
-    sign = 1.0 if which == "largest" else -1.0  # "smallest" is "largest" of -A
+    # "smallest" is "largest" of -A: the products are negated, and so are the eigenvalues returned.
+    sign = 1.0 if which == "largest" else -1.0
     first_matvec = operator.num_matvecs
-    progbar = _progbar(max_iterations) if verbose else None
+    progbar = progress(verbose, options.max_matvecs, options.tol)
 
     def multiply(block: tf.Tensor) -> tf.Tensor:
-        product = operator.matmat(block)
-        if not bool(tf.reduce_all(tf.math.is_finite(product))):
-            raise ValueError(
-                f"The operator returned non-finite values at matvec {operator.num_matvecs - first_matvec}; "
-                "the loss or the weights have diverged.")
-        return product if sign > 0 else -product
+        return _multiply(operator, block, sign, first_matvec)
 
-    # The starting block: the guesses as they are, topped up with random directions;
-    # guesses that add nothing new (dependent, zero) are replaced by more random ones.
+    space = _SearchSpace.start(_start_block(options, operator.dtype, rng), multiply)
+    previous, restarts = None, 0
+    while True:
+        ritz = _rayleigh_ritz(space, options.block_size)
+        converged, residual_ok = _converged(ritz, previous, options)
+        spent = operator.num_matvecs - first_matvec
+        if progbar is not None:
+            progbar.update(spent, ritz.worst_residual(options.k))
+        if converged or spent >= options.max_matvecs or space.size == options.dim:
+            break
+        active = _active_columns(residual_ok, options, options.max_matvecs - spent)
+        coefficients = ritz.coefficients
+        if space.size + active.size > options.basis_limit:
+            coefficients = _restart(space, ritz, previous, options.basis_limit - options.block_size - active.size)
+            restarts += 1
+        new = _expansion(ritz.residuals, active, space.basis, rng)
+        if new is None:
+            break
+        space.extend(new, multiply(new))
+        previous = ritz.values, coefficients
+
+    if progbar is not None:
+        progbar.update(operator.num_matvecs - first_matvec, ritz.worst_residual(options.k), finalize=True)
+    return EigenResult(
+        eigenvalues=(sign * ritz.values[: options.k]).astype(np.float64),
+        eigenvectors=ritz.vectors[:, : options.k].numpy(),
+        residual_norms=ritz.residual_norms[: options.k].astype(np.float64),
+        num_matvecs=operator.num_matvecs - first_matvec,
+        converged=converged or space.size == options.dim,
+        num_restarts=restarts,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    """The checked arguments of one solve."""
+
+    dim: int
+    k: int
+    tol: float
+    max_matvecs: int
+    guesses: np.ndarray | None  # [dim, p] float64 initial vectors
+    block_size: int  # columns of the iterated block X
+    basis_limit: int  # most basis vectors, never above dim
+    stop_on: str
+
+    @classmethod
+    def check(cls, n, k, tol, max_matvecs, initial_vectors, block_size, max_basis_size, stop_on, which):
+        k = _options.eigen_count(k, n)
+        tol = _options.tolerance(tol)
+        choice("stop_on", stop_on, STOP_CHOICES)
+        _options.which(which)
+        guesses = _check_initial_vectors(initial_vectors, n)
+        least = max(k, 0 if guesses is None else guesses.shape[1])
+        if block_size is None:
+            m = min(n, least + FRESH_DIRECTIONS)
+        else:
+            m = integer("block_size", block_size, low=least, high=n,
+                        bounds=f"max(k, number of initial_vectors) = {least} <= block_size <= dim={n}")
+        max_matvecs = _options.matvec_budget(max_matvecs, k=k, least=m,
+                                             needs=f"to multiply the first block of {m} vectors")
+        if max_basis_size is None:
+            max_basis_size = max(6 * m, 30)
+        max_basis_size = integer("max_basis_size", max_basis_size, low=3 * m,
+                                 bounds=f"max_basis_size >= 3 * block_size = {3 * m}")
+        return cls(n, k, tol, max_matvecs, guesses, m, min(max_basis_size, n), stop_on)
+
+
+@dataclasses.dataclass
+class _SearchSpace:
+    """The orthonormal basis ``S`` ``[dim, s]``, its products ``A S`` and the projected matrix ``S^T A S`` (float64)."""
+
+    basis: tf.Tensor
+    products: tf.Tensor
+    projected: np.ndarray
+
+    @classmethod
+    def start(cls, block: tf.Tensor, multiply) -> _SearchSpace:
+        products = multiply(block)
+        return cls(block, products, _symmetric(_to_numpy(tf.matmul(block, products, transpose_a=True))))
+
+    @property
+    def size(self) -> int:
+        return self.basis.shape[1]
+
+    def extend(self, new: tf.Tensor, new_products: tf.Tensor) -> None:
+        """Appends orthonormal columns ``new`` (orthogonal to the basis) and their products."""
+        coupling = _to_numpy(tf.matmul(self.basis, new_products, transpose_a=True))
+        corner = _to_numpy(tf.matmul(new, new_products, transpose_a=True))
+        self.projected = _symmetric(np.block([[self.projected, coupling], [coupling.T, corner]]))
+        self.basis = tf.concat([self.basis, new], axis=1)
+        self.products = tf.concat([self.products, new_products], axis=1)
+
+    def rotate(self, keep: np.ndarray) -> None:
+        """Replaces the basis by ``S @ keep`` (``keep`` orthonormal columns), with no product."""
+        rotation = tf.constant(keep, self.basis.dtype)
+        self.basis, self.products = tf.matmul(self.basis, rotation), tf.matmul(self.products, rotation)
+        self.projected = _symmetric(keep.T @ self.projected @ keep)
+
+
+@dataclasses.dataclass
+class _Ritz:
+    """The block's Ritz pairs from one Rayleigh-Ritz step, best first, with their residuals."""
+
+    values: np.ndarray  # [m] float64
+    coefficients: np.ndarray  # [s, m] float64, in the basis
+    vectors: tf.Tensor  # [dim, m], X = S @ coefficients
+    residuals: tf.Tensor  # [dim, m], A X - X diag(values)
+    residual_norms: np.ndarray  # [m] float64
+    scale: float  # |lambda_max| over every Ritz value of the basis
+
+    def worst_residual(self, k: int) -> float:
+        """The largest relative residual of the wanted pairs, what ``tol`` is compared with."""
+        return float(np.max(self.residual_norms[:k]) / self.scale)
+
+
+def _start_block(options: _Options, dtype, rng: np.random.Generator) -> tf.Tensor:
+    """The starting block: the guesses as they are, topped up with random directions.
+
+    Guesses that add nothing new (dependent, zero) are replaced by more random ones.
+    """
+    n, m = options.dim, options.block_size
     start = tf.zeros([n, 0], dtype)
-    if guesses is not None:
-        start = _orthonormal_block(tf.constant(guesses, dtype), None)
+    if options.guesses is not None:
+        start = _orthonormal_block(tf.constant(options.guesses, dtype), None)
     while start.shape[1] < m:
         fresh = tf.constant(rng.standard_normal((n, m - start.shape[1])), dtype)
         start = tf.concat([start, _orthonormal_block(fresh, start)], axis=1)
-    basis, products = start, multiply(start)
-    projected = _symmetric(_to_numpy(tf.matmul(basis, products, transpose_a=True)))
+    return start
 
-    previous_values, previous_coefficients = None, None
-    restarts, converged = 0, False
-    while True:
-        ritz_values, ritz_coefficients = np.linalg.eigh(projected)
-        order = np.argsort(-ritz_values, kind="stable")[:m]
-        values, coefficients = ritz_values[order], ritz_coefficients[:, order]
-        block = tf.constant(coefficients, dtype)
-        x = tf.matmul(basis, block)
-        ax = tf.matmul(products, block)
-        residuals = ax - x * tf.constant(values, dtype)[None, :]
-        residual_norms = _to_numpy(tf.norm(residuals, axis=0))
-        scale = max(float(np.max(np.abs(ritz_values))), np.finfo(float).tiny)
-        residual_ok = residual_norms[:k] <= tol * scale
-        # Residuals below tol mean converged under either rule: eigenvalue errors are
-        # bounded by the residual norms (and shrink like their squares).
-        converged = bool(np.all(residual_ok))
-        if stop_on == "eigenvalues" and previous_values is not None:
-            floor = EIGENVALUE_FLOOR * scale
-            change = np.abs(values[:k] - previous_values[:k]) / np.maximum(np.abs(values[:k]), floor)
-            converged = bool(np.all((change <= tol) | residual_ok))
-        spent = operator.num_matvecs - first_matvec
-        if progbar is not None:
-            progbar.update(min(spent, max_iterations), [("worst_residual", float(np.max(residual_norms[:k]) / scale))])
-        if converged or spent >= max_iterations or basis.shape[1] == n:
-            break
 
-        # Soft locking: converged wanted pairs cost no more products. The guard columns
-        # (the fresh directions) are expanded as long as anything is: that is how a
-        # direction that was not among the previous eigenvectors gets in, and it speeds
-        # up the k-th pair. On Hessians along training this cost no more products to
-        # the same accuracy than leaving them passive (benchmarks/RESULTS.md).
-        active = np.concatenate([np.flatnonzero(~residual_ok), np.arange(k, m)])[: max_iterations - spent]
-        if basis.shape[1] + active.size > basis_limit:
-            # Compress to [X, P]: the current Ritz vectors and the part of the previous
-            # ones outside them (the LOBPCG recurrence), rotated in coefficient space.
-            keep = coefficients
-            if previous_coefficients is not None:
-                padded = np.zeros((basis.shape[1], previous_coefficients.shape[1]))
-                padded[: previous_coefficients.shape[0]] = previous_coefficients
-                extra = _orthonormal_complement(padded, keep)
-                keep = np.concatenate([keep, extra[:, : basis_limit - m - active.size]], axis=1)
-            rotation = tf.constant(keep, dtype)
-            basis, products = tf.matmul(basis, rotation), tf.matmul(products, rotation)
-            projected = _symmetric(keep.T @ projected @ keep)
-            coefficients = np.eye(keep.shape[1], m)  # X is now the first m columns
-            restarts += 1
-        new = _orthonormal_block(tf.gather(residuals, active, axis=1), basis)
+def _multiply(operator: LinearOperator, block: tf.Tensor, sign: float, first_matvec: int) -> tf.Tensor:
+    """``sign * A @ block`` through ``matmat``, refusing non-finite products."""
+    product = operator.matmat(block)
+    if not bool(tf.reduce_all(tf.math.is_finite(product))):
+        raise ValueError(
+            f"The operator returned non-finite values at matvec {operator.num_matvecs - first_matvec}; "
+            "the loss or the weights have diverged.")
+    return product if sign > 0 else -product
+
+
+def _rayleigh_ritz(space: _SearchSpace, m: int) -> _Ritz:
+    """The ``m`` largest Ritz pairs of the search space and their residuals (from the kept products, no matvec)."""
+    ritz_values, ritz_coefficients = np.linalg.eigh(space.projected)
+    order = np.argsort(-ritz_values, kind="stable")[:m]
+    values, coefficients = ritz_values[order], ritz_coefficients[:, order]
+    block = tf.constant(coefficients, space.basis.dtype)
+    vectors = tf.matmul(space.basis, block)
+    residuals = tf.matmul(space.products, block) - vectors * tf.constant(values, space.basis.dtype)[None, :]
+    scale = max(float(np.max(np.abs(ritz_values))), np.finfo(float).tiny)
+    return _Ritz(values, coefficients, vectors, residuals, _to_numpy(tf.norm(residuals, axis=0)), scale)
+
+
+def _converged(ritz: _Ritz, previous, options: _Options) -> tuple[bool, np.ndarray]:
+    """Whether the solve has converged, and which wanted pairs have (their residual is below ``tol``).
+
+    Residuals below tol mean converged under either rule: eigenvalue errors are
+    bounded by the residual norms (and shrink like their squares).
+    """
+    k = options.k
+    residual_ok = ritz.residual_norms[:k] <= options.tol * ritz.scale
+    converged = bool(np.all(residual_ok))
+    if options.stop_on == "eigenvalues" and previous is not None:
+        previous_values = previous[0]
+        floor = EIGENVALUE_FLOOR * ritz.scale
+        change = np.abs(ritz.values[:k] - previous_values[:k]) / np.maximum(np.abs(ritz.values[:k]), floor)
+        converged = bool(np.all((change <= options.tol) | residual_ok))
+    return converged, residual_ok
+
+
+def _active_columns(residual_ok: np.ndarray, options: _Options, matvecs_left: int) -> np.ndarray:
+    """The block columns whose residuals are expanded next, at most ``matvecs_left`` of them.
+
+    Soft locking: converged wanted pairs cost no more products. The guard columns
+    (the fresh directions) are expanded as long as anything is: that is how a
+    direction that was not among the previous eigenvectors gets in, and it speeds
+    up the k-th pair. On Hessians along training this cost no more products to
+    the same accuracy than leaving them passive (benchmarks/RESULTS.md).
+    """
+    unconverged = np.flatnonzero(~residual_ok)
+    return np.concatenate([unconverged, np.arange(options.k, options.block_size)])[:matvecs_left]
+
+
+def _restart(space: _SearchSpace, ritz: _Ritz, previous, room: int) -> np.ndarray:
+    """Compresses the basis to ``[X, P]`` and returns the block's coefficients in it (``X`` first).
+
+    ``X`` are the current Ritz vectors and ``P`` the part of the previous ones
+    outside them (the LOBPCG recurrence), at most ``room`` columns, rotated in
+    coefficient space at no product.
+    """
+    keep = ritz.coefficients
+    if previous is not None:
+        previous_coefficients = previous[1]
+        padded = np.zeros((space.size, previous_coefficients.shape[1]))
+        padded[: previous_coefficients.shape[0]] = previous_coefficients
+        extra = _orthonormal_complement(padded, keep)
+        keep = np.concatenate([keep, extra[:, :room]], axis=1)
+    space.rotate(keep)
+    return np.eye(keep.shape[1], ritz.coefficients.shape[1])  # X is now the first m columns
+
+
+def _expansion(residuals: tf.Tensor, active: np.ndarray, basis: tf.Tensor, rng: np.random.Generator):
+    """The new orthonormal block: the active residuals' part outside the basis; None when nothing is left.
+
+    When the residuals lie in the basis to working precision it spans an
+    invariant subspace; the search goes on from random directions instead.
+    """
+    new = _orthonormal_block(tf.gather(residuals, active, axis=1), basis)
+    if new.shape[1] == 0:
+        new = _orthonormal_block(tf.constant(rng.standard_normal((basis.shape[0], active.size)), basis.dtype), basis)
         if new.shape[1] == 0:
-            # The residuals lie in the basis to working precision: it spans an invariant
-            # subspace. Grow it with random directions so the search can go on.
-            new = _orthonormal_block(tf.constant(rng.standard_normal((n, active.size)), dtype), basis)
-            if new.shape[1] == 0:
-                break
-        new_products = multiply(new)
-        coupling = _to_numpy(tf.matmul(basis, new_products, transpose_a=True))
-        corner = _to_numpy(tf.matmul(new, new_products, transpose_a=True))
-        projected = _symmetric(np.block([[projected, coupling], [coupling.T, corner]]))
-        basis = tf.concat([basis, new], axis=1)
-        products = tf.concat([products, new_products], axis=1)
-        previous_values, previous_coefficients = values, coefficients
-
-    if progbar is not None:
-        progbar.update(min(operator.num_matvecs - first_matvec, max_iterations), finalize=True)
-    return EigenResult(
-        eigenvalues=(sign * values[:k]).astype(np.float64),
-        eigenvectors=x[:, :k].numpy(),
-        residual_norms=residual_norms[:k].astype(np.float64),
-        num_matvecs=operator.num_matvecs - first_matvec,
-        converged=converged or basis.shape[1] == n,
-        num_restarts=restarts,
-    )
+            return None
+    return new
 
 
 def _check_initial_vectors(initial_vectors, n: int) -> np.ndarray | None:
@@ -324,8 +427,3 @@ def _symmetric(matrix: np.ndarray) -> np.ndarray:
 def _to_numpy(tensor: tf.Tensor) -> np.ndarray:
     return tensor.numpy().astype(np.float64)
 
-
-def _progbar(target: int):
-    import keras  # Keras is needed only for the progress bar
-
-    return keras.utils.Progbar(target, unit_name="matvec")
