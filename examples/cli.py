@@ -1,4 +1,8 @@
-"""What the programs (examples, experiments, benchmarks) share: argparse value types and markdown tables.
+"""What the example programs share: argparse value types, markdown tables and a quiet TensorFlow import.
+
+The examples are self-contained: this file sits beside them, and the
+experiments and benchmarks have their own copy of what they use
+(``experiments/_cli.py``; ``tests/test_lint.py`` keeps the two alike).
 
 A bad size or rate is a usage error before anything loads: only the standard
 library is imported here, so that ``--help`` and usage errors come back at
@@ -9,6 +13,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import re
+import sys
+import tempfile
 from collections.abc import Sequence
 
 
@@ -67,19 +75,51 @@ def positive_int_list(text: str) -> list[int]:
     return number_list(text, int)
 
 
-def nonnegative_int_list(text: str) -> list[int]:
-    """Comma-separated integers >= 0 (seeds, epochs counted from 0), at least one."""
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {text!r}") from None
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {text!r}")
-    return values
-
-
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     """A GitHub-flavoured markdown table: one header row, then one row per entry of ``rows``."""
     lines = ["| " + " | ".join(str(c) for c in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+#: What TensorFlow's C++ start-up writes to stderr whatever ``TF_CPP_MIN_LOG_LEVEL`` says (it logs before absl's
+#: logging is initialised): CUDA probed on a machine without a GPU, CPU instruction notes, oneDNN notes, the
+#: registration of CUDA libraries. Nothing else on stderr is dropped.
+TENSORFLOW_NOISE = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|[IWE]\d{4} [\d:.]+ +\d+ (cudart_stub|cuda_platform|cuda_executor|cuda_diagnostics|cuda_dnn|cuda_fft|cuda_blas"
+    r"|cpu_feature_guard|cpu_utils|port|gpu_device|dso_loader)\.cc:\d+\] .*"
+    r"|To enable the following instructions: .* in other operations, rebuild TensorFlow .*"
+    r"|.*oneDNN custom operations are on.*|.*Unable to register cu(DNN|FFT|BLAS) factory.*")
+
+
+def import_tensorflow_quietly():
+    """Imports TensorFlow (and probes its devices) with its start-up noise filtered out of stderr; returns it.
+
+    ``TF_CPP_MIN_LOG_LEVEL=2`` hides TensorFlow's info and warning logs, but the
+    CUDA probe and its neighbours write to file descriptor 2 before logging is
+    set up, so the environment cannot silence them. Here descriptor 2 goes to a
+    temporary file while TensorFlow is imported and lists its devices (where
+    CUDA is initialised); afterwards the lines that are not start-up noise
+    (``TENSORFLOW_NOISE``) are written to stderr, so a real error still shows.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode("utf-8", "replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if not TENSORFLOW_NOISE.fullmatch(line.rstrip("\n"))))
+            sys.stderr.flush()
+    return tf

@@ -22,7 +22,14 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from cli import HelpFormatter, finite_float, markdown_table, positive_float, positive_int  # noqa: E402
+from cli import (  # noqa: E402
+    HelpFormatter,
+    finite_float,
+    import_tensorflow_quietly,
+    markdown_table,
+    positive_float,
+    positive_int,
+)
 
 # TensorFlow, Keras and tf_sharpest are imported in main() once the arguments are parsed: --help and usage
 # errors then take a fraction of a second instead of TensorFlow's import time.
@@ -146,6 +153,7 @@ def main():
     args = parser.parse_args()
     start = time.perf_counter()
 
+    import_tensorflow_quietly()  # without CUDA's and absl's start-up lines on stderr
     import keras
 
     from tf_sharpest import data

@@ -32,7 +32,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from cli import HelpFormatter, positive_float, positive_int  # noqa: E402
+from cli import HelpFormatter, import_tensorflow_quietly, positive_float, positive_int  # noqa: E402
 from local_cluster import python_command, run_workers  # noqa: E402
 
 
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def worker(args) -> None:
     """One worker of the cluster: TF_CONFIG tells it who it is."""
+    import_tensorflow_quietly()  # without CUDA's and absl's start-up lines on stderr
     import keras
     import tensorflow as tf
 

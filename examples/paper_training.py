@@ -451,6 +451,9 @@ def main(family: str) -> None:
     define_flags(family)
 
     def train(argv):
+        from cli import import_tensorflow_quietly  # beside this file, as train_*.py put it on sys.path
+
+        import_tensorflow_quietly()  # without CUDA's and absl's start-up lines on stderr
         run(argv, family)  # not returned: app.run would exit with the metrics dict as an error status
 
     app.run(train, flags_parser=parse_flags)

@@ -14,7 +14,14 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from cli import HelpFormatter, number_list, positive_float, positive_int, positive_int_list  # noqa: E402
+from cli import (  # noqa: E402
+    HelpFormatter,
+    import_tensorflow_quietly,
+    number_list,
+    positive_float,
+    positive_int,
+    positive_int_list,
+)
 
 # TensorFlow, keras-tuner and tf_sharpest are imported in main() once the arguments are parsed: --help and
 # usage errors then come back at once instead of after TensorFlow's import (seconds).
@@ -43,6 +50,7 @@ def main():
     parser = build_parser()
     args = parser.parse_args()
 
+    import_tensorflow_quietly()  # without CUDA's and absl's start-up lines on stderr
     try:
         import keras_tuner
     except ImportError:
