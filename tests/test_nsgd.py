@@ -35,11 +35,11 @@ def run(optimizer, gradients, variables=None, directions=None, new_directions=No
     variables = variables or make_variables()
     optimizer.build(variables)
     if directions is not None:
-        optimizer.set_directions(directions)
+        optimizer.set_directions(None, directions)
     trajectory = [flat(variables)]
     for step, grads in enumerate(gradients):
         if new_directions and step in new_directions:
-            optimizer.set_directions(new_directions[step])
+            optimizer.set_directions(None, new_directions[step])
         optimizer.apply(grads, variables)
         trajectory.append(flat(variables))
     return np.array(trajectory)
@@ -84,7 +84,7 @@ def model_directions(model, k=2, seed=3):
 def compile_nsgd(model, jit_compile=False, **kwargs):
     model.compile(optimizer=NSGD(**kwargs), loss=LOSS, jit_compile=jit_compile)
     model.optimizer.build(model.trainable_variables)
-    model.optimizer.set_directions(model_directions(model))
+    model.optimizer.set_directions(None, model_directions(model))
 
 
 # -- the update rules -----------------------------------------------------------------------
@@ -147,8 +147,8 @@ def test_matches_numpy_rules_in_float64_with_a_schedule(nudge, floatx):
     ours = run(optimizer, gradients, variables=variables, directions=E)
     assert optimizer.get_directions().dtype == np.float64
     rates = [float(schedule(t)) for t in range(5)]  # as Keras evaluates it (in float32)
-    expected = numpy_nsgd(flat(make_variables(dtype="float64")), gradients, rates, 0.7,
-                          3.0, [E] * 5, nudge)
+    momentum = float(np.float32(0.7))  # Keras's SGD casts a Python float through float32, also for float64
+    expected = numpy_nsgd(flat(make_variables(dtype="float64")), gradients, rates, momentum, 3.0, [E] * 5, nudge)
     np.testing.assert_allclose(ours, expected, atol=1e-12)
 
 
@@ -172,11 +172,11 @@ def test_first_top_k_columns_structured_form_and_alpha():
     variables = make_variables()
     optimizer.build(variables)
     offsets = np.cumsum([0] + [int(np.prod(s)) for s in SHAPES])
-    optimizer.set_directions([E[a:b].reshape(s + (4,)) for a, b, s in zip(offsets[:-1], offsets[1:], SHAPES)])
+    optimizer.set_directions(None, [E[a:b].reshape(s + (4,)) for a, b, s in zip(offsets[:-1], offsets[1:], SHAPES)])
     np.testing.assert_array_equal(optimizer.get_directions(), E[:, :2])
-    optimizer.set_directions(tf.constant(E[:, 2:]))  # a tensor, K == top_k
+    optimizer.set_directions(None, tf.constant(E[:, 2:]))  # a tensor, K == top_k
     np.testing.assert_array_equal(optimizer.get_directions(), E[:, 2:])
-    optimizer.set_directions(E)  # flat, K > top_k
+    optimizer.set_directions(None, E)  # flat, K > top_k
     np.testing.assert_array_equal(optimizer.get_directions(), E[:, :2])
     for grads in random_gradients(2):
         optimizer.apply(grads, variables)
@@ -189,7 +189,7 @@ def test_first_top_k_columns_structured_form_and_alpha():
 def test_directions_set_before_build_are_applied_at_build():
     E = orthonormal_directions()
     optimizer = NSGD(0.1, gamma=0.0, top_k=3)
-    optimizer.set_directions(E)
+    optimizer.set_directions(None, E)
     assert optimizer.has_directions
     step = np.diff(run(optimizer, random_gradients(1)), axis=0)[0]
     np.testing.assert_allclose(E.T @ step, 0.0, atol=1e-6)
@@ -220,7 +220,7 @@ def test_gamma_changes_inside_a_compiled_step():
     optimizer = NSGD(0.1, gamma=1.0, top_k=3)
     optimizer.build(variables)
     E = orthonormal_directions()
-    optimizer.set_directions(E)
+    optimizer.set_directions(None, E)
     traces = []
 
     @tf.function(jit_compile=True)
@@ -236,7 +236,7 @@ def test_gamma_changes_inside_a_compiled_step():
     before = flat(variables)
     step(grads)
     second = flat(variables) - before
-    optimizer.set_directions(orthonormal_directions(seed=9))  # new directions: no retrace either
+    optimizer.set_directions(None, orthonormal_directions(seed=9))  # new directions: no retrace either
     step(grads)
     assert len(traces) == 1
     assert optimizer.gamma == 0.0
@@ -282,7 +282,7 @@ def test_model_fit_with_and_without_xla_and_gamma_changed_mid_fit(jit_compile):
     E = model_directions(model)
     model.compile(optimizer=NSGD(learning_rate=0.1, gamma=1.0, top_k=2, momentum=0.5), loss=LOSS,
                   jit_compile=jit_compile)
-    model.optimizer.set_directions(E)  # before the optimizer is built: applied when fit builds it
+    model.optimizer.set_directions(None, E)  # before the optimizer is built: applied when fit builds it
     weights = [flat(model.trainable_variables)]
 
     def after_epoch(epoch, logs):
@@ -387,7 +387,7 @@ def test_mirrored_strategy_matches_one_device(mirrored_strategy):
     for model in (single, mirrored):
         model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
         # As a callback would, between epochs and outside the strategy's scope:
-        model.optimizer.set_directions(model_directions(model, seed=11))
+        model.optimizer.set_directions(None, model_directions(model, seed=11))
         model.optimizer.gamma = 3.0
         model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
     np.testing.assert_allclose(flat(mirrored.trainable_variables), flat(single.trainable_variables), atol=1e-5)
@@ -409,28 +409,28 @@ def test_bad_input():
     with pytest.raises(ValueError, match="not built"):
         optimizer.get_directions()
     with pytest.raises(ValueError, match=r"shape \[dim, K\]"):
-        optimizer.set_directions(np.ones((26, 3, 1)))  # caught before build too
+        optimizer.set_directions(None, np.ones((26, 3, 1)))  # caught before build too
     optimizer.build(make_variables())
     with pytest.raises(ValueError, match=r"shape \[dim=26, K\]"):
-        optimizer.set_directions(np.ones((25, 3)))
+        optimizer.set_directions(None, np.ones((25, 3)))
     with pytest.raises(ValueError, match="2 columns but top_k=3; pass K >= top_k"):
-        optimizer.set_directions(np.ones((26, 2)))
+        optimizer.set_directions(None, np.ones((26, 2)))
     with pytest.raises(ValueError, match="Expected 4 per-variable"):
-        optimizer.set_directions([np.ones((3, 4, 3))])
+        optimizer.set_directions(None, [np.ones((3, 4, 3))])
     with pytest.raises(ValueError, match=r"has shape \(4, 3, 3\); expected \(3, 4, 'K'\)"):
-        optimizer.set_directions([np.ones((4, 3, 3)), np.ones((4, 3)), np.ones((4, 2, 3)), np.ones((2, 3))])
+        optimizer.set_directions(None, [np.ones((4, 3, 3)), np.ones((4, 3)), np.ones((4, 2, 3)), np.ones((2, 3))])
     good = orthonormal_directions()
-    optimizer.set_directions(good)
+    optimizer.set_directions(None, good)
     for value in (np.nan, np.inf):
         bad = good.copy()
         bad[0, 0] = value
         with pytest.raises(ValueError, match="NaN or inf"):
-            optimizer.set_directions(bad)
+            optimizer.set_directions(None, bad)
     np.testing.assert_array_equal(optimizer.get_directions(), good)  # the previous directions are kept
     with pytest.raises(ValueError, match="NaN or inf"):
-        NSGD().set_directions(bad)
+        NSGD().set_directions(None, bad)
     with pytest.warns(UserWarning, match="not orthonormal"):
-        optimizer.set_directions(2 * good)
+        optimizer.set_directions(None, 2 * good)
 
 
 def test_numpy_scalars_are_accepted_and_bools_strings_and_out_of_range_refused():
