@@ -1,7 +1,10 @@
-"""Measurements of how training steps act along the sharpest directions."""
+"""Measurements of how training steps act along the sharpest directions, and pictures of the loss around them."""
 
+from tf_sharpest.analysis._directions import random_directions
+from tf_sharpest.analysis._landscape import Landscape, LandscapeEvaluator, loss_landscape
 from tf_sharpest.analysis.sharpness import BatchSharpness, BatchSharpnessMeter, batch_indices, batch_sharpness
 from tf_sharpest.analysis.steps import StepAnalysis, alignment, analyze_sgd_step, loss_along, random_alignment
 
-__all__ = ["BatchSharpness", "BatchSharpnessMeter", "StepAnalysis", "alignment", "analyze_sgd_step",
-           "batch_indices", "batch_sharpness", "loss_along", "random_alignment"]
+__all__ = ["BatchSharpness", "BatchSharpnessMeter", "Landscape", "LandscapeEvaluator", "StepAnalysis", "alignment",
+           "analyze_sgd_step", "batch_indices", "batch_sharpness", "loss_along", "loss_landscape",
+           "random_alignment", "random_directions"]

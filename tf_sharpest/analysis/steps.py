@@ -3,7 +3,9 @@
 These are the measurements behind the paper's analysis of the SGD step: the
 loss after moving along a top Hessian eigenvector by (a multiple of) the
 component of the SGD step along it, compared with a random direction, and
-how much the gradient is aligned with the top eigenvectors.
+how much the gradient is aligned with the top eigenvectors. The losses along
+a direction are lines of :func:`~tf_sharpest.analysis.loss_landscape`,
+evaluated statelessly: the weights are never assigned.
 """
 
 from __future__ import annotations
@@ -15,30 +17,43 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
+from tf_sharpest.analysis._landscape import LandscapeEvaluator
 from tf_sharpest.operators.empirical_loss import EmpiricalLoss
 
 
 def loss_along(objective: EmpiricalLoss, direction, scales: Sequence[float]) -> np.ndarray:
-    """Mean loss at ``theta + s * direction`` for each ``s`` in ``scales``; the weights are restored after.
+    """Mean loss at ``theta + s * direction`` for each ``s`` in ``scales``; the model is never changed.
+
+    A line of :func:`~tf_sharpest.analysis.loss_landscape` on the objective's
+    sample, loss, mode and variables (a block's objective takes a direction in
+    the block's layout). A non-finite scale gives NaN; a point where the loss
+    diverges gives its non-finite value.
 
     Args:
-      objective: the loss on a fixed sample (its model's weights are moved and put back).
-      direction: flat vector in the layout of ``model.trainable_variables``.
+      objective: the loss on a fixed sample.
+      direction: flat vector in the layout of ``objective.variables``.
       scales: step lengths along ``direction``.
     """
-    objective.layout.check_flat(np.asarray(direction), "direction")
-    parts = objective.layout.unflatten(np.asarray(direction, dtype=objective.dtype.as_numpy_dtype))
-    original = [v.numpy() for v in objective.variables]
-    losses = []
-    try:
-        for scale in scales:
-            for variable, start, part in zip(objective.variables, original, parts):
-                variable.assign(start + float(scale) * part.numpy())
-            losses.append(objective.evaluate() if np.isfinite(scale) else np.nan)
-    finally:
-        for variable, start in zip(objective.variables, original):
-            variable.assign(start)
-    return np.array(losses, dtype=np.float64)
+    return _losses_along(_evaluator(objective), direction, scales)
+
+
+def _evaluator(objective: EmpiricalLoss) -> LandscapeEvaluator:
+    """A landscape evaluator on the objective's sample, loss, mode and variables (one traced graph for all lines)."""
+    return LandscapeEvaluator(objective.model, objective.sample, loss=objective.model_loss.loss,
+                              training=objective.training, variables=objective.variables, metrics=False)
+
+
+def _losses_along(evaluator: LandscapeEvaluator, direction, scales) -> np.ndarray:
+    direction = np.asarray(direction, dtype=np.float64)
+    evaluator.layout.check_flat(direction, "direction")
+    if not np.all(np.isfinite(direction)):
+        raise ValueError("direction contains NaN or inf values.")
+    scales = np.asarray(scales, dtype=np.float64).reshape(-1)
+    finite = np.isfinite(scales)
+    losses = np.full(scales.shape, np.nan)
+    if finite.any():
+        losses[finite], _ = evaluator.evaluate(direction[None], scales[finite][:, None])
+    return losses
 
 
 def alignment(gradient, directions) -> np.ndarray:
@@ -121,9 +136,11 @@ def analyze_sgd_step(model: keras.Model, data, eigenvectors, learning_rate: floa
     random = rng.standard_normal((objective.layout.dim, int(num_random)))
     random /= np.linalg.norm(random, axis=0, keepdims=True)
 
+    evaluator = _evaluator(objective)  # one traced graph for every line below
+
     def losses_for(direction):
         unit = direction / np.linalg.norm(direction)
-        return loss_along(objective, unit, -multipliers * learning_rate * float(gradient @ unit))
+        return _losses_along(evaluator, unit, -multipliers * learning_rate * float(gradient @ unit))
 
     return StepAnalysis(
         loss=objective.value,
@@ -131,7 +148,7 @@ def analyze_sgd_step(model: keras.Model, data, eigenvectors, learning_rate: floa
         eigenvalues=np.asarray(eigenvalues if eigenvalues is not None else np.full(directions.shape[1], np.nan)),
         along_eigenvectors=np.stack([losses_for(d) for d in directions.T]),
         along_random=np.stack([losses_for(r) for r in random.T]) if num_random else np.zeros((0, multipliers.size)),
-        full_step=loss_along(objective, gradient, -multipliers * learning_rate),
+        full_step=_losses_along(evaluator, gradient, -multipliers * learning_rate),
         alignment=alignment(gradient, directions),
         random_alignment=alignment(gradient, random),
         expected_random_alignment=random_alignment(objective.layout.dim),
