@@ -108,6 +108,25 @@ def test_breakdown_pads_with_zero_weights():
         np.mean([np.sum(w * n) for w, n in zip(result.weights, result.nodes)]))
 
 
+@pytest.mark.parametrize("num_steps", [30 + 1000, 10**9])
+def test_arrays_are_sized_by_the_steps_that_can_run(num_steps):
+    """Regression: num_steps=10**9 allocated [num_probes, 10**9] arrays (MemoryError) though at most dim run."""
+    tracemalloc = pytest.importorskip("tracemalloc")
+    matrix = symmetric_matrix(np.linspace(-1.0, 2.0, 30), seed=3)
+    tracemalloc.start()
+    try:
+        result = spectral_density(matrix, num_probes=2, num_steps=num_steps, seed=0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20, peak  # a few kilobytes of nodes, not 16 GB
+    assert result.nodes.shape == result.weights.shape == (2, 30) and result.num_matvecs == 2 * 30
+    # dim steps make the quadrature exact: every eigenvalue is a node, and moments are the probes' exact ones
+    np.testing.assert_allclose(np.sort(result.nodes[0]), np.linspace(-1.0, 2.0, 30), atol=1e-9)
+    same = spectral_density(matrix, num_probes=2, num_steps=30, seed=0)
+    np.testing.assert_array_equal(result.nodes, same.nodes)
+
+
 def test_tiny_cnn_hessian_density():
     model = tiny_cnn()
     x, y = classification_data((6, 6, 1))

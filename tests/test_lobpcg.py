@@ -268,7 +268,7 @@ def test_budget_is_respected_and_reported():
         ({"k": 3, "block_size": 2}, "block_size"),
         ({"k": 2, "block_size": 11}, "block_size"),
         ({"k": 2, "block_size": 2, "initial_vectors": np.eye(10)[:, :3]}, "block_size"),
-        ({"k": 2, "max_matvecs": 3}, "max_matvecs must be an integer with max_matvecs >= 4"),
+        ({"k": 2, "max_matvecs": 3}, "max_matvecs must be an integer >= 4, got 3. 4 matvecs are needed to multiply"),
         ({"k": 2, "max_basis_size": 5}, "max_basis_size"),
     ],
 )

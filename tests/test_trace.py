@@ -110,12 +110,14 @@ def test_hutchinson_trace_is_the_sum_of_the_hutchinson_diagonal():
 
 
 def test_diagonal_is_unbiased_with_calibrated_stderr():
-    result = diagonal(MIXED, num_matvecs=400, seed=1)
-    assert isinstance(result, DiagonalResult) and result.values.shape == (60,) and result.num_matvecs == 400
-    z = (result.values - np.diag(MIXED)) / result.stderr
+    # 400 probes need more than 400 rows: at dim probes or more, method="exact" is refused in favour of exact.
+    wide = symmetric_matrix(np.random.default_rng(0).uniform(-1.0, 3.0, 450), seed=0)
+    result = diagonal(wide, num_matvecs=400, seed=1)
+    assert isinstance(result, DiagonalResult) and result.values.shape == (450,) and result.num_matvecs == 400
+    z = (result.values - np.diag(wide)) / result.stderr
     assert np.max(np.abs(z)) < 4.5 and 0.75 < np.sqrt(np.mean(z ** 2)) < 1.25
     # the per-entry error is the one Rademacher probes predict: sum of the row's off-diagonal squares
-    predicted = np.sqrt((np.sum(MIXED ** 2, axis=1) - np.diag(MIXED) ** 2) / 400)
+    predicted = np.sqrt((np.sum(wide ** 2, axis=1) - np.diag(wide) ** 2) / 400)
     np.testing.assert_allclose(result.stderr, predicted, rtol=0.25)
     exact = diagonal(MIXED, method="exact")
     np.testing.assert_allclose(exact.values, np.diag(MIXED), atol=1e-12)
@@ -206,6 +208,39 @@ def test_non_symmetric_operator_is_detected_at_no_extra_cost(method):
         diagonal(operator, method="exact" if method == "exact" else "hutchinson", num_matvecs=12)
     # a symmetric float32 operator passes: rounding is far below the tolerance
     trace(MatrixOperator(MIXED.astype(np.float32)), method=method, num_matvecs=12)
+
+
+class LimitedOperator(LinearOperator):
+    """MIXED, refusing to run past ``limit`` products: a budget that is not refused up front fails here."""
+
+    def __init__(self, limit):
+        super().__init__(MIXED.shape[0], tf.float64)
+        self.limit = limit
+
+    def _matmat(self, vectors):
+        if self.num_matvecs > self.limit:
+            raise RuntimeError(f"ran past {self.limit} products")
+        return tf.matmul(tf.constant(MIXED), vectors)
+
+    def _matvec(self, vector):
+        return self._matmat(vector[:, None])[:, 0]
+
+
+@pytest.mark.parametrize("function, computes", [(trace, "trace"), (diagonal, "diagonal")])
+@pytest.mark.parametrize("num_matvecs", [60, 61, 10**12, np.int64(10**12)])
+def test_hutchinson_budgets_of_dim_or_more_are_refused_for_exact(function, computes, num_matvecs):
+    """Regression: trace/diagonal(method="hutchinson", num_matvecs=10**12) ran without bound."""
+    operator = LimitedOperator(limit=200)
+    with pytest.raises(ValueError, match=rf"needs num_matvecs < dim=60.*method='exact' gives the exact {computes}"):
+        function(operator, method="hutchinson", num_matvecs=num_matvecs)
+    assert operator.num_matvecs == 0  # refused before any product
+    # the way out the message names: dim products, no error
+    exact = function(operator, method="exact")
+    assert exact.num_matvecs == operator.num_matvecs == 60
+    expected = np.trace(MIXED) if computes == "trace" else np.diag(MIXED)
+    np.testing.assert_allclose(exact.value if computes == "trace" else exact.values, expected, rtol=1e-12)
+    # and the largest budget that can help still runs
+    assert function(operator, method="hutchinson", num_matvecs=59).num_matvecs == 59
 
 
 def test_non_finite_products_are_reported():

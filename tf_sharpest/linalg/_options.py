@@ -26,7 +26,7 @@ def default_max_matvecs(k: int) -> int:
 
 def eigen_count(k, dim: int) -> int:
     """The number ``k`` of eigenpairs, ``1 <= k <= dim``."""
-    return integer("k", k, low=1, high=dim, bounds=f"1 <= k <= dim={dim}")
+    return integer("k", k, low=1, high=dim, bounds=f"with 1 <= k <= dim={dim}")
 
 
 def which(value) -> str:
@@ -53,7 +53,7 @@ def matvec_budget(max_matvecs, *, k: int | None = None, least: int = 1, needs: s
         return None if k is None else default_max_matvecs(k)
     if least <= 1:
         return positive_int("max_matvecs", max_matvecs)
-    return integer("max_matvecs", max_matvecs, low=least, bounds=f"max_matvecs >= {least}",
+    return integer("max_matvecs", max_matvecs, low=least,
                    hint=f"{least} matvecs are needed {needs}; raise max_matvecs." if needs else "")
 
 

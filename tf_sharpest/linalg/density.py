@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from tf_sharpest.linalg.probes import as_symmetric_operator, check_symmetric, rademacher
 from tf_sharpest.linalg.tridiagonal import tridiagonalize
+from tf_sharpest.utils.checks import integer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,8 +36,8 @@ class SpectralDensity:
     """Gauss quadrature nodes and weights from stochastic Lanczos quadrature, one row per probe.
 
     Attributes:
-      nodes: ``[num_probes, num_steps]`` float64 Ritz values, ascending in each row.
-      weights: ``[num_probes, num_steps]`` float64, each row sums to 1. A run
+      nodes: ``[num_probes, min(num_steps, dim)]`` float64 Ritz values, ascending in each row.
+      weights: ``[num_probes, min(num_steps, dim)]`` float64, each row sums to 1. A run
         that exhausted its Krylov space early is padded with weight 0 (and the
         row's largest node), so padding changes no sum.
       dim: the operator's dimension (``tr(A^p) = dim * moment(p)``).
@@ -102,9 +103,8 @@ class SpectralDensity:
         result.moment(2).value                      # mean squared eigenvalue
         ```
         """
-        if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 0:
-            raise ValueError(f"p must be an integer >= 0, got {p!r}.")
-        per_probe = np.sum(self.weights * self.nodes ** int(p), axis=1)
+        p = integer("p", p, low=0)
+        per_probe = np.sum(self.weights * self.nodes ** p, axis=1)
         if not normalized:
             per_probe = per_probe * self.dim
         stderr = None if self.num_probes < 2 else float(np.std(per_probe, ddof=1) / np.sqrt(self.num_probes))
@@ -190,8 +190,10 @@ def spectral_density(operator, *, num_probes: int = 10, num_steps: int = 80, see
       operator: a :class:`~tf_sharpest.operators.LinearOperator` or a
         symmetric square matrix.
       num_probes: independent probes, ``>= 1``.
-      num_steps: Lanczos steps per probe, ``>= 1`` (at most ``dim`` are taken;
-        the rows are padded with zero weights).
+      num_steps: Lanczos steps per probe, ``>= 1``. At most ``dim`` are ever
+        taken (the Krylov space has no more dimensions), so the result has
+        ``min(num_steps, dim)`` columns; rows that stop earlier are padded with
+        zero weights.
       seed: seed of the probes; the result is deterministic for it.
 
     Returns:
@@ -202,14 +204,16 @@ def spectral_density(operator, *, num_probes: int = 10, num_steps: int = 80, see
         operator (compared between probes, at no extra matvec), or non-finite products.
     """
     operator = as_symmetric_operator(operator, "spectral_density")
-    for name, value in (("num_probes", num_probes), ("num_steps", num_steps)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
-    rng = np.random.default_rng(seed)
+    num_probes = integer("num_probes", num_probes, low=1)
     n, first_matvec = operator.dim, operator.num_matvecs
-    nodes, weights = np.zeros((num_probes, num_steps)), np.zeros((num_probes, num_steps))
+    # Sized by the steps that can run, not by the number asked for (num_steps=10**9 would
+    # otherwise allocate gigabytes for a few hundred products); rows are added as probes
+    # run, so memory follows the work done.
+    num_steps = min(integer("num_steps", num_steps, low=1), n)
+    rng = np.random.default_rng(seed)
+    nodes, weights = [], []
     previous = None  # the last probe and its product, to test symmetry between independent probes
-    for row in range(num_probes):
+    for _ in range(num_probes):
         probe = rademacher(rng, n, 1)[:, 0] / np.sqrt(n)
         tridiagonal = tridiagonalize(operator, probe.numpy(), num_steps)
         current = (probe, tf.cast(tridiagonal.start_product, tf.float64))
@@ -218,7 +222,8 @@ def spectral_density(operator, *, num_probes: int = 10, num_steps: int = 80, see
                             operator.dtype)
         previous = current
         row_nodes, row_weights = tridiagonal.gauss_quadrature()
-        size = len(row_nodes)
-        nodes[row, :size], weights[row, :size] = row_nodes, row_weights
-        nodes[row, size:] = row_nodes[-1]  # padding: weight 0 at a node inside the range
-    return SpectralDensity(nodes=nodes, weights=weights, dim=n, num_matvecs=operator.num_matvecs - first_matvec)
+        padding = num_steps - len(row_nodes)  # weight 0 at a node inside the range
+        nodes.append(np.concatenate([row_nodes, np.full(padding, row_nodes[-1])]))
+        weights.append(np.concatenate([row_weights, np.zeros(padding)]))
+    return SpectralDensity(nodes=np.stack(nodes), weights=np.stack(weights), dim=n,
+                           num_matvecs=operator.num_matvecs - first_matvec)

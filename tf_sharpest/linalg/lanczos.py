@@ -84,7 +84,7 @@ def lanczos(matvec, k: int = 5, *, dim: int | None = None, which: str = "largest
         basis_size = min(n, max(2 * k + 10, 30))
     else:  # a basis beyond dim vectors cannot be orthogonal: it is capped at dim
         basis_size = min(n, integer("max_basis_size", max_basis_size, low=min(n, k + 2),
-                                    bounds=f"max_basis_size >= k + 2 = {k + 2}"))
+                                    bounds=f">= k + 2 = {k + 2}"))
 
     rng = np.random.default_rng(seed)
     dtype = operator.dtype

@@ -198,13 +198,13 @@ class _Options:
             m = min(n, least + FRESH_DIRECTIONS)
         else:
             m = integer("block_size", block_size, low=least, high=n,
-                        bounds=f"max(k, number of initial_vectors) = {least} <= block_size <= dim={n}")
+                        bounds=f"with max(k, number of initial_vectors) = {least} <= block_size <= dim={n}")
         max_matvecs = _options.matvec_budget(max_matvecs, k=k, least=m,
                                              needs=f"to multiply the first block of {m} vectors")
         if max_basis_size is None:
             max_basis_size = max(6 * m, 30)
         max_basis_size = integer("max_basis_size", max_basis_size, low=3 * m,
-                                 bounds=f"max_basis_size >= 3 * block_size = {3 * m}")
+                                 bounds=f">= 3 * block_size = {3 * m}")
         return cls(n, k, tol, max_matvecs, guesses, m, min(max_basis_size, n), stop_on)
 
 

@@ -25,6 +25,8 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from tf_sharpest.linalg import _options
+from tf_sharpest.linalg._options import DIAGONAL_METHODS, MIN_MATVECS, TRACE_METHODS  # noqa: F401  (importable here)
 from tf_sharpest.linalg.probes import (
     apply,
     as_symmetric_operator,
@@ -35,13 +37,8 @@ from tf_sharpest.linalg.probes import (
     symmetry_tolerance,
 )
 from tf_sharpest.operators.base import LinearOperator
+from tf_sharpest.utils.checks import choice
 
-TRACE_METHODS = ("hutch++", "hutchinson", "xtrace", "exact")
-DIAGONAL_METHODS = ("hutchinson", "exact")
-# Fewest matvecs each estimator can work with: Hutch++ needs a sketch vector,
-# its product with A and one test vector; XTrace needs two probes (each one is
-# tested against the sketch of the other) and their two products each.
-MIN_MATVECS = {"hutchinson": 1, "hutch++": 3, "xtrace": 4}
 # Below this ratio of R's smallest to largest singular value, XTrace's sketch
 # is treated as rank deficient and downdated by SVD instead of by R^{-T}.
 XTRACE_RCOND = 1e-8
@@ -105,9 +102,10 @@ def trace(operator, *, method: str = "hutch++", num_matvecs: int = 100, seed: in
       method: ``"hutch++"``, ``"hutchinson"``, ``"xtrace"`` or ``"exact"``
         (see the module docstring).
       num_matvecs: products to spend: at least 1 for Hutchinson, 3 for Hutch++
-        and 4 for XTrace (which spends an even number, one less when odd);
-        Hutch++ and XTrace need fewer than ``dim`` (at ``dim`` or more,
-        ``"exact"`` is cheaper and exact). Ignored by ``"exact"`` (``dim`` products).
+        and 4 for XTrace (which spends an even number, one less when odd), and
+        fewer than ``dim``: at ``dim`` or more, ``"exact"`` costs no more and is
+        exact, so a larger budget is refused rather than run. Ignored by
+        ``"exact"`` (``dim`` products).
       seed: seed of the Rademacher probes; the result is deterministic for it.
 
     Returns:
@@ -118,16 +116,16 @@ def trace(operator, *, method: str = "hutch++", num_matvecs: int = 100, seed: in
         non-symmetric operator (where the probes show it), or non-finite products.
     """
     operator = as_symmetric_operator(operator, "trace")
-    _check_method(method, TRACE_METHODS)
+    choice("method", method, TRACE_METHODS)
     if method == "exact":
         return TraceResult(float(np.sum(_exact_diagonal(operator))), 0.0, operator.dim, method)
-    _check_num_matvecs(num_matvecs, method, operator.dim)
+    num_matvecs = _options.probe_budget(num_matvecs, method, operator.dim, computes="trace")
     rng = np.random.default_rng(seed)
     if method == "hutchinson":
-        return _hutchinson(operator, int(num_matvecs), rng)
+        return _hutchinson(operator, num_matvecs, rng)
     if method == "hutch++":
-        return _hutch_plus_plus(operator, int(num_matvecs), rng)
-    return _xtrace(operator, int(num_matvecs), rng)
+        return _hutch_plus_plus(operator, num_matvecs, rng)
+    return _xtrace(operator, num_matvecs, rng)
 
 
 def diagonal(operator, *, method: str = "hutchinson", num_matvecs: int = 100,
@@ -150,27 +148,28 @@ def diagonal(operator, *, method: str = "hutchinson", num_matvecs: int = 100,
       operator: a :class:`~tf_sharpest.operators.LinearOperator` or a
         symmetric square matrix.
       method: ``"hutchinson"`` or ``"exact"`` (``dim`` unit vectors: small operators).
-      num_matvecs: probes to spend (Hutchinson), at least 1; ignored by ``"exact"``.
+      num_matvecs: probes to spend (Hutchinson), at least 1 and fewer than
+        ``dim`` (``"exact"`` gives the exact diagonal with ``dim``); ignored by ``"exact"``.
       seed: seed of the probes; the result is deterministic for it.
 
     Returns:
       A :class:`DiagonalResult`.
 
     Raises:
-      ValueError: for an unknown method, ``num_matvecs < 1``, a non-symmetric
+      ValueError: for an unknown method, ``num_matvecs`` below 1 or not below ``dim``, a non-symmetric
         operator (where the probes show it), or non-finite products.
     """
     operator = as_symmetric_operator(operator, "diagonal")
-    _check_method(method, DIAGONAL_METHODS)
+    choice("method", method, DIAGONAL_METHODS)
     if method == "exact":
         return DiagonalResult(_exact_diagonal(operator), np.zeros(operator.dim), operator.dim, method)
-    _check_num_matvecs(num_matvecs, method, operator.dim)
+    num_matvecs = _options.probe_budget(num_matvecs, method, operator.dim, computes="diagonal")
     rng = np.random.default_rng(seed)
     # Running mean and sum of squared deviations per entry, merged block by block
     # (Chan et al.), so only one block of probes is held and no variance is lost
     # to cancellation when the diagonal is large against its noise.
     count, mean, squares = 0, tf.zeros([operator.dim], tf.float64), tf.zeros([operator.dim], tf.float64)
-    for size in block_sizes(int(num_matvecs)):
+    for size in block_sizes(num_matvecs):
         probes = rademacher(rng, operator.dim, size)
         products = apply(operator, probes)
         check_symmetric(probes, products, operator.dtype)
@@ -304,18 +303,3 @@ def _stderr(samples: np.ndarray) -> float | None:
         return None
     return float(np.std(samples, ddof=1) / np.sqrt(len(samples)))
 
-
-def _check_method(method: str, choices: tuple) -> None:
-    if method not in choices:
-        raise ValueError(f"method must be one of {choices}, got {method!r}.")
-
-
-def _check_num_matvecs(num_matvecs, method: str, dim: int) -> None:
-    least = MIN_MATVECS[method]
-    if isinstance(num_matvecs, bool) or not isinstance(num_matvecs, (int, np.integer)) or num_matvecs < least:
-        raise ValueError(f"method={method!r} needs num_matvecs >= {least} (an integer), got {num_matvecs!r}.")
-    if method in ("hutch++", "xtrace") and num_matvecs >= dim:
-        raise ValueError(
-            f"method={method!r} needs num_matvecs < dim={dim}, got {num_matvecs}; with that many products, "
-            "method='exact' gives the exact trace (dim matvecs)."
-        )

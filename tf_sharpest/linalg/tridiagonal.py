@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_sharpest.operators.base import LinearOperator
+from tf_sharpest.utils.checks import integer
 
 # A residual below this many machine epsilons times ||A q|| is rounding noise:
 # the basis already spans an invariant subspace of the operator.
@@ -180,12 +181,10 @@ def tridiagonalize(operator: LinearOperator, start, num_steps: int) -> Tridiagon
         an operator that returns non-finite values.
     """
     n = operator.dim
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}.")
+    num_steps = min(integer("num_steps", num_steps, low=1), n)  # the Krylov space has at most dim dimensions
     start = np.asarray(start, dtype=np.float64)
     if start.shape != (n,) or not np.all(np.isfinite(start)) or not np.any(start):
         raise ValueError(f"start must be a finite, non-zero vector of shape [dim={n}]; got shape {start.shape}.")
-    num_steps = min(int(num_steps), n)  # the Krylov space has at most dim dimensions
 
     basis = tf.Variable(tf.zeros([num_steps, n], operator.dtype), trainable=False)
     vector = tf.constant(start / np.linalg.norm(start), operator.dtype)

@@ -35,17 +35,20 @@ def integer(name: str, value, *, low: int | None = None, high: int | None = None
       value: what the caller passed.
       low, high: inclusive bounds.
       bounds: how the message states the bounds when they have names, e.g.
-        ``"1 <= k <= dim=10"``; default from ``low`` and ``high``.
+        ``"with 1 <= k <= dim=10"``; default from ``low`` and ``high``
+        (``">= 1"``, ``"with 1 <= k <= 10"``).
       hint: a sentence appended to the message, e.g. what to pass instead.
 
     Raises:
-      ValueError: ``"{name} must be an integer with {bounds}, got {value!r}."`` and the hint.
+      ValueError: ``"{name} must be an integer {bounds}, got {value!r}."`` and the hint.
     """
     if not is_integer(value) or (low is not None and value < low) or (high is not None and value > high):
         if bounds is None:
-            bounds = " <= ".join(part for part in (None if low is None else str(low), name,
-                                                   None if high is None else str(high)) if part)
-        message = f"{name} must be an integer with {bounds}, got {value!r}."
+            if low is not None and high is not None:
+                bounds = f"with {low} <= {name} <= {high}"
+            else:
+                bounds = "" if low is None and high is None else f">= {low}" if high is None else f"<= {high}"
+        message = f"{name} must be an integer {bounds}".rstrip() + f", got {value!r}."
         raise ValueError(f"{message} {hint}" if hint else message)
     return int(value)
 
