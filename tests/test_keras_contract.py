@@ -1,11 +1,12 @@
-"""The private Keras/TensorFlow contract NSGD and the preconditioner rely on, and the versions setup.cfg admits.
+"""The contract of each private Keras/TensorFlow access (``tf_sharpest/_keras_compat.py``), and the supported versions.
 
-No public Keras extension point sees every (clipped, accumulated, all-reduced) gradient of a step at once,
-which NSGD's coupled nudge ``E E^T g`` needs, so NSGD overrides the TensorFlow backend's private
-``_backend_update_step``; ``optimizer_preconditioner`` reads the second-moment slots of Keras's adaptive
-optimizers. These tests check each private piece by its behaviour, against values computed here by hand,
-and fail with a message naming the missing piece and the supported versions when a new Keras changes it.
-"""
+Each function of the compat module has a test here that checks the private piece by its behaviour, against
+values computed by hand, and fails with a message naming the Keras and TensorFlow versions, the piece that
+changed and its user when a new version changes it: NSGD's one hook on the final gradients of a step
+(``_all_reduce_sum_gradients``), ``Optimizer._get_variable_index``, the second-moment slots the
+preconditioner reads, the 1/R by which Keras divides losses under ``tf.distribute`` (``ModelLoss`` undoes
+it), ``model.loss``, the ``LossScaleOptimizer`` of mixed precision, and the compiled metrics the loss
+landscape copies."""
 
 import configparser
 import pathlib
@@ -16,6 +17,8 @@ import pytest
 import tensorflow as tf
 from packaging.requirements import Requirement
 from packaging.version import Version
+
+from tf_sharpest import _keras_compat
 
 SETUP_CFG = pathlib.Path(__file__).resolve().parents[1] / "setup.cfg"
 
@@ -66,84 +69,167 @@ def test_setup_cfg_bounds_admit_the_installed_versions():
             "what .ci/oldest.sh installs).")
 
 
-# -- NSGD's hooks --------------------------------------------------------------------------------------
+# -- the final gradients of a step (NSGD) --------------------------------------------------------------
 
 
-def test_backend_update_step_receives_every_clipped_gradient_at_once():
-    """NSGD overrides it: Keras must call it once per step with all (clipped) gradients and the learning rate."""
-    _require(keras.optimizers.Optimizer, "_backend_update_step", "NSGD", "keras.optimizers.Optimizer")
-    calls = []
+class _Doubling(_keras_compat.FinalGradientsHook, keras.optimizers.SGD):
+    """Records (eagerly) what the hook receives and returns it doubled: the step must then use the doubled values."""
 
-    class Recording(keras.optimizers.SGD):
-        def _backend_update_step(self, grads, trainable_variables, learning_rate):
-            calls.append(([np.array(g) for g in grads], list(trainable_variables), float(learning_rate)))
-            super()._backend_update_step(grads, trainable_variables, learning_rate)
+    def _transform_final_gradients(self, gradients, variables):
+        if tf.executing_eagerly():
+            _SEEN.append(([np.array(g) for g in gradients], list(variables)))
+        return [2.0 * tf.convert_to_tensor(g) for g in gradients]
 
+
+_SEEN = []
+
+
+def test_final_gradients_hook_sees_unscaled_accumulated_clipped_gradients_once_per_step():
+    """NSGD's one private hook: Keras's TF backend must route every final gradient through _all_reduce_sum_gradients."""
+    try:
+        _Doubling.check_keras_calls_the_hook()
+    except RuntimeError as error:
+        _broken("Optimizer._all_reduce_sum_gradients (it no longer exists)", "NSGD", str(error))
+    _SEEN.clear()
     a, b = keras.Variable(np.ones(3, "float32")), keras.Variable(np.ones((2, 2), "float32"))
-    grads = [np.array([3.0, 0.0, 0.0], "float32"), np.array([[0.0, 4.0], [0.0, 0.0]], "float32")]
-    optimizer = Recording(learning_rate=0.5, global_clipnorm=1.0)
-    optimizer.apply(grads, [a, b])
-    if len(calls) != 1:
-        _broken("Optimizer.apply -> _backend_update_step", "NSGD",
-                f"called {len(calls)} times for one step, expected once with every gradient")
-    seen_grads, seen_variables, learning_rate = calls[0]
-    assert [v is w for v, w in zip(seen_variables, [a, b])] == [True, True]
-    # The global norm is 5: the hook sees the gradients after clipping to norm 1.
-    np.testing.assert_allclose(seen_grads[0], [0.6, 0.0, 0.0], rtol=1e-6)
-    np.testing.assert_allclose(seen_grads[1], [[0.0, 0.8], [0.0, 0.0]], rtol=1e-6)
-    assert learning_rate == pytest.approx(0.5)
-    np.testing.assert_allclose(a.numpy(), [0.7, 1.0, 1.0], rtol=1e-6)
+    optimizer = _Doubling(learning_rate=0.5, name="doubling", loss_scale_factor=4.0, gradient_accumulation_steps=2,
+                          clipvalue=3.5)
+    # Unscaled: [6, 0, 0] then [0, 0, 0]; [[0, 0], [0, 0]] then [[0, 8], [0, 0]]. Their mean is [3, 0, 0] and
+    # [[0, 4], [0, 0]]; clipped at 3.5: [3, 0, 0] and [[0, 3.5], [0, 0]]. Summed instead of averaged, or not
+    # unscaled, both would clip to 3.5.
+    optimizer.apply([4.0 * np.array([6.0, 0, 0], "float32"), np.zeros((2, 2), "float32")], [a, b])
+    if _SEEN:
+        _broken("Optimizer._all_reduce_sum_gradients", "NSGD", "it is called on a step that only accumulates")
+    optimizer.apply([np.zeros(3, "float32"), 4.0 * np.array([[0, 8.0], [0, 0]], "float32")], [a, b])
+    if len(_SEEN) != 1:
+        _broken("Optimizer._backend_update_step -> _all_reduce_sum_gradients", "NSGD",
+                f"called {len(_SEEN)} times for one applied step, expected once with every gradient")
+    seen_gradients, seen_variables = _SEEN[0]
+    if not all(v is w.value for v, w in zip(seen_variables, [a, b])):
+        _broken("Optimizer._all_reduce_sum_gradients", "NSGD", "its variables are not the model's tf.Variables")
+    np.testing.assert_allclose(seen_gradients[0], [3.0, 0.0, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(seen_gradients[1], [[0.0, 3.5], [0.0, 0.0]], rtol=1e-6)
+    # update_step used what the hook returned (twice the gradient): 1 - 0.5 * 2 * 3 and 1 - 0.5 * 2 * 3.5.
+    np.testing.assert_allclose(a.numpy(), [-2.0, 1.0, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(b.numpy(), [[1.0, -2.5], [1.0, 1.0]], rtol=1e-6)
 
 
-def test_all_reduce_sum_gradients_sums_over_replicas(mirrored_strategy):
+def test_final_gradients_hook_sees_the_sum_over_replicas(mirrored_strategy):
     strategy = mirrored_strategy
     with strategy.scope():
         variable = keras.Variable(np.zeros(2, "float32"))
-        optimizer = keras.optimizers.SGD(learning_rate=0.1)
+        optimizer = _Doubling(learning_rate=0.1, name="doubling")
         optimizer.build([variable])
-    if _require(optimizer, "_distribution_strategy", "NSGD", "Optimizer") is not strategy:
-        _broken("Optimizer._distribution_strategy", "NSGD", "it is not the strategy the optimizer was created in")
-    reduce = _require(optimizer, "_all_reduce_sum_gradients", "NSGD", "Optimizer")
 
     def replica_fn():
         replica = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.float32)
-        gradient = tf.stack([replica + 1.0, 10.0 * replica])  # replica 0: [1, 0]; replica 1: [2, 10]
-        (summed, _), = reduce([(gradient, variable.value)])
-        indices.append(optimizer._get_variable_index(variable.value))  # a replica's own component
-        return summed
+        optimizer.apply([tf.stack([replica + 1.0, 10.0 * replica])], [variable])  # [1, 0] and [2, 10]
 
-    indices = []
-    summed = strategy.run(tf.function(replica_fn))
-    for value in strategy.experimental_local_results(summed):
-        np.testing.assert_allclose(value.numpy(), [3.0, 10.0])
-    assert indices == [0, 0]
+    strategy.run(tf.function(replica_fn))
+    for value in strategy.experimental_local_results(variable.value):
+        # Every replica's copy moved by -0.1 * 2 * [3, 10]: the hook saw the sum, and the step used its result.
+        if not np.allclose(value.numpy(), [-0.6, -2.0], rtol=1e-6):
+            _broken("Optimizer._all_reduce_sum_gradients under tf.distribute", "NSGD",
+                    f"a replica's variable is {value.numpy()}, expected [-0.6, -2.0] (the hook on the summed gradient)")
 
 
-def test_get_variable_index_follows_the_build_order():
+def test_variable_index_follows_the_build_order():
     variables = [keras.Variable(np.zeros(shape, "float32")) for shape in [(2,), (3, 1), (1,)]]
     optimizer = keras.optimizers.SGD(momentum=0.9)
     optimizer.build(variables)
-    index = _require(optimizer, "_get_variable_index", "NSGD and optimizer_preconditioner", "Optimizer")
+    _require(optimizer, "_get_variable_index", "NSGD and optimizer_preconditioner", "Optimizer")
     # NSGD and the preconditioner pass both keras.Variables and their tf.Variable values.
-    assert [index(v) for v in variables] == [0, 1, 2]
-    assert [index(v.value) for v in variables] == [0, 1, 2]
+    assert [_keras_compat.variable_index(optimizer, v) for v in variables] == [0, 1, 2]
+    assert [_keras_compat.variable_index(optimizer, v.value) for v in variables] == [0, 1, 2]
+    with pytest.raises(KeyError):
+        _keras_compat.variable_index(optimizer, keras.Variable(np.zeros(2, "float32")))
 
 
-def test_maybe_merge_call_runs_in_cross_replica_context(mirrored_strategy):
-    interim = getattr(getattr(getattr(tf, "__internal__", None), "distribute", None), "interim", None)
-    merge = getattr(interim, "maybe_merge_call", None)
-    if merge is None:
-        _broken("tf.__internal__.distribute.interim.maybe_merge_call (it no longer exists)", "NSGD")
-    seen = []
+# -- losses under tf.distribute (ModelLoss) -------------------------------------------------------------
 
-    def merged(distribution, value):
-        seen.append((distribution, tf.distribute.in_cross_replica_context()))
-        return value
 
-    merge(merged, tf.distribute.get_strategy(), 1.0)  # no strategy: called directly
-    mirrored_strategy.run(tf.function(lambda: merge(merged, mirrored_strategy, tf.constant(2.0))))
-    assert seen[0][0] is tf.distribute.get_strategy()
-    assert seen[-1][0] is mirrored_strategy and bool(seen[-1][1]), seen
+def _regularized_model():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, kernel_regularizer=keras.regularizers.L2(0.5))])
+
+
+@pytest.mark.parametrize("compiled", ["loss_object", "function"])
+def test_losses_are_divided_by_the_number_of_replicas(mirrored_strategy, compiled):
+    """ModelLoss undoes the 1/R by which Keras's TF backend divides mean losses and additional losses."""
+    strategy = mirrored_strategy
+    x, y = np.array([[1.0, 2.0], [0.5, -1.0]], "float32"), np.array([[1.0], [3.0]], "float32")
+    with strategy.scope():
+        model = _regularized_model()
+        loss = keras.losses.MeanSquaredError() if compiled == "loss_object" else (
+            lambda y_true, y_pred: keras.ops.mean(keras.ops.square(y_true - y_pred), axis=-1))
+        model.compile(loss=loss)
+    y_pred = model(x).numpy()
+    data = float(np.mean((y - y_pred) ** 2))
+    regularization = float(0.5 * np.sum(model.layers[0].kernel.numpy() ** 2))
+
+    def replica_fn():
+        return (keras.losses.MeanSquaredError()(y, y_pred), keras.losses.MeanSquaredError(reduction="sum")(y, y_pred),
+                model.compute_loss(x=x, y=y, y_pred=tf.constant(y_pred), training=True))
+
+    mean, summed, total = (strategy.experimental_local_results(t)[0].numpy()
+                           for t in strategy.run(tf.function(replica_fn)))
+    if not np.isclose(mean, data / 2, rtol=1e-5) or not _keras_compat.loss_divided_by_replicas(
+            keras.losses.MeanSquaredError()):
+        _broken("keras.losses.Loss under tf.distribute", "ModelLoss",
+                f"a mean-reduced loss on 2 replicas gave {mean}, expected {data / 2} (the batch mean / 2)")
+    if not np.isclose(summed, 2 * data, rtol=1e-5) or _keras_compat.loss_divided_by_replicas(
+            keras.losses.MeanSquaredError(reduction="sum")):
+        _broken("keras.losses.Loss under tf.distribute", "ModelLoss", f"a sum-reduced loss gave {summed}, not "
+                f"{2 * data}")
+    scale = 0.5 if _keras_compat.ADDITIONAL_LOSSES_DIVIDED_BY_REPLICAS else 1.0
+    if not np.isclose(total, data / 2 + scale * regularization, rtol=1e-5):
+        _broken("Model.compute_loss under tf.distribute", "ModelLoss",
+                f"it gave {total}, expected {data / 2} + {scale} * {regularization}: the compiled {compiled} "
+                "(wrapped in a mean-reduced Loss) and the additional losses divided by 2 replicas")
+
+
+def test_compile_sets_model_loss():
+    model = _regularized_model()
+    assert getattr(model, "loss", "missing") is None, "ModelLoss reads model.loss; an uncompiled model must have None"
+    loss = keras.losses.MeanSquaredError()
+    model.compile(loss=loss)
+    if getattr(model, "loss", None) is not loss:
+        _broken("Model.compile", "ModelLoss", "model.loss is not the loss passed to compile")
+
+
+# -- mixed precision and the loss landscape's metrics ------------------------------------------------------
+
+
+def test_mixed_precision_wraps_the_optimizer_and_unwrap_finds_it():
+    optimizer = keras.optimizers.SGD(0.1)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = _regularized_model()
+        model.compile(optimizer=optimizer, loss="mse")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert model.optimizer.inner_optimizer is optimizer
+    assert _keras_compat.unwrap_optimizer(model.optimizer) is optimizer
+    assert _keras_compat.unwrap_optimizer(optimizer) is optimizer
+
+
+def test_compiled_metrics_copy_computes_the_compiled_metrics_afresh():
+    model = _regularized_model()
+    model.compile(loss="mse", metrics=["mae"], weighted_metrics=[keras.metrics.MeanSquaredError(name="wmse")])
+    y, y_pred = np.array([[1.0], [3.0]], "float32"), np.array([[0.0], [1.0]], "float32")
+    copy = _keras_compat.compiled_metrics_copy(model)
+    if not isinstance(copy, keras.metrics.Metric) or copy is getattr(model, "_compile_metrics", None):
+        _broken("Model._compile_metrics (CompileMetrics)", "the loss landscape's metrics",
+                f"the copy is {type(copy).__name__}, not a fresh keras.metrics.Metric")
+    copy.build(y, y_pred)
+    copy.update_state(y, y_pred, sample_weight=np.array([1.0, 3.0], "float32"))
+    result = copy.result()
+    assert set(result) == {"mae", "wmse"}, result
+    np.testing.assert_allclose(float(result["mae"]), 1.5, rtol=1e-6)
+    np.testing.assert_allclose(float(result["wmse"]), (1.0 + 3.0 * 4.0) / 4.0, rtol=1e-6)
+    uncompiled = _regularized_model()
+    assert _keras_compat.compiled_metrics_copy(uncompiled) is None
 
 
 # -- the preconditioner's slots ------------------------------------------------------------------------
@@ -167,12 +253,14 @@ def test_adaptive_optimizer_slots_hold_the_second_moments(optimizer, expected):
     variables = [keras.Variable(np.zeros(3, "float32")), keras.Variable(np.zeros(3, "float32"))]
     optimizer.apply([GRADIENT, 2.0 * GRADIENT], variables)
     for attribute, values in expected.items():
-        slots = _require(optimizer, attribute, "optimizer_preconditioner",
-                         f"keras.optimizers.{type(optimizer).__name__}")
+        slots = _keras_compat.optimizer_slots(optimizer, attribute)
+        if slots is None:
+            _broken(f"keras.optimizers.{type(optimizer).__name__}.{attribute} (it no longer exists)",
+                    "optimizer_preconditioner")
         if len(slots) != len(variables):
             _broken(f"{type(optimizer).__name__}.{attribute}", "optimizer_preconditioner",
                     f"{len(slots)} slots for {len(variables)} variables")
-        got = slots[optimizer._get_variable_index(variables[0])].numpy()
+        got = slots[_keras_compat.variable_index(optimizer, variables[0])].numpy()
         if not np.allclose(got, values, rtol=1e-5):
             _broken(f"{type(optimizer).__name__}.{attribute}", "optimizer_preconditioner",
                     f"after one step it holds {got}, expected {values}")

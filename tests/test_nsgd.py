@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_sharpest.optimizers import NSGD
+from tf_sharpest.optimizers import NSGD, DirectionConsumer, nudge
 
 SHAPES = [(3, 4), (4,), (4, 2), (2,)]
 DIM = sum(int(np.prod(s)) for s in SHAPES)
@@ -85,6 +85,78 @@ def compile_nsgd(model, jit_compile=False, **kwargs):
     model.compile(optimizer=NSGD(**kwargs), loss=LOSS, jit_compile=jit_compile)
     model.optimizer.build(model.trainable_variables)
     model.optimizer.set_directions(None, model_directions(model))
+
+
+# -- the pure nudge and the steering protocol ----------------------------------------------------
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_nudge_is_a_pure_function_equal_to_the_numpy_nudge(dtype):
+    E = orthonormal_directions(k=3).astype(dtype)
+    grads = random_gradients(1, seed=4, dtype=dtype)[0]
+    g = flat(grads).astype(np.float64)
+    tolerance = 1e-12 if dtype == "float64" else 1e-5
+    for gamma in (0.0, 0.3, 1.0, 4.0):
+        expected = g + (gamma - 1.0) * (E.astype(np.float64) @ (E.astype(np.float64).T @ g))
+        flat_result = nudge(tf.constant(g.astype(dtype)), tf.constant(E), gamma)
+        assert flat_result.dtype == dtype and flat_result.shape == (DIM,)
+        np.testing.assert_allclose(flat_result.numpy(), expected, atol=tolerance)
+        offsets = np.cumsum([0] + [int(np.prod(s)) for s in SHAPES])
+        per_variable = [E[a:b].reshape(s + (3,)) for a, b, s in zip(offsets[:-1], offsets[1:], SHAPES)]
+        parts = nudge([tf.constant(p) for p in grads], [tf.constant(e) for e in per_variable], gamma)
+        assert [tuple(p.shape) for p in parts] == SHAPES
+        np.testing.assert_allclose(flat(parts), expected, atol=tolerance)
+    # The part outside the span is untouched; the part inside is scaled by gamma.
+    Q = np.linalg.qr(E.astype(np.float64))[0]
+    nudged = nudge(tf.constant(g), tf.constant(Q), 0.25).numpy()
+    np.testing.assert_allclose(Q.T @ nudged, 0.25 * (Q.T @ g), atol=1e-12)
+    np.testing.assert_allclose(nudged - Q @ (Q.T @ nudged), g - Q @ (Q.T @ g), atol=1e-12)
+    with pytest.raises(ValueError, match="one \\[\\*shape, K\\] tensor per gradient"):
+        nudge([tf.ones(3)], tf.ones((3, 1)), 0.5)
+
+
+def test_steering_protocol_directions_eigenvalues_and_logs():
+    optimizer = NSGD(0.1, gamma=0.5, top_k=2)
+    assert isinstance(optimizer, DirectionConsumer) and isinstance(optimizer, keras.optimizers.SGD)
+    assert optimizer.num_directions == 2 and optimizer.direction_logs() == {}
+    E = orthonormal_directions(k=3)
+    optimizer.set_directions(np.array([3.0, 2.0, 1.0]), E)  # before build: kept for the build
+    variables = make_variables()
+    grads = random_gradients(1)[0]
+    optimizer.apply(grads, variables)
+    np.testing.assert_array_equal(optimizer.get_directions(), E[:, :2])
+    g = flat(grads)
+    alpha = np.abs(E[:, :2].T @ g)
+    logs = optimizer.direction_logs()
+    assert sorted(logs) == ["nsgd_alpha_1", "nsgd_alpha_2", "nsgd_alpha_ratio_1", "nsgd_alpha_ratio_2"]
+    np.testing.assert_allclose([logs["nsgd_alpha_1"], logs["nsgd_alpha_2"]], alpha, rtol=1e-5)
+    np.testing.assert_allclose([logs["nsgd_alpha_ratio_1"], logs["nsgd_alpha_ratio_2"]], alpha / np.linalg.norm(g),
+                               rtol=1e-5)
+    assert all(type(value) is float for value in logs.values())
+    optimizer.set_directions(None, E[:, 1:])  # eigenvalues are optional
+    np.testing.assert_array_equal(optimizer.get_directions(), E[:, 1:])
+    for eigenvalues, message in ((np.ones(2), r"one value per eigenvector column \(3\)"),
+                                 (np.ones((3, 1)), r"shape \[K\]"), (np.array([1.0, np.nan, 0.0]), "NaN or inf")):
+        with pytest.raises(ValueError, match=message):
+            optimizer.set_directions(eigenvalues, E)
+    np.testing.assert_array_equal(optimizer.get_directions(), E[:, 1:])  # refused: the previous ones are kept
+    with pytest.raises(TypeError, match="needs the eigenvectors"):
+        optimizer.set_directions()
+
+
+def test_one_argument_set_directions_and_vectors_keyword_still_work_and_warn():
+    E = orthonormal_directions(k=3)
+    optimizer = NSGD(0.1, top_k=3)
+    optimizer.build(make_variables())
+    with pytest.warns(DeprecationWarning, match=r"set_directions\(eigenvalues, vectors\)"):
+        optimizer.set_directions(E)
+    np.testing.assert_array_equal(optimizer.get_directions(), E)
+    optimizer.clear_directions()
+    with pytest.warns(DeprecationWarning, match="vectors= is deprecated.*write eigenvectors="):
+        optimizer.set_directions(vectors=E)
+    np.testing.assert_array_equal(optimizer.get_directions(), E)
+    unbuilt = NSGD(0.1, top_k=3)
+    with pytest.warns(DeprecationWarning):
+        unbuilt.set_directions(E)
+    assert unbuilt.has_directions
 
 
 # -- the update rules -----------------------------------------------------------------------

@@ -18,6 +18,8 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
+from tf_sharpest._keras_compat import ADDITIONAL_LOSSES_DIVIDED_BY_REPLICAS, loss_divided_by_replicas
+
 # Keras losses whose Hessian with respect to the logits has the closed form
 # ``diag(p) - p p^T`` per example (``p = softmax(logits)``), whatever the targets.
 _SOFTMAX_CROSS_ENTROPY = (keras.losses.SparseCategoricalCrossentropy, keras.losses.CategoricalCrossentropy)
@@ -51,7 +53,7 @@ class ModelLoss:
         self.training = bool(training)
         self.loss = loss
         if loss is None:
-            if getattr(model, "_compile_loss", None) is None and getattr(model, "loss", None) is None:
+            if getattr(model, "loss", None) is None:  # model.compile(loss=...) sets it
                 raise ValueError(
                     "The model has no loss: compile it with model.compile(loss=...) or pass loss= "
                     "(e.g. keras.losses.SparseCategoricalCrossentropy(from_logits=True))."
@@ -97,7 +99,7 @@ class ModelLoss:
                                                 training=self.training)
                 losses = list(self.model.losses)
             if losses:
-                additional_scale = 1.0 / replicas  # Keras 3's TF trainer scales additional losses too
+                additional_scale = 1.0 / replicas if ADDITIONAL_LOSSES_DIVIDED_BY_REPLICAS else 1.0
                 total = total - additional_scale * tf.add_n([tf.cast(term, total.dtype) for term in losses])
             return total / data_scale
         return self._explicit_output_loss(y, y_pred, sample_weight) / data_scale
@@ -111,9 +113,7 @@ class ModelLoss:
                 return True  # several compiled losses: Keras wraps each in a mean-reduced Loss
             if not isinstance(loss, keras.losses.Loss):
                 return True  # a function passed to compile() is wrapped in a mean-reduced Loss
-        if not isinstance(loss, keras.losses.Loss):
-            return False
-        return loss.reduction in ("sum_over_batch_size", "mean", "mean_with_sample_weight")
+        return loss_divided_by_replicas(loss)
 
     def _explicit_output_loss(self, y, y_pred, sample_weight):
         loss = self._loss_object
