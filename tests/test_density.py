@@ -194,6 +194,8 @@ NON_SYMMETRIC = np.random.default_rng(3).standard_normal((30, 30))
         (lambda r: r.density([], sigma=0.1), "grid must be a non-empty array"),
         (lambda r: r.density([0.0, np.inf], sigma=0.1), "finite points"),
         (lambda r: r.moment(-1), "p must be an integer >= 0"),
+        (lambda r: r.plot(num_points=10**12), r"num_points must be an integer with 2 <= num_points <= 1000000"),
+        (lambda r: r.plot(num_points=1.5), "num_points must be an integer"),
         (lambda r: spectral_density(NON_SYMMETRIC), "needs a symmetric matrix"),
         (lambda r: spectral_density(MatrixOperator(NON_SYMMETRIC), num_probes=2, num_steps=3), "not symmetric"),
         (lambda r: spectral_density(lambda v: v), "FunctionOperator"),

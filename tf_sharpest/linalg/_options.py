@@ -8,6 +8,8 @@ message, wherever it is accepted. Each returns the normalized value.
 
 from __future__ import annotations
 
+import numpy as np
+
 from tf_sharpest.utils.checks import choice, integer, is_integer, positive_float, positive_int
 
 WHICH_CHOICES = ("largest", "smallest")
@@ -37,6 +39,21 @@ def which(value) -> str:
 def tolerance(tol) -> float:
     """A convergence tolerance: a positive finite number."""
     return positive_float("tol", tol)
+
+
+def initial_vectors(vectors, dim: int) -> np.ndarray | None:
+    """Warm-start guesses as a ``[dim, p]`` float64 array (``p >= 1``), or None for none."""
+    if vectors is None:
+        return None
+    guesses = np.asarray(vectors, dtype=np.float64)
+    if guesses.ndim == 1:
+        guesses = guesses[:, None]
+    if guesses.ndim != 2 or guesses.shape[0] != dim or guesses.shape[1] == 0:
+        raise ValueError(
+            f"initial_vectors must have shape [dim={dim}] or [dim={dim}, p] with p >= 1; got {guesses.shape}.")
+    if not np.all(np.isfinite(guesses)):
+        raise ValueError("initial_vectors contain NaN or inf values.")
+    return guesses
 
 
 def matvec_budget(max_matvecs, *, k: int | None = None, least: int = 1, needs: str = "") -> int | None:

@@ -22,6 +22,9 @@ from tf_sharpest.linalg.probes import as_symmetric_operator, check_symmetric, ra
 from tf_sharpest.linalg.tridiagonal import tridiagonalize
 from tf_sharpest.utils.checks import integer
 
+# Most points of a default plotting grid (each one is a float64 and a row of the kernel sum).
+MAX_PLOT_POINTS = 10**6
+
 
 @dataclasses.dataclass(frozen=True)
 class MomentEstimate:
@@ -137,7 +140,7 @@ class SpectralDensity:
           grid: eigenvalues at which to evaluate; default ``num_points`` points
             spanning the nodes with a margin of a few ``sigma``.
           sigma: kernel width; default :meth:`default_sigma`.
-          num_points: size of the default grid.
+          num_points: size of the default grid, ``2 <= num_points <= 10**6``.
           **line_kwargs: passed to ``ax.plot`` (``label``, ``color``, ...).
 
         Returns:
@@ -147,9 +150,11 @@ class SpectralDensity:
 
         sigma = self.default_sigma() if sigma is None else sigma
         if grid is None:
+            # The grid is allocated at this size: a screen has no use for more than a million points.
+            num_points = integer("num_points", num_points, low=2, high=MAX_PLOT_POINTS)
             low, high = self._node_range()
             margin = 5.0 * sigma + 0.02 * (high - low)
-            grid = np.linspace(low - margin, high + margin, int(num_points))
+            grid = np.linspace(low - margin, high + margin, num_points)
         grid = np.asarray(grid, dtype=np.float64)
         values = self.density(grid, sigma)
         ax = plt.gca() if ax is None else ax

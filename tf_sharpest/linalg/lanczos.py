@@ -80,6 +80,7 @@ def lanczos(matvec, k: int = 5, *, dim: int | None = None, which: str = "largest
     which = _options.which(which)
     tol = _options.tolerance(tol)
     max_matvecs = _options.matvec_budget(max_matvecs, k=k, least=k, needs=f"to find k={k} eigenpairs")
+    guesses = _options.initial_vectors(initial_vectors, n)
     if max_basis_size is None:
         basis_size = min(n, max(2 * k + 10, 30))
     else:  # a basis beyond dim vectors cannot be orthogonal: it is capped at dim
@@ -90,7 +91,7 @@ def lanczos(matvec, k: int = 5, *, dim: int | None = None, which: str = "largest
     dtype = operator.dtype
     basis = tf.Variable(tf.zeros([basis_size, n], dtype), trainable=False)
     projected = np.zeros((basis_size, basis_size))
-    vector = tf.constant(_start_vector(n, rng, initial_vectors), dtype)
+    vector = tf.constant(_start_vector(n, rng, guesses), dtype)
     first_matvec = operator.num_matvecs
     progbar = progress(verbose, max_matvecs, tol)
 
@@ -149,18 +150,12 @@ def _order(values: np.ndarray, which: str) -> np.ndarray:
     return np.argsort(-values if which == "largest" else values, kind="stable")
 
 
-def _start_vector(n: int, rng: np.random.Generator, initial_vectors) -> np.ndarray:
+def _start_vector(n: int, rng: np.random.Generator, guesses: np.ndarray | None) -> np.ndarray:
+    """The unit start vector: the sum of the orthonormalized guesses with a little noise, or a random one."""
     random = rng.standard_normal(n)
     random /= np.linalg.norm(random)
-    if initial_vectors is None:
+    if guesses is None:
         return random
-    guesses = np.asarray(initial_vectors, dtype=np.float64)
-    if guesses.ndim == 1:
-        guesses = guesses[:, None]
-    if guesses.ndim != 2 or guesses.shape[0] != n:
-        raise ValueError(f"initial_vectors must have shape [dim={n}] or [dim={n}, p]; got {guesses.shape}.")
-    if not np.all(np.isfinite(guesses)):
-        raise ValueError("initial_vectors contain NaN or inf values.")
     orthonormal, _ = np.linalg.qr(guesses)
     combined = orthonormal.sum(axis=1)
     norm = np.linalg.norm(combined)

@@ -192,7 +192,7 @@ class _Options:
         tol = _options.tolerance(tol)
         choice("stop_on", stop_on, STOP_CHOICES)
         _options.which(which)
-        guesses = _check_initial_vectors(initial_vectors, n)
+        guesses = _options.initial_vectors(initial_vectors, n)
         least = max(k, 0 if guesses is None else guesses.shape[1])
         if block_size is None:
             m = min(n, least + FRESH_DIRECTIONS)
@@ -353,20 +353,6 @@ def _expansion(residuals: tf.Tensor, active: np.ndarray, basis: tf.Tensor, rng: 
         if new.shape[1] == 0:
             return None
     return new
-
-
-def _check_initial_vectors(initial_vectors, n: int) -> np.ndarray | None:
-    if initial_vectors is None:
-        return None
-    guesses = np.asarray(initial_vectors, dtype=np.float64)
-    if guesses.ndim == 1:
-        guesses = guesses[:, None]
-    if guesses.ndim != 2 or guesses.shape[0] != n or guesses.shape[1] == 0:
-        raise ValueError(
-            f"initial_vectors must have shape [dim={n}] or [dim={n}, p] with p >= 1; got {guesses.shape}.")
-    if not np.all(np.isfinite(guesses)):
-        raise ValueError("initial_vectors contain NaN or inf values.")
-    return guesses
 
 
 def _orthonormal_block(block: tf.Tensor, basis: tf.Tensor | None) -> tf.Tensor:
