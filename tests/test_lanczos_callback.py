@@ -45,8 +45,9 @@ def test_one_trace_for_all_measurements_of_a_run(data):
     callback = LanczosCallback((x, y), top_k=2, num_samples=20, batch_size=8, seed=0, tol=1e-6)
     model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[callback])  # a new sample each time
     assert len(callback.history) == 4
-    assert callback.operator.num_traces == 1
-    assert callback.operator.traced_spec[0].shape[0] == 5  # 20 examples in equal batches of 5
+    matvec = callback.operator.traced_functions["matvec"]
+    assert matvec.experimental_get_tracing_count() == 1
+    assert "shape=(5, " in matvec.pretty_printed_concrete_signatures()  # 20 examples in equal batches of 5
     assert copy.deepcopy(callback).operator is None  # a used callback still deep-copies (keras-tuner)
     # The reused operator measured the last sample as an explicitly formed Hessian of it does.
     sample = callback.operator.sample

@@ -202,7 +202,7 @@ def test_each_operator_traces_once_and_moves_to_new_data(name):
         operator.matvec(v)
     operator.set_data((x[4:], y[4:]))  # 4, 4, 1 again: no new trace
     moved = operator.matvec(v).numpy()
-    assert operator.num_traces == 1 and operator.num_matvecs == 4
+    assert operator.traced_functions["matvec"].experimental_get_tracing_count() == 1 and operator.num_matvecs == 4
     fresh = OPERATORS[name](model, (x[4:], y[4:]), loss=sparse_ce(), batch_size=9)
     np.testing.assert_allclose(moved, fresh.matvec(v).numpy(), rtol=1e-10)
 

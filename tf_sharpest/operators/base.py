@@ -4,7 +4,9 @@ An operator is a symmetric linear map on flat vectors (see
 :mod:`tf_sharpest.utils.flat`). Algorithms (eigensolvers, trace, diagonal and
 spectral density estimators) only ever call ``matvec``/``matmat`` and read
 ``dim`` and ``dtype``, so every curvature operator (Hessian, GGN, empirical
-Fisher, blocks, preconditioned) plugs into all of them alike.
+Fisher, blocks, preconditioned) plugs into all of them alike. Operators add,
+subtract and scale lazily (``a + b``, ``a - b``, ``c * a``), and convert to
+SciPy's and TensorFlow's own linear operators (``to_scipy``, ``to_tf``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,17 @@ class LinearOperator(abc.ABC):
     Subclasses implement ``_matvec`` on a flat ``tf.Tensor`` of ``dtype``.
     ``matvec`` converts its input, checks its shape and counts the products, so
     callers can report the cost of an algorithm in matvecs.
+
+    Example:
+
+    ```python
+    hessian = HessianOperator(model, (x, y))
+    ggn = GGNOperator(model, (x, y))
+    residual = hessian - ggn                 # lazy: products of both, subtracted
+    damped = ggn + 1e-3 * MatrixOperator(np.eye(ggn.dim))
+    scipy.sparse.linalg.eigsh(hessian.to_scipy(), k=3)
+    tf.linalg.experimental.conjugate_gradient(damped.to_tf(), rhs)
+    ```
     """
 
     def __init__(self, dim: int, dtype=tf.float32):
@@ -81,6 +94,69 @@ class LinearOperator(abc.ABC):
         """``A @ V`` for a ``[dim, k]`` tensor; override where a block product is cheaper than ``k`` matvecs."""
         return tf.stack([self._matvec(vectors[:, i]) for i in range(vectors.shape[1])], axis=1)
 
+    # -- algebra: lazy linear combinations ------------------------------------------------------------
+    __array_ufunc__ = None  # NumPy scalars defer to __rmul__ (np.float64(2) * op is an operator, not an array)
+
+    def __add__(self, other):
+        if not isinstance(other, LinearOperator):
+            return NotImplemented
+        return _combination([(1.0, self), (1.0, other)])
+
+    def __sub__(self, other):
+        if not isinstance(other, LinearOperator):
+            return NotImplemented
+        return _combination([(1.0, self), (-1.0, other)])
+
+    def __mul__(self, coefficient):
+        if isinstance(coefficient, LinearOperator):
+            return NotImplemented
+        return _combination([(coefficient, self)])
+
+    __rmul__ = __mul__
+
+    def __neg__(self):
+        return _combination([(-1.0, self)])
+
+    # -- ways out: SciPy and TensorFlow's own linear operators ---------------------------------------------
+    def to_scipy(self):
+        """This operator as a ``scipy.sparse.linalg.LinearOperator`` (symmetric, of this ``dim`` and ``dtype``).
+
+        SciPy's iterative solvers then take it as they are: ``eigsh``,
+        ``lobpcg``, ``cg``, ``minres``. Products go through ``matvec`` and
+        ``matmat`` (the block product where there is one) and are counted in
+        ``num_matvecs``; vectors come back as NumPy arrays.
+
+        Example:
+
+        ```python
+        import scipy.sparse.linalg
+        values, vectors = scipy.sparse.linalg.eigsh(hessian.to_scipy(), k=3, which="LA")
+        solution, info = scipy.sparse.linalg.cg(damped_ggn.to_scipy(), gradient)
+        ```
+        """
+        from tf_sharpest.operators._scipy import as_scipy_operator
+
+        return as_scipy_operator(self)
+
+    def to_tf(self) -> tf.linalg.LinearOperator:
+        """This operator as a self-adjoint ``tf.linalg.LinearOperator`` of shape ``[dim, dim]`` and its ``dtype``.
+
+        TensorFlow's linear algebra then takes it: ``matmul``, ``matvec``,
+        ``to_dense``, ``tf.linalg.experimental.conjugate_gradient``, and
+        compositions with other ``tf.linalg`` operators. Products are this
+        operator's own (counted in ``num_matvecs``); run them eagerly.
+
+        Example:
+
+        ```python
+        damped = ggn + 0.1 * MatrixOperator(np.eye(ggn.dim))
+        solution = tf.linalg.experimental.conjugate_gradient(damped.to_tf(), rhs).x
+        ```
+        """
+        from tf_sharpest.operators._tf_operator import TFLinearOperator
+
+        return TFLinearOperator(self)
+
 
 class MatrixOperator(LinearOperator):
     """An explicit symmetric matrix as an operator (references, tests, small problems)."""
@@ -110,6 +186,13 @@ class FunctionOperator(LinearOperator):
 
     def _matvec(self, vector):
         return tf.reshape(tf.convert_to_tensor(self._function(vector), dtype=self.dtype), [self.dim])
+
+
+def _combination(terms) -> LinearOperator:
+    # Imported here: the combination is itself a LinearOperator, defined after this module.
+    from tf_sharpest.operators._combination import LinearCombination
+
+    return LinearCombination(terms)
 
 
 def as_operator(matvec, dim: int | None = None, dtype=None) -> LinearOperator:

@@ -7,17 +7,18 @@ per-batch product. Everything but that product lives here, once:
 * the sample, its batches and their example weights (:class:`Sample`);
 * the loss split into its parts (:class:`ModelLoss`) and the parameters
   chosen (``variables=``);
-* the per-batch graph, traced once per operator for the sample's signature
-  (a fixed batch shape when all batches are equal), taking and returning flat
-  vectors;
-* the example-weighted accumulation, exact for uneven last batches;
+* the per-batch graphs, one ``tf.function`` per kind of product in one cache
+  (:attr:`traced_functions`), traced once per batch signature (a fixed batch
+  shape when all batches are equal), taking and returning flat vectors;
+* the example-weighted accumulation, exact for uneven last batches, on one
+  device or over a ``tf.distribute`` strategy's replicas;
 * moving to a new sample without tracing again (``set_data``);
-* the block product ``matmat`` of a subclass that shares work across the
-  columns of a block (``_batch_block_product``), through the same
-  accumulation, traced once for every block width.
+* the block product ``matmat`` through the same accumulation, traced once
+  for every block width.
 
-A subclass implements only ``_batch_product(batch, vectors)``, and may
-implement ``_batch_block_product(batch, rows)``.
+A subclass implements ``_batch_product(batch, vectors)`` and
+``_batch_block_product(batch, rows)`` (without the latter, ``matmat`` is a
+loop of matvecs).
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ import abc
 import keras
 import tensorflow as tf
 
+from tf_sharpest.operators._traced import TracedFunctions
 from tf_sharpest.operators.base import LinearOperator
 from tf_sharpest.operators.empirical_loss import EmpiricalLoss
 from tf_sharpest.operators.strategy import ReplicaPlan, resolve_strategy
+
+__all__ = ["CurvatureOperator"]
 
 
 class CurvatureOperator(LinearOperator):
@@ -78,12 +82,10 @@ class CurvatureOperator(LinearOperator):
         self.layout = self.objective.layout
         self.variables = self.objective.variables
         self.model_loss = self.objective.model_loss
-        self.num_traces = 0
-        self._graph = None  # (trace_spec, traced function)
-        self._block_graph = None  # the same for block products
-        self._distributed_steps = {}  # the traced strategy.run of each accumulation (vector, block)
         self._plan = None  # (sample, ReplicaPlan) of the latest distributed product
         if self.num_replicas > 1:
+            if self.training:
+                _refuse_synchronized_batch_norm(model, self.num_replicas)
             _ = self.replica_plan  # refuse now a sample smaller than the number of replicas
 
     # -- the sample ------------------------------------------------------------------------------
@@ -118,9 +120,13 @@ class CurvatureOperator(LinearOperator):
         return self.objective.training
 
     @property
-    def traced_spec(self):
-        """The batch signature of the per-batch graph in use (None before the first product)."""
-        return None if self._graph is None else self._graph[1].input_signature[0]
+    def traced_functions(self) -> TracedFunctions:
+        """The ``tf.function`` of each kind of graph (``"loss"``, ``"gradient"``, ``"matvec"``, ``"matmat"``).
+
+        ``operator.traced_functions["matvec"].experimental_get_tracing_count()``
+        tells how often the per-batch product was traced (once per batch signature).
+        """
+        return self.objective.traced_functions
 
     # -- the product -----------------------------------------------------------------------------
     @abc.abstractmethod
@@ -131,25 +137,10 @@ class CurvatureOperator(LinearOperator):
         """
 
     def _accumulate_batch(self, batch, vector, accumulated, weight):
-        self.num_traces += 1  # runs only while tracing: tests use it to catch retracing
         products = self._batch_product(batch, self.layout.unflatten(vector))
         products = [tf.zeros(shape, self.dtype) if p is None else p
                     for p, shape in zip(products, self.layout.shapes)]
         return accumulated + weight * tf.cast(self.layout.flatten(products), self.dtype)
-
-    def _accumulate_function(self):
-        """The traced per-batch product; traced again only if new data changed the batch signature."""
-        spec = self.sample.trace_spec
-        if self._graph is None or self._graph[0] != spec:
-            # One graph per batch, called from a Python loop: a loop over the dataset
-            # inside the graph ran the double backprop about 2.5x slower on CPU. The
-            # graph takes and returns flat vectors: splitting and concatenating them
-            # eagerly, and passing one tensor per variable, cost ~10% of a small HVP.
-            flat_spec = tf.TensorSpec([self.dim], self.dtype)
-            function = tf.function(self._accumulate_batch,
-                                   input_signature=[spec, flat_spec, flat_spec, tf.TensorSpec([], self.dtype)])
-            self._graph = (spec, function)
-        return self._graph[1]
 
     @property
     def num_replicas(self) -> int:
@@ -160,29 +151,40 @@ class CurvatureOperator(LinearOperator):
     def replica_plan(self) -> ReplicaPlan:
         """How the current sample is shared among the replicas (computed once per sample)."""
         if self._plan is None or self._plan[0] is not self.sample:
-            self._plan = (self.sample, ReplicaPlan(self.sample, self.strategy))
+            self._plan = (self.sample, ReplicaPlan(self.sample, self.strategy, whole_batches=self.training))
         return self._plan[1]
 
     def _matvec(self, vector):
+        return self._accumulate("matvec", self._accumulate_batch, vector)
+
+    def _accumulate(self, name: str, accumulate, operand):
+        """``sum_b w_b (per-batch product of operand)`` over the sample, on one device or over the replicas.
+
+        One graph per batch, called from a Python loop: a loop over the dataset
+        inside the graph ran the double backprop about 2.5x slower on CPU. The
+        graph takes and returns flat vectors (or a ``[k, dim]`` block): splitting
+        and concatenating them eagerly cost ~10% of a small HVP.
+        """
         if self.num_replicas > 1:
-            return self._distributed(self._accumulate_batch, vector)
-        accumulate = self._accumulate_function()
-        accumulated = tf.zeros([self.dim], self.dtype)
+            return self._distributed(name, accumulate, operand)
+        operand_spec = tf.TensorSpec([None] * (operand.shape.rank - 1) + [self.dim], self.dtype)
+        graph = self.traced_functions.concrete(name, accumulate, self.sample.trace_spec, operand_spec, operand_spec,
+                                               tf.TensorSpec([], self.dtype))
+        accumulated = tf.zeros_like(operand)
         for batch, weight in self.objective.batch_weights():
-            accumulated = accumulate(batch, vector, accumulated, weight)
+            accumulated = graph(batch, operand, accumulated, weight)
         return accumulated
 
-    def _distributed(self, accumulate, operand):
-        """``accumulate`` over every replica's shard of the sample, then the one all-reduce of the product."""
+    def _distributed(self, name: str, accumulate, operand):
+        """``accumulate`` over every replica's batches of the sample, then the one all-reduce of the product."""
         plan = self.replica_plan
-        step = self._distributed_steps.get(accumulate.__name__)
-        if step is None:
-            # strategy.run inside one tf.function, as Keras runs its train step; traced again
-            # only for a new batch shape (the smaller batches at a shard's end).
-            def run(batch, operand, accumulated, weight):
-                return self.strategy.run(accumulate, args=(batch, operand, accumulated, weight))
 
-            step = self._distributed_steps[accumulate.__name__] = tf.function(run, reduce_retracing=True)
+        # strategy.run inside one tf.function, as Keras runs its train step; traced again
+        # only for a new batch shape (the smaller batches at a shard's end).
+        def run(batch, operand, accumulated, weight):
+            return self.strategy.run(accumulate, args=(batch, operand, accumulated, weight))
+
+        step = self.traced_functions.function(f"distributed_{name}", run, reduce_retracing=True)
         accumulated = plan.zeros(operand.shape, self.dtype)
         for index in range(plan.num_steps):
             batch, weight = plan.step(index, self.dtype)
@@ -191,7 +193,7 @@ class CurvatureOperator(LinearOperator):
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, accumulated, axis=None)
 
     # -- the block product ------------------------------------------------------------------------
-    # A subclass that shares work across a block's columns defines
+    # A subclass shares work across a block's columns by defining
     #   _batch_block_product(self, batch, rows) -> [k, dim]
     # the per-batch curvature applied to each row of a flat [k, dim] block, in a graph where k is
     # unknown while tracing (one graph serves every block width). Without it, matmat is k matvecs.
@@ -204,31 +206,13 @@ class CurvatureOperator(LinearOperator):
         cls.has_block_product = callable(getattr(cls, "_batch_block_product", None))
 
     def _accumulate_block(self, batch, rows, accumulated, weight):
-        self.num_traces += 1  # runs only while tracing, as in _accumulate_batch
         return accumulated + weight * tf.cast(self._batch_block_product(batch, rows), self.dtype)
-
-    def _block_function(self):
-        """The traced per-batch block product: one trace for every ``k``, again only for a new batch signature."""
-        spec = self.sample.trace_spec
-        if self._block_graph is None or self._block_graph[0] != spec:
-            rows_spec = tf.TensorSpec([None, self.dim], self.dtype)
-            function = tf.function(self._accumulate_block,
-                                   input_signature=[spec, rows_spec, rows_spec, tf.TensorSpec([], self.dtype)])
-            self._block_graph = (spec, function)
-        return self._block_graph[1]
 
     def _matmat(self, vectors):
         if not self.has_block_product or vectors.shape[1] == 1:
             return super()._matmat(vectors)  # one column: the matvec graph, without the block's loop
         # The block's columns as rows: the per-batch graph maps over the leading axis.
-        rows = tf.transpose(vectors)
-        if self.num_replicas > 1:
-            return tf.transpose(self._distributed(self._accumulate_block, rows))
-        accumulate = self._block_function()
-        accumulated = tf.zeros_like(rows)
-        for batch, weight in self.objective.batch_weights():
-            accumulated = accumulate(batch, rows, accumulated, weight)
-        return tf.transpose(accumulated)
+        return tf.transpose(self._accumulate("matmat", self._accumulate_block, tf.transpose(vectors)))
 
     def matvec_structured(self, vectors) -> list[tf.Tensor]:
         """Returns ``A @ v`` for ``v`` given as variable-shaped tensors (one per chosen variable)."""
@@ -245,17 +229,17 @@ class CurvatureOperator(LinearOperator):
         return self.layout.unflatten(self.matvec(self.layout.flatten(converted)))
 
 
-def gradients(tape: tf.GradientTape, target, variables: list, output_gradients=None) -> list:
-    """``tape.gradient`` with zeros (of each variable's shape and dtype) where ``target`` does not depend on it.
 
-    ``unconnected_gradients=ZERO`` cannot be used with Keras variables: TensorFlow
-    builds the zeros from ``variable.dtype``, which Keras 3 gives as a string.
-    """
-    grads = tape.gradient(target, variables, output_gradients=output_gradients)
-    return [tf.zeros(v.shape, tf.as_dtype(v.dtype)) if g is None else g for g, v in zip(grads, variables)]
-
-
-def dot(parts_a, parts_b) -> tf.Tensor:
-    """``sum_i <a_i, b_i>`` over two lists of same-shaped tensors (``None`` in ``a`` counts as zero)."""
-    terms = [tf.reduce_sum(a * tf.cast(b, a.dtype)) for a, b in zip(parts_a, parts_b) if a is not None]
-    return tf.add_n(terms) if terms else tf.constant(0.0)
+def _refuse_synchronized_batch_norm(model: keras.Model, num_replicas: int) -> None:
+    """A synchronized BatchNormalization mixes the replicas' batches into one statistic: no replica then
+    sees the batch statistics one device would, so training-mode products under several replicas are refused."""
+    stack = list(model.layers)
+    while stack:
+        layer = stack.pop()
+        stack.extend(getattr(layer, "layers", []))
+        if isinstance(layer, keras.layers.BatchNormalization) and getattr(layer, "synchronized", False):
+            raise ValueError(
+                f"BatchNormalization layer {layer.name!r} is synchronized: under {num_replicas} replicas its "
+                "training-mode statistics would mix the batches of all replicas, so no product would equal the "
+                "one-device operator. Measure with training=False, or on a copy of the model built outside the "
+                "strategy (or with synchronized=False).")

@@ -14,6 +14,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_sharpest.operators._autodiff import gradients
+from tf_sharpest.operators._labels import check_labels
+from tf_sharpest.operators._traced import TracedFunctions
 from tf_sharpest.operators.blocks import resolve_variables
 from tf_sharpest.operators.model_loss import ModelLoss
 from tf_sharpest.operators.sample import Sample
@@ -54,9 +57,16 @@ class EmpiricalLoss:
         variable, a layer, or a list of variables and layers.
 
     Raises:
-      ValueError: for empty, infinite or malformed data, a model without a
-        loss or trainable variables, a variable not in the model, or a
-        non-finite loss (naming the batch).
+      ValueError: for empty, infinite or malformed data, data holding NaN or
+        Inf, labels the loss cannot take (out of range, one-hot where it
+        takes class ids or the reverse), a model without a loss or trainable
+        variables, a variable not in the model, or a non-finite loss (naming
+        the batch).
+
+    Attributes:
+      traced_functions: the ``tf.function`` of each kind of graph (``"loss"``,
+        ``"gradient"``, and an operator's products), by name; see
+        :class:`~tf_sharpest.operators._traced.TracedFunctions`.
     """
 
     def __init__(self, model: keras.Model, data, *, loss=None, batch_size: int | None = None,
@@ -72,8 +82,7 @@ class EmpiricalLoss:
         self.model_loss = ModelLoss(model, loss, training=training)
         self.batch_size = batch_size
         self.sample = Sample.from_data(data, batch_size)
-        self._graph_loss = tf.function(self.batch_loss, input_signature=[self.sample.batch_spec])
-        self._graph_gradient = None
+        self.traced_functions = TracedFunctions()
         self.value = self.evaluate()
 
     # -- the sample ----------------------------------------------------------------------
@@ -134,7 +143,9 @@ class EmpiricalLoss:
         return self._evaluate_on(self.sample)
 
     def _evaluate_on(self, sample: Sample) -> float:
-        losses = np.array([float(self._graph_loss(batch)) for batch in sample.batches])
+        check_labels(self.model_loss, sample)  # before a graph would fail on them deep inside
+        loss = self.traced_functions.concrete("loss", self.batch_loss, sample.batch_spec)
+        losses = np.array([float(loss(batch)) for batch in sample.batches])
         bad = np.flatnonzero(~np.isfinite(losses))
         if bad.size:
             raise ValueError(
@@ -146,13 +157,9 @@ class EmpiricalLoss:
 
     def gradient(self) -> tf.Tensor:
         """The gradient of the mean loss at the current weights, as a flat vector."""
-        spec = self.sample.trace_spec
-        if self._graph_gradient is None or self._graph_gradient[0] != spec:
-            flat_spec = tf.TensorSpec([self.layout.dim], self.dtype)
-            function = tf.function(self._accumulate_gradient,
-                                   input_signature=[spec, flat_spec, tf.TensorSpec([], self.dtype)])
-            self._graph_gradient = (spec, function)
-        accumulate = self._graph_gradient[1]
+        flat_spec = tf.TensorSpec([self.layout.dim], self.dtype)
+        accumulate = self.traced_functions.concrete("gradient", self._accumulate_gradient, self.sample.trace_spec,
+                                                    flat_spec, tf.TensorSpec([], self.dtype))
         accumulated = tf.zeros([self.layout.dim], self.dtype)
         for batch, weight in self.batch_weights():
             accumulated = accumulate(batch, accumulated, weight)
@@ -161,6 +168,5 @@ class EmpiricalLoss:
     def _accumulate_gradient(self, batch, accumulated, weight):
         with tf.GradientTape() as tape:
             loss = self.batch_loss(batch)
-        grads = [tf.zeros(v.shape, tf.as_dtype(v.dtype)) if g is None else g
-                 for g, v in zip(tape.gradient(loss, self.variables), self.variables)]
+        grads = gradients(tape, loss, self.variables)
         return accumulated + weight * tf.cast(self.layout.flatten(grads), self.dtype)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tf_sharpest.operators.curvature import dot
+from tf_sharpest.operators._autodiff import dot
 from tf_sharpest.operators.output_curvature import OutputCurvatureOperator
 
 

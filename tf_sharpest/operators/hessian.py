@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tf_sharpest.operators.curvature import CurvatureOperator, dot, gradients
+from tf_sharpest.operators._autodiff import dot, gradients
+from tf_sharpest.operators.curvature import CurvatureOperator
 
 #: Columns of a block product in flight at once (``tf.map_fn``'s ``parallel_iterations``).
 BLOCK_PARALLEL_ITERATIONS = 10

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_sharpest._keras_compat import optimizer_slots, unwrap_optimizer, variable_index
 from tf_sharpest.operators.base import LinearOperator
 
 
@@ -35,7 +36,8 @@ class PreconditionedOperator(LinearOperator):
 
     Raises:
       ValueError: if ``diagonal`` has the wrong shape, or an entry that is not
-        positive and finite (the message names the first one).
+        positive and finite, or so small that ``1 / entry`` overflows the
+        operator's dtype (the message names the first one).
     """
 
     def __init__(self, operator: LinearOperator, diagonal):
@@ -51,6 +53,15 @@ class PreconditionedOperator(LinearOperator):
                 f"The preconditioner diagonal must be positive and finite; entry {int(bad[0])} is "
                 f"{diagonal[bad[0]]} ({bad.size} such entries). An optimizer before its first step has no "
                 "second moments yet: train at least one step, or add an epsilon.")
+        largest = float(np.finfo(operator.dtype.as_numpy_dtype).max)
+        tiny = np.flatnonzero(diagonal < 1.0 / largest)
+        if tiny.size:
+            # D^-1/2 A D^-1/2 scales A's entries by 1/D: it would be inf (and its products NaN) in this dtype.
+            raise ValueError(
+                f"The preconditioner diagonal's entry {int(tiny[0])} is {diagonal[tiny[0]]:.3g} ({tiny.size} such "
+                f"entries): its inverse overflows {operator.dtype.name} (largest {largest:.3g}), so the "
+                "preconditioned operator would be inf. Add an epsilon to the diagonal (the optimizer's own), or "
+                "build the operator in float64.")
         super().__init__(operator.dim, operator.dtype)
         self.operator = operator
         self.diagonal = diagonal
@@ -93,7 +104,8 @@ def optimizer_preconditioner(optimizer: keras.optimizers.Optimizer, variables) -
     sharpness ``lambda_1(D^-1 H)`` one line.
 
     Args:
-      optimizer: a built Keras optimizer of one of the classes above (or a subclass).
+      optimizer: a built Keras optimizer of one of the classes above (or a subclass), or a
+        ``LossScaleOptimizer`` (mixed precision) wrapping one.
       variables: the model variables, in the order of the operator's layout
         (e.g. ``operator.variables``).
 
@@ -102,14 +114,21 @@ def optimizer_preconditioner(optimizer: keras.optimizers.Optimizer, variables) -
 
     Raises:
       ValueError: for an optimizer without second-moment slots (SGD, NSGD,
-        Lion, ...), one not built yet, or a variable it does not update.
+        Lion, ...), one not built yet or that has taken no step, or a
+        variable it does not update.
     """
+    optimizer = unwrap_optimizer(optimizer)  # the Adam inside a LossScaleOptimizer (mixed precision)
     kind = optimizer_preconditioner_supports(optimizer)
     if not optimizer.built:
         raise ValueError(f"The {kind} optimizer is not built yet: train at least one step (model.fit) first.")
+    step = float(optimizer.iterations.numpy())
+    if step == 0:
+        # Every rule's slots then hold their initial values only (zeros, or Adagrad's start value):
+        # D would be epsilon alone, not what any step divides by.
+        raise ValueError(f"{kind} has taken no step yet (iterations = 0): its second moments are empty. Train at "
+                         "least one step (model.fit) first.")
     variables = list(variables)
     parts = []
-    step = float(optimizer.iterations.numpy())
     for variable in variables:
         index = _slot_index(optimizer, variable)
         parts.append(np.reshape(_denominator(optimizer, kind, index, step), [-1]))
@@ -118,6 +137,7 @@ def optimizer_preconditioner(optimizer: keras.optimizers.Optimizer, variables) -
 
 def optimizer_preconditioner_supports(optimizer) -> str:
     """The supported Keras class ``optimizer`` is (or derives from); a ``ValueError`` if none."""
+    optimizer = unwrap_optimizer(optimizer)
     kind = next((name for name in _SUPPORTED if any(c.__name__ == name for c in type(optimizer).__mro__)), None)
     if kind is None:
         raise ValueError(
@@ -128,7 +148,7 @@ def optimizer_preconditioner_supports(optimizer) -> str:
 
 
 def _slot(optimizer, attribute: str, index: int) -> np.ndarray:
-    slots = getattr(optimizer, attribute, None)
+    slots = optimizer_slots(optimizer, attribute)
     if slots is None:
         raise ValueError(
             f"This Keras version's {type(optimizer).__name__} has no '{attribute}' slots; tf_sharpest reads "
@@ -138,7 +158,7 @@ def _slot(optimizer, attribute: str, index: int) -> np.ndarray:
 
 def _slot_index(optimizer, variable) -> int:
     try:
-        return optimizer._get_variable_index(variable)  # Keras 3: the slot lists follow the variable order
+        return variable_index(optimizer, variable)  # Keras 3: the slot lists follow the variable order
     except (KeyError, AttributeError) as error:
         name = getattr(variable, "path", None) or getattr(variable, "name", repr(variable))
         raise ValueError(f"The optimizer does not update {name!r}: pass the variables it was built with "
@@ -155,13 +175,9 @@ def _denominator(optimizer, kind: str, index: int, step: float) -> np.ndarray:
     if kind in ("Adam", "AdamW"):
         second = _slot(optimizer, "_velocity_hats" if optimizer.amsgrad else "_velocities", index)
         correction = 1.0 - _keras_constant(optimizer.beta_2) ** step
-        if correction <= 0.0:
-            raise ValueError("Adam has taken no step yet (iterations = 0): its second moments are empty.")
         return np.sqrt(second / correction) + epsilon / np.sqrt(correction)
     if kind == "Nadam":
         correction = 1.0 - _keras_constant(optimizer.beta_2) ** step
-        if correction <= 0.0:
-            raise ValueError("Nadam has taken no step yet (iterations = 0): its second moments are empty.")
         return np.sqrt(_slot(optimizer, "_velocities", index) / correction) + epsilon
     if kind == "Adamax":
         return _slot(optimizer, "_u", index) + epsilon

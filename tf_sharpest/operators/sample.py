@@ -15,6 +15,7 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -66,8 +67,10 @@ class Sample:
             the module's ``MAX_BATCHES``, 10,000).
 
         Raises:
-          ValueError: for empty, infinite or malformed data, or a dataset of
-            unknown cardinality longer than ``max_batches``.
+          ValueError: for empty, infinite or malformed data, data holding NaN
+            or Inf (naming the input, the batch and the example), or a
+            dataset of unknown cardinality longer than ``max_batches`` batches
+            read (empty ones included).
         """
         if isinstance(data, Sample):
             if batch_size is not None:
@@ -79,8 +82,9 @@ class Sample:
         dataset = as_batched_dataset(data, batch_size)
         unknown_length = int(dataset.cardinality()) == int(tf.data.UNKNOWN_CARDINALITY)
         batches, sizes = [], []
-        for batch in dataset:
-            if unknown_length and len(batches) >= max_batches:
+        for read, batch in enumerate(dataset):
+            # Every batch read counts, kept or not: an endless stream of empty batches must end here too.
+            if unknown_length and read >= max_batches:
                 raise ValueError(
                     f"The dataset has not ended after {max_batches} batches and TensorFlow cannot tell its "
                     "length (e.g. from_generator): a curvature sample must be finite. Use "
@@ -90,6 +94,7 @@ class Sample:
             size = int(count_examples(batch))
             if size == 0:
                 continue  # an empty batch adds nothing to the mean
+            _check_finite(batch, len(batches))
             batches.append(batch)
             sizes.append(size)
         if not batches:
@@ -171,6 +176,28 @@ class Sample:
         if other.batch_spec != self.batch_spec:
             raise ValueError(f"The new data's batches {other.batch_spec} do not match the operator's "
                              f"{self.batch_spec}; build a new operator for data of another structure.")
+
+
+def _check_finite(batch, index: int) -> None:
+    """Refuses a batch with NaN or Inf in any floating input, label or weight, saying which and where.
+
+    A NaN input makes the loss NaN, but an Inf one can leave it finite (``tanh(inf) = 1``)
+    while every product comes out NaN: both are refused here, before any product.
+    """
+    for part, structure in zip(("x", "y", "sample_weight"), batch):
+        for path, tensor in keras.tree.flatten_with_path(structure):
+            if not tensor.dtype.is_floating:
+                continue
+            bad = tf.logical_not(tf.math.is_finite(tensor))
+            if not bool(tf.reduce_any(bad)):
+                continue
+            name = part + "".join(f"[{key!r}]" for key in path)
+            rows = tf.reduce_any(tf.reshape(bad, [tf.shape(bad)[0], -1]), axis=1) if bad.shape.rank else bad
+            example = int(tf.where(rows)[0][0]) if bad.shape.rank else 0
+            kind = "NaN" if bool(tf.reduce_any(tf.math.is_nan(tensor))) else "Inf"
+            raise ValueError(
+                f"The data is not finite: {name} in batch {index} (0-based) holds {kind} (first at example "
+                f"{example} of the batch). Curvature products need finite data: clean or drop those examples.")
 
 
 def _relax_batch_dim(spec):

@@ -2,8 +2,10 @@
 
 Under a strategy with several replicas (``MirroredStrategy`` over GPUs,
 ``MultiWorkerMirroredStrategy`` over hosts), the sample is cut into one
-contiguous shard per replica, every example in exactly one shard, on every
-worker alike (each worker holds the same sample and computes the same plan).
+contiguous shard per replica (in training mode: its batches are dealt to the
+replicas whole, so batch statistics are one device's), every example in
+exactly one shard, on every worker alike (each worker holds the same sample
+and computes the same plan).
 Each replica accumulates its example-weighted partial product; one
 all-reduce sums the partials. The result equals the single-device product to
 float32 round-off, so every algorithm runs unchanged, and identically, on
@@ -63,30 +65,47 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 class ReplicaPlan:
     """Which batches each replica takes at each step of a distributed product, with their weights.
 
-    A replica with fewer batches than the others gets a copy of its first
-    batch with weight 0 at the extra steps, so all replicas run each step.
+    Inference-mode products (``whole_batches=False``) cut the examples into one
+    contiguous shard per replica (:meth:`Sample.split`): the replicas' loads
+    differ by at most one example. With ``whole_batches=True`` (training mode)
+    the sample's own batches are dealt to the replicas in turn, batch ``b``
+    to replica ``b mod R``: every batch's statistics (BatchNorm) are then
+    exactly those of one device, and each batch is weighted by its examples.
+    A replica with fewer batches than the others gets a copy of a batch with
+    weight 0 at the extra steps, so all replicas run each step.
     """
 
-    def __init__(self, sample: Sample, strategy: tf.distribute.Strategy):
+    def __init__(self, sample: Sample, strategy: tf.distribute.Strategy, *, whole_batches: bool = False):
         self.strategy = strategy
-        self.shards = sample.split(strategy.num_replicas_in_sync)
+        self.whole_batches = bool(whole_batches)
+        replicas = strategy.num_replicas_in_sync
+        if self.whole_batches:
+            self.parts = [list(zip(sample.batches[r::replicas], sample.sizes[r::replicas])) for r in range(replicas)]
+        else:
+            self.parts = [list(zip(shard.batches, shard.sizes)) for shard in sample.split(replicas)]
+        self._filler = sample.batches[0]
         self.total = float(sample.num_examples)
-        self.num_steps = max(shard.num_batches for shard in self.shards)
+        self.num_steps = max(len(part) for part in self.parts)
 
     @property
     def examples_per_replica(self) -> list:
         """How many examples each replica (by global replica id) processes in one product."""
-        return [shard.num_examples for shard in self.shards]
+        return [sum(size for _, size in part) for part in self.parts]
+
+    @property
+    def batch_sizes_per_replica(self) -> list:
+        """The sizes of the batches each replica (by global replica id) processes, in order."""
+        return [[size for _, size in part] for part in self.parts]
 
     def step(self, index: int, dtype):
         """Per-replica ``(batch, weight)`` for step ``index``."""
         def batch_of(context):
-            shard = self.shards[context.replica_id_in_sync_group]
-            return shard.batches[index] if index < shard.num_batches else shard.batches[0]
+            part = self.parts[context.replica_id_in_sync_group]
+            return part[index][0] if index < len(part) else (part[0][0] if part else self._filler)
 
         def weight_of(context):
-            shard = self.shards[context.replica_id_in_sync_group]
-            size = shard.sizes[index] if index < shard.num_batches else 0
+            part = self.parts[context.replica_id_in_sync_group]
+            size = part[index][1] if index < len(part) else 0
             return tf.constant(size / self.total, dtype)
 
         distribute = self.strategy.experimental_distribute_values_from_function
