@@ -12,7 +12,9 @@ import tensorflow as tf
 from tf_sharpest.callbacks import LanczosCallback, MeasurementLog
 from tf_sharpest.callbacks.lanczos_callback import describe_error
 from tf_sharpest.hessian import top_eigenpairs
-from tf_sharpest.optimizers import NSGD
+from tf_sharpest.linalg import LanczosSolver, LOBPCGSolver
+from tf_sharpest.operators import Curvature
+from tf_sharpest.optimizers import NSGD, DirectionConsumer
 
 from references import (
     classification_data,
@@ -45,10 +47,11 @@ def top(matrix, k):
 def test_ggn_block_and_per_block_logs_against_explicit_matrices(data):
     x, y = data
     model = frozen_cnn()
-    dense = model.layers[-1]
-    callback = LanczosCallback((x, y), top_k=2, num_samples=len(x), batch_size=16, tol=1e-6, seed=0,
-                               curvature="ggn", blocks={"dense": dense, "conv": model.layers[0]})
-    history = model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[callback])
+    common = dict(top_k=2, num_samples=len(x), batch_size=16, solver=LanczosSolver(tol=1e-6), seed=0)
+    callback = LanczosCallback((x, y), curvature="ggn", **common)
+    blocks = [LanczosCallback((x, y), curvature=Curvature("ggn", variables=layer), log_prefix=f"{name}_", **common)
+              for name, layer in (("dense", model.layers[-1]), ("conv", model.layers[0]))]
+    history = model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[callback, *blocks])
     ggn = explicit_ggn(model, x, y, softmax_ce_output_hessian)
     np.testing.assert_allclose([history.history[f"lambda_{i}"][0] for i in (1, 2)], top(ggn, 2), rtol=1e-4)
     conv_size = sum(int(np.prod(v.shape)) for v in model.layers[0].trainable_variables)
@@ -56,14 +59,14 @@ def test_ggn_block_and_per_block_logs_against_explicit_matrices(data):
                                top(ggn[conv_size:, conv_size:], 2), rtol=1e-4)
     np.testing.assert_allclose([history.history[f"conv_lambda_{i}"][0] for i in (1, 2)],
                                top(ggn[:conv_size, :conv_size], 2), rtol=1e-4)
-    assert callback.history[0].values["dense_lambda"].shape == (2,)
+    assert blocks[0].history[0].eigenvalues.shape == (2,)
 
 
 def test_variables_restricts_the_measured_hessian(data):
     x, y = data
     model = frozen_cnn()
-    callback = LanczosCallback((x, y), top_k=2, num_samples=len(x), batch_size=16, tol=1e-6,
-                               variables=model.layers[-1])
+    callback = LanczosCallback((x, y), top_k=2, num_samples=len(x), batch_size=16, solver=LanczosSolver(tol=1e-6),
+                               curvature=Curvature(variables=model.layers[-1]))
     model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[callback])
     hessian = explicit_hessian(model, x, y, sparse_ce("float32"))
     start = hessian.shape[0] - callback.operator.dim
@@ -76,8 +79,8 @@ def test_preconditioned_sharpness_with_adam(data):
     model = tiny_mlp("float32")
     xs = x.reshape(len(x), -1)[:, :4]
     model.compile(optimizer=keras.optimizers.Adam(0.0), loss=sparse_ce("float32"))  # lr 0: weights stay
-    callback = LanczosCallback((xs, y), top_k=1, num_samples=len(x), batch_size=32, tol=1e-6,
-                               preconditioned=True)
+    callback = LanczosCallback((xs, y), top_k=1, num_samples=len(x), batch_size=32, solver=LanczosSolver(tol=1e-6),
+                               curvature=Curvature(preconditioned=True))
     with pytest.warns(RuntimeWarning, match="not built yet"):  # before Adam's first step there is no D
         model.fit(xs, y, batch_size=8, epochs=2, verbose=0, callbacks=[callback])
     assert np.isnan(callback.history[0].eigenvalues[0])
@@ -93,7 +96,8 @@ def test_preconditioned_with_sgd_is_refused_before_training(data):
     x, y = data
     model = frozen_cnn()
     with pytest.raises(ValueError, match="no second-moment slots"):
-        model.fit(x, y, epochs=1, verbose=0, callbacks=[LanczosCallback((x, y), preconditioned=True)])
+        model.fit(x, y, epochs=1, verbose=0,
+                  callbacks=[LanczosCallback((x, y), curvature=Curvature(preconditioned=True))])
 
 
 def test_top_eigenpairs_curvature_and_variables(data):
@@ -137,17 +141,20 @@ def test_freezing_layers_of_a_built_model_starts_cold(data):
     assert np.isfinite(callback.history[-1].eigenvalues).all()
 
 
+class RefusingSGD(keras.optimizers.SGD, DirectionConsumer):
+    num_directions = 2
+
+    def set_directions(self, eigenvalues, eigenvectors):
+        raise ValueError("directions must have shape [999, 2]")
+
+
 def test_a_refused_direction_hand_off_does_not_stop_fit(data):
     x, y = data
-    callback = LanczosCallback((x, y), top_k=2, num_samples=16, batch_size=16, warm_start=False, seed=0)
-    model = frozen_cnn(NSGD(0.01, top_k=2))
+    callback = LanczosCallback((x, y), top_k=2, num_samples=16, batch_size=16, seed=0,
+                               solver=LanczosSolver(warm_start=False))
+    model = frozen_cnn(keras.optimizers.SGD(0.01))
     model.fit(x, y, epochs=1, verbose=0, callbacks=[callback])
-
-    class Refusing(NSGD):
-        def set_directions(self, directions):
-            raise ValueError("directions must have shape [999, 2]")
-
-    model.compile(optimizer=Refusing(0.01, top_k=2), loss=sparse_ce("float32"))
+    model.compile(optimizer=RefusingSGD(0.01), loss=sparse_ce("float32"))
     with pytest.warns(RuntimeWarning, match="refused the measured eigenvectors.*999"):
         history = model.fit(x, y, epochs=2, verbose=0, callbacks=[callback])
     assert len(history.history["loss"]) == 2 and np.isfinite(history.history["lambda_1"]).all()
@@ -161,7 +168,7 @@ def test_dict_inputs_of_a_multi_input_model(data):
     model = keras.Model({"image": image, "extra": extra}, keras.layers.Dense(3)(merged))
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss=sparse_ce("float32"))
     inputs = {"image": x, "extra": np.random.default_rng(0).standard_normal((len(x), 2)).astype("float32")}
-    callback = LanczosCallback((inputs, y), top_k=2, num_samples=len(x), batch_size=16, tol=1e-6)
+    callback = LanczosCallback((inputs, y), top_k=2, num_samples=len(x), batch_size=16, solver=LanczosSolver(tol=1e-6))
     model.fit(inputs, y, batch_size=16, epochs=1, verbose=0, callbacks=[callback])
     reference = top_eigenpairs(model, (inputs, y), k=2, batch_size=16, tol=1e-6).eigenvalues
     np.testing.assert_allclose(callback.history[0].eigenvalues, reference, rtol=1e-4)
@@ -192,7 +199,7 @@ def test_batchnorm_warning_and_training_mode(data):
         model.fit(x, y, batch_size=16, epochs=1, verbose=0,
                   callbacks=[LanczosCallback((x, y), top_k=1, num_samples=16, batch_size=16)])
     before = [v.numpy().copy() for v in model.non_trainable_variables]
-    callback = LanczosCallback((x, y), top_k=1, num_samples=16, batch_size=16, training=True)
+    callback = LanczosCallback((x, y), top_k=1, num_samples=16, batch_size=16, curvature=Curvature(training=True))
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         callback.set_model(model)
@@ -228,7 +235,8 @@ def test_top_k_beyond_the_parameters_pads_with_nan_and_saves(data, tmp_path):
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(3)])  # 12 parameters
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss=sparse_ce("float32"))
     xs = x.reshape(len(x), -1)[:, :3]
-    callback = LanczosCallback((xs, y), top_k=15, num_samples=16, save_dir=str(tmp_path), tol=1e-6)
+    callback = LanczosCallback((xs, y), top_k=15, num_samples=16, save_dir=str(tmp_path),
+                               solver=LanczosSolver(tol=1e-6))
     with pytest.warns(RuntimeWarning, match="top_k=15 exceeds the 12 parameters"):
         history = model.fit(xs, y, epochs=1, verbose=0, callbacks=[callback])
     assert np.isfinite([history.history[f"lambda_{i}"][0] for i in range(1, 13)]).all()
@@ -255,7 +263,10 @@ def test_saved_files_get_ordinary_permissions(data, tmp_path):
     ({"batch_size": 0}, "batch_size must be a positive integer"),
     ({"tol": -1}, "tol must be a positive finite number"),
     ({"tol": "a"}, "tol must be a positive finite number"),
-    ({"max_iterations": 0}, "max_iterations must be a positive integer"),
+    ({"max_iterations": 0}, "max_matvecs must be a positive integer"),
+    ({"solver": "lanczos"}, "solver must be a tf_sharpest.linalg.LanczosSolver"),
+    ({"curvature": 3}, "curvature must be 'hessian'"),
+    ({"save_dir": ""}, "save_dir must be a folder"),  # issue 22: it silently saved nothing
     ({"num_samples": 0}, "num_samples must be a positive integer"),
     ({"verbose": 3}, "verbose must be one of"),
     ({"curvature": "fisher"}, "curvature must be one of"),
@@ -304,10 +315,9 @@ def test_verbose_auto_follows_fit(data, capsys, fit_verbose, expected):
 def test_the_warm_block_solver_tracks_the_same_eigenvalues_as_lanczos(data):
     x, y = data
     results = {}
-    for method in ("lobpcg", "lanczos"):
+    for method, solver in (("lobpcg", LOBPCGSolver(tol=1e-4)), ("lanczos", LanczosSolver(tol=1e-4))):
         model = frozen_cnn(keras.optimizers.SGD(0.05))
-        callback = LanczosCallback((x, y), top_k=2, num_samples=len(x), batch_size=16, tol=1e-4, seed=0,
-                                   method=method)
+        callback = LanczosCallback((x, y), top_k=2, num_samples=len(x), batch_size=16, solver=solver, seed=0)
         history = model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[callback], shuffle=False)
         results[method] = history.history
     np.testing.assert_allclose(results["lobpcg"]["lambda_1"], results["lanczos"]["lambda_1"], rtol=1e-3)
@@ -318,9 +328,10 @@ def test_the_warm_block_solver_tracks_the_same_eigenvalues_as_lanczos(data):
 def test_a_block_solve_that_misses_tol_falls_back_to_lanczos_and_says_so(data):
     x, y = data
     model = frozen_cnn()
-    callback = LanczosCallback((x, y), top_k=2, num_samples=16, batch_size=16, tol=1e-9, seed=0,
-                               method="lobpcg", max_iterations=20)  # float32 products cannot reach 1e-9
-    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[callback])
+    callback = LanczosCallback((x, y), top_k=2, num_samples=16, batch_size=16, seed=0,
+                               solver=LOBPCGSolver(tol=1e-9, max_matvecs=20))  # float32 cannot reach 1e-9
+    with pytest.warns(RuntimeWarning, match="without converging"):  # nor can the Lanczos that finishes the job
+        history = model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[callback])
     assert history.history["lanczos_fallbacks"] == [1.0, 1.0]
     assert all(m.values["fallbacks"] == 1.0 for m in callback.history)
     with pytest.raises(ValueError, match="method must be one of"):
@@ -358,6 +369,7 @@ def test_a_block_of_another_model_is_refused_before_training(data):
     x, y = data
     model = frozen_cnn()
     stranger = tiny_cnn("float32", seed=5).layers[-1]
-    for arguments in ({"variables": stranger}, {"blocks": {"other": stranger}}):
+    for arguments in ({"curvature": Curvature(variables=stranger)},
+                      {"curvature": Curvature("ggn", variables=[stranger])}):
         with pytest.raises(ValueError, match="is not one of the model's trainable variables"):
             model.fit(x, y, epochs=1, verbose=0, callbacks=[LanczosCallback((x, y), top_k=1, **arguments)])

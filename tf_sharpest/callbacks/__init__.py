@@ -1,8 +1,10 @@
 """Keras callbacks that measure and act on the sharpest directions during training."""
 
+from tf_sharpest.callbacks.batch_sharpness_callback import BatchSharpnessCallback
 from tf_sharpest.callbacks.lanczos_callback import LanczosCallback
 from tf_sharpest.callbacks.measurement_log import Measurement, MeasurementLog
 from tf_sharpest.callbacks.sampling import SampleSource
 from tf_sharpest.callbacks.spectrum_callback import SpectrumCallback
 
-__all__ = ["LanczosCallback", "Measurement", "MeasurementLog", "SampleSource", "SpectrumCallback"]
+__all__ = ["BatchSharpnessCallback", "LanczosCallback", "Measurement", "MeasurementLog", "SampleSource",
+           "SpectrumCallback"]

@@ -1,28 +1,34 @@
-"""MeasuringCallback: what LanczosCallback and SpectrumCallback share, whatever they measure.
+"""MeasuringCallback: what every measuring callback shares, whatever it measures.
 
-Both draw a sample of ``data`` on a schedule (every epoch or every few
-batches, and once after training), measure the curvature of the loss on it,
-log the result with the epoch's metrics and keep a :class:`MeasurementLog`.
-The state of a run (sampling, seeds, warnings, the global step), its
-deep copy for keras-tuner, the reuse of one curvature operator per model and
-the chief-only files are one piece of logic, kept here once so that the two
-callbacks cannot drift apart; each subclass says only what one measurement is.
+Each draws a sample of ``data`` on a schedule (every epoch or every few
+batches, and once after training), measures something about the loss on it,
+logs the result with the epoch's metrics and keeps a :class:`MeasurementLog`.
+The state of a run (sampling, seeds, warnings, the global step), its deep copy
+for keras-tuner, the refusal of clashing logged keys, the reuse of one operator
+per model, progress lines and the chief-only files are one piece of logic, kept
+here once so that the callbacks cannot drift apart; each subclass says only what
+one measurement is and which keys it logs.
 """
 
 from __future__ import annotations
 
 import abc
 import copy
+import os
 import warnings
+import weakref
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tf_sharpest.callbacks.measurement_log import Measurement, MeasurementLog
+from tf_sharpest.callbacks.progress import fit_verbosity
 from tf_sharpest.callbacks.sampling import SampleSource, shared_seed
-from tf_sharpest.operators.factory import check_curvature, curvature_operator
+from tf_sharpest.operators._spec import Curvature
+from tf_sharpest.operators.sample import Sample
 from tf_sharpest.operators.strategy import is_chief
+from tf_sharpest.utils._deprecation import REMOVED_IN
 from tf_sharpest.utils.batches import even_batch_size, num_examples_of
 from tf_sharpest.utils.checks import positive_int
 
@@ -31,42 +37,84 @@ from tf_sharpest.utils.checks import positive_int
 MEASUREMENT_ERRORS = (ValueError, ArithmeticError, tf.errors.OpError, np.linalg.LinAlgError)
 VERBOSE_CHOICES = ("auto", 0, 1, 2)
 
+# The measuring callbacks of each running fit, by the id of the params dict Keras's CallbackList hands to
+# every callback of one fit (the same object: tests/test_callback_robustness.py checks this contract):
+# id -> (the params dict, {claimed key: weak reference to the callback}). Holding the dict keeps its id
+# from being reused while the entry lives; a callback drops its claims at on_train_end, and at the start
+# of its next fit, so a fit that crashed before on_train_end never causes a false refusal later.
+_RUNNING: dict[int, tuple[dict, dict]] = {}
+
+
+def deprecated(owner: str, old: str, instead: str, stacklevel: int = 4) -> None:
+    """Warns that keyword ``old`` of ``owner`` is deprecated, saying what to write ``instead``."""
+    warnings.warn(f"{owner}(): {old}= is deprecated and will be removed in tf_sharpest {REMOVED_IN}; write "
+                  f"{instead} instead.", DeprecationWarning, stacklevel=stacklevel)
+
+
+def as_curvature(owner: str, curvature, legacy: dict) -> Curvature:
+    """``curvature`` as a :class:`Curvature` or callable, with the deprecated ``loss``/``training``/
+    ``variables``/``preconditioned`` keywords (in ``legacy``, popped) folded into it."""
+    old = {name: legacy.pop(name) for name in ("variables", "loss", "training", "preconditioned") if name in legacy}
+    if isinstance(curvature, str):
+        spec = Curvature(curvature, **old)
+        for name, value in old.items():
+            shown = f"Curvature({curvature!r}, {name}={value!r})" if not isinstance(value, (keras.layers.Layer,
+                                                                                            list, tuple)) \
+                else f"Curvature({curvature!r}, {name}=...)"
+            deprecated(owner, name, f"curvature={shown} (tf_sharpest.operators.Curvature)")
+        return spec
+    if old:
+        raise TypeError(f"{owner}() got {', '.join(n + '=' for n in old)} beside curvature={curvature!r}: pass "
+                        "them to tf_sharpest.operators.Curvature(...) as curvature= instead.")
+    if isinstance(curvature, Curvature) or callable(curvature):
+        return curvature
+    raise ValueError(f"curvature must be 'hessian', 'ggn', 'empirical_fisher', a tf_sharpest.operators.Curvature "
+                     f"or a callable (model, sample) -> operator, got {curvature!r}.")
+
 
 class MeasuringCallback(keras.callbacks.Callback, metaclass=abc.ABCMeta):
-    """The base of the callbacks that measure the curvature on samples of ``data`` as ``model.fit`` runs.
+    """The base of the callbacks that measure the loss's curvature on samples of ``data`` as ``model.fit`` runs.
 
     A subclass gives ``_take_measurement`` (one measurement, as a
-    :class:`Measurement`), ``_measurement_logs`` (its logged keys) and
-    ``_log_name`` (the stem of its files in ``save_dir``); this class runs
-    the schedule, logs, saves and resumes. The arguments mean what the
+    :class:`Measurement`), ``_logged_keys`` (the keys it logs, known before
+    training), ``_measurement_logs`` (their values) and ``_log_name`` (the stem
+    of its files in ``save_dir``); this class runs the schedule, refuses
+    clashing keys, logs, saves and resumes. The arguments mean what the
     subclasses' docstrings say.
     """
 
     #: Stem of the measurement log in ``save_dir`` (``<stem>.npz`` / ``<stem>.csv``).
     _log_name = ""
+    #: Whether ``frequency=None`` (only after training) is a schedule this callback takes.
+    _measures_only_at_end = False
     #: Attributes a deep copy shares with the original instead of copying: the callback only reads them.
-    _shared_on_copy = ("data", "_model", "variables")
+    _shared_on_copy = ("data", "_model", "curvature")
 
-    def __init__(self, data, num_samples: int, batch_size: int, frequency, resample: bool, training: bool,
-                 save_dir, seed: int | None, verbose, log_prefix: str, loss, curvature: str, variables):
+    def __init__(self, data, num_samples: int, batch_size: int, frequency, resample: bool, seed: int | None,
+                 save_dir, verbose, log_prefix: str):
         super().__init__()
         if not isinstance(data, tf.data.Dataset) and not (isinstance(data, (tuple, list)) and len(data) in (2, 3)):
             raise ValueError("data must be (x, y) arrays or a batched tf.data.Dataset of (x, y).")
         if verbose not in VERBOSE_CHOICES or isinstance(verbose, bool):
             raise ValueError(f"verbose must be one of {VERBOSE_CHOICES}, got {verbose!r}.")
+        by_batches = not isinstance(frequency, bool) and isinstance(frequency, (int, np.integer)) and frequency >= 1
+        if not (frequency == "epoch" or by_batches or (frequency is None and self._measures_only_at_end)):
+            also = " or None (only after training)" if self._measures_only_at_end else ""
+            raise ValueError(f"frequency must be 'epoch' or a positive number of batches{also}, got {frequency!r}.")
+        if save_dir is not None and not (isinstance(save_dir, (str, os.PathLike)) and os.fspath(save_dir)):
+            raise ValueError(f"save_dir must be a folder (a non-empty path) or None to save nothing, got "
+                             f"{save_dir!r}.")
+        if not isinstance(log_prefix, str):
+            raise ValueError(f"log_prefix must be a string, got {log_prefix!r}.")
         self.data = data
         self.num_samples = positive_int("num_samples", num_samples)
         self.batch_size = positive_int("batch_size", batch_size)
-        self.frequency = frequency  # checked by the subclass: which schedules it takes differs
+        self.frequency = frequency
         self.resample = bool(resample)
-        self.training = bool(training)
-        self.save_dir = save_dir
+        self.save_dir = None if save_dir is None else os.fspath(save_dir)
         self.seed = seed
         self.verbose = verbose
         self.log_prefix = log_prefix
-        self.loss = loss
-        self.curvature = check_curvature(curvature)
-        self.variables = variables
         #: Every measurement, in order: one per epoch or per ``frequency`` batches, and one after training.
         self.history: list[Measurement] = []
         self._source = SampleSource(data, self.num_samples, resample=self.resample, seed=seed)
@@ -105,7 +153,7 @@ class MeasuringCallback(keras.callbacks.Callback, metaclass=abc.ABCMeta):
 
     @property
     def operator(self):
-        """The curvature operator of the latest measurement (None before the first); reused across measurements."""
+        """The operator of the latest measurement (None before the first); reused across measurements."""
         target = self._targets.get("")
         return None if target is None else target.operator
 
@@ -115,6 +163,9 @@ class MeasuringCallback(keras.callbacks.Callback, metaclass=abc.ABCMeta):
 
     # -- Keras hooks -------------------------------------------------------------------
     def on_train_begin(self, logs=None):
+        self._claim_keys()
+        self._source.check()  # empty or endlessly empty data: a configuration error, refused before training
+        self._check_configuration()
         # Under MultiWorkerMirroredStrategy every worker must draw the same samples.
         self._run_seed = shared_seed(self.seed, self.model.distribute_strategy)
         self._reset_run_state()
@@ -146,7 +197,67 @@ class MeasuringCallback(keras.callbacks.Callback, metaclass=abc.ABCMeta):
             logs.update(self._pending_logs)
 
     def on_train_end(self, logs=None):
-        self._measure(final=True)
+        try:
+            self._measure(final=True)
+        finally:
+            self._release_keys()
+
+    # -- configuration -------------------------------------------------------------------
+    def _check_configuration(self) -> None:
+        """Refuses, when ``fit`` starts, what can never work with this model (nothing by default)."""
+
+    @abc.abstractmethod
+    def _logged_keys(self) -> list:
+        """Every key this callback adds to the epoch's logs (with ``log_prefix``), known before training."""
+
+    def _claims(self) -> list:
+        claims = list(self._logged_keys())
+        if self.save_dir:
+            claims.append("file " + os.path.abspath(self._log.npz_path))
+        return claims
+
+    def _claim_keys(self) -> None:
+        """Refuses a second measuring callback of the same ``fit`` that would log (or save) what this one does."""
+        params = self.params
+        if getattr(self, "_claimed_in", None) != id(params):
+            self._release_keys()  # claims left by an earlier fit that crashed before on_train_end
+        if not isinstance(params, dict):
+            return  # not called by fit's CallbackList: no siblings to clash with
+        held, owners = _RUNNING.setdefault(id(params), (params, {}))
+        if held is not params:  # cannot happen while the entry holds its dict; kept as a guard
+            held, owners = _RUNNING[id(params)] = (params, {})
+        clashes = {}
+        for claim in self._claims():
+            owner = owners.get(claim)
+            owner = owner() if owner is not None else None
+            if owner is not None:
+                clashes.setdefault(id(owner), (owner, []))[1].append(claim)
+        for owner, claims in clashes.values():
+            keys = [c for c in claims if not c.startswith("file ")]
+            files = [c[5:] for c in claims if c.startswith("file ")]
+            if owner is self:
+                raise ValueError(f"The same {type(self).__name__} is listed twice in fit's callbacks: it would "
+                                 f"measure twice per epoch and log {keys[:3]}... twice. List it once.")
+            what = f"log the same keys {keys}" if keys else ""
+            what += (" and " if what else "") + (f"write the same file {files[0]}" if files else "")
+            raise ValueError(f"{type(owner).__name__} and {type(self).__name__} in the same fit both {what}: "
+                             f"the second would overwrite the first. Give each its own log_prefix= (e.g. "
+                             f"log_prefix='ggn_')" + (" and its own save_dir=" if files else "") + ".")
+        reference = weakref.ref(self)
+        for claim in self._claims():
+            owners[claim] = reference
+        self._claimed_in = id(params)
+
+    def _release_keys(self) -> None:
+        entry = _RUNNING.get(getattr(self, "_claimed_in", None))
+        self._claimed_in = None
+        if entry is None:
+            return
+        owners = entry[1]
+        for claim in [c for c, owner in owners.items() if owner() is self or owner() is None]:
+            del owners[claim]
+        if not owners:
+            _RUNNING.pop(id(entry[0]), None)
 
     # -- measurement ---------------------------------------------------------------------
     def _measure(self, final: bool = False):
@@ -157,6 +268,12 @@ class MeasuringCallback(keras.callbacks.Callback, metaclass=abc.ABCMeta):
             self._first_measurement_of_run = False
         epoch = self._epoch + 1 if final else self._epoch  # the final one follows the last epoch
         measurement = self._take_measurement(epoch, final)
+        if measurement.error:
+            self._warn_failure(measurement)
+        elif self._progress_mode():
+            print(f"{type(self).__name__} at epoch {epoch}, step {self._global_step}: "
+                  f"{self._describe(measurement)} ({measurement.matvecs} matvecs, {measurement.seconds:.1f}s)",
+                  flush=True)
         self.history.append(measurement)
         if not final:
             self._pending_logs = self._measurement_logs(measurement)
@@ -174,11 +291,28 @@ class MeasuringCallback(keras.callbacks.Callback, metaclass=abc.ABCMeta):
     def _measurement_logs(self, measurement: Measurement) -> dict:
         """The keys and values ``measurement`` adds to its epoch's logs."""
 
+    def _describe(self, measurement: Measurement) -> str:
+        """What one progress line says about a measurement."""
+        return f"top eigenvalues {np.array2string(measurement.eigenvalues, precision=4)}"
+
+    def _progress_mode(self) -> int:
+        """0: silent; 1: a progress bar and a line; 2: a line per measurement."""
+        if self.verbose != "auto":
+            return int(self.verbose)
+        fit_verbose = fit_verbosity(self.params)
+        if fit_verbose == 0:
+            return 0
+        return 1 if fit_verbose == 1 and self.frequency == "epoch" else 2
+
     def _forget_from(self, epoch: int):
         """Drops the measurements from ``epoch`` on, which this run measures again."""
         self.history = [m for m in self.history if m.epoch < epoch]
 
-    def _target(self, name: str, variables, sample) -> _Target:
+    def _as_sample(self, arrays) -> Sample:
+        """A drawn sample cut into equal batches (at most ``batch_size``): one fixed, faster batch shape."""
+        return Sample.from_data(arrays, batch_size=even_batch_size(num_examples_of(arrays), self.batch_size))
+
+    def _target(self, name: str, curvature, sample: Sample) -> _Target:
         """The operator for one target on ``sample``: reused (no new trace) while the model's variables stay."""
         # Identity and shape of every trainable variable: a new model, or layers frozen or
         # unfrozen, changes it, and then warm-start vectors and traced graphs are stale.
@@ -186,15 +320,12 @@ class MeasuringCallback(keras.callbacks.Callback, metaclass=abc.ABCMeta):
         target = self._targets.get(name)
         if target is not None and target.signature == signature:
             try:
-                target.operator.set_data(sample)
+                target.operator = curvature(self.model, sample, previous=target.operator) \
+                    if isinstance(curvature, Curvature) else curvature(self.model, sample)
                 return target
             except ValueError:
                 pass  # a sample of another structure: build afresh (and report its error)
-        # Equal batches (at most batch_size) let the operator trace one fixed, faster batch shape.
-        batch_size = even_batch_size(num_examples_of(sample), self.batch_size)
-        operator = curvature_operator(self.curvature, self.model, sample, loss=self.loss, batch_size=batch_size,
-                                      training=self.training, variables=variables)
-        target = _Target(signature, operator)
+        target = _Target(signature, curvature(self.model, sample))
         self._targets[name] = target
         return target
 
@@ -208,8 +339,8 @@ class MeasuringCallback(keras.callbacks.Callback, metaclass=abc.ABCMeta):
                                    f"and was logged as NaN; training goes on (further failures are not reported). "
                                    f"Reason: {measurement.error}")
 
-    def _warn_about_batchnorm(self):
-        if self.training or "batchnorm" in self._warned:
+    def _warn_about_batchnorm(self, training: bool):
+        if training or "batchnorm" in self._warned:
             return
         steps = self._global_step
         for layer in all_layers(self.model):
@@ -220,8 +351,8 @@ class MeasuringCallback(keras.callbacks.Callback, metaclass=abc.ABCMeta):
                         f"BatchNorm layer {layer.name!r} has seen only {steps} updates of its moving statistics "
                         f"(momentum {layer.momentum}: they settle after about {settle:.0f}); in inference mode "
                         "the measured network is not yet the one being trained and its curvature can be far off. "
-                        "Pass training=True to measure with batch statistics (the moving statistics are left "
-                        "untouched)."))
+                        "Measure with batch statistics: curvature=Curvature(training=True) (the moving "
+                        "statistics are left untouched)."))
                 return
 
     # -- files -------------------------------------------------------------------------------

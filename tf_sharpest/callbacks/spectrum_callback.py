@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import io
 import os
 import time
@@ -12,10 +11,16 @@ import numpy as np
 import tensorflow as tf
 
 from tf_sharpest.callbacks.measurement_log import Measurement
-from tf_sharpest.callbacks.measuring_callback import MEASUREMENT_ERRORS, MeasuringCallback, describe_error
-from tf_sharpest.callbacks.progress import fit_verbosity
+from tf_sharpest.callbacks.measuring_callback import (
+    MEASUREMENT_ERRORS,
+    MeasuringCallback,
+    as_curvature,
+    deprecated,
+    describe_error,
+)
 from tf_sharpest.linalg.density import SpectralDensity, spectral_density
 from tf_sharpest.linalg.trace import MIN_MATVECS, TRACE_METHODS, trace
+from tf_sharpest.operators._spec import Curvature
 from tf_sharpest.utils.checks import positive_int
 from tf_sharpest.utils.files import atomic_path
 
@@ -25,8 +30,6 @@ TENSORBOARD_SUBDIR = "spectrum"
 HISTOGRAM_BUCKETS = 60
 # Names of the curvatures in plot titles.
 _TITLES = {"hessian": "Hessian", "ggn": "Gauss-Newton", "empirical_fisher": "Empirical Fisher"}
-# How far up the call stack to look for the CallbackList that called on_train_begin (see _fit_callbacks).
-_CALLER_DEPTH = 8
 
 
 class SpectrumCallback(MeasuringCallback):
@@ -57,16 +60,18 @@ class SpectrumCallback(MeasuringCallback):
       ``dim``, ``epoch``, ``step``, ...; read back with :func:`load_density`)
       and, when matplotlib is installed, ``density_epoch{E:04d}.png`` (log
       scale, as PyHessian's plots);
-    * to TensorBoard, into the ``spectrum`` subfolder of ``tensorboard_dir``
-      (by default the ``log_dir`` of a ``keras.callbacks.TensorBoard`` in the
-      same ``fit``): the same plot as an image (``spectral_density``, the view
-      that shows the outliers next to the bulk), and a histogram
-      (``eigenvalue_histogram``) whose bucket counts are the estimated number
-      of eigenvalues in each bucket (they sum to ``dim``), so the Histograms
-      dashboard shows how the bulk moves from epoch to epoch. The step of both
-      is the epoch. The trace is written there too as a scalar, at every
-      measurement (step: the epoch, or the global training step when
-      measuring every ``frequency`` batches).
+    * to TensorBoard: into the ``spectrum`` subfolder of ``tensorboard_dir``
+      (a log folder, or a ``keras.callbacks.TensorBoard`` whose ``log_dir`` is
+      used), or, without one, to the default ``tf.summary`` writer if one is
+      set around ``fit`` (``with writer.as_default(): model.fit(...)``): the
+      same plot as an image (``spectral_density``, the view that shows the
+      outliers next to the bulk), and a histogram (``eigenvalue_histogram``)
+      whose bucket counts are the estimated number of eigenvalues in each
+      bucket (they sum to ``dim``), so the Histograms dashboard shows how the
+      bulk moves from epoch to epoch. The step of both is the epoch. The
+      trace is written there too as a scalar, at every measurement (step:
+      the epoch, or the global training step when measuring every
+      ``frequency`` batches).
 
     Every measurement of a run uses one operator, moved to each new sample
     with ``set_data``: its graph is traced once. A measurement never changes
@@ -84,10 +89,11 @@ class SpectrumCallback(MeasuringCallback):
     Example:
 
     ```python
+    board = keras.callbacks.TensorBoard("runs/sgd/tb")
     spectrum = SpectrumCallback((x_train, y_train), num_samples=2048, trace_matvecs=30,
-                                density_every=5, num_probes=5, num_steps=50, save_dir="runs/sgd")
-    history = model.fit(x_train, y_train, epochs=20, callbacks=[
-        spectrum, keras.callbacks.TensorBoard("runs/sgd/tb")])   # densities also in TensorBoard
+                                density_every=5, num_probes=5, num_steps=50, save_dir="runs/sgd",
+                                tensorboard_dir=board)       # densities also in TensorBoard
+    history = model.fit(x_train, y_train, epochs=20, callbacks=[spectrum, board])
     history.history["hessian_trace"]          # one estimate per epoch
     spectrum.density.plot(log=True)           # the density measured after training
     spectrum.densities[5].moment(1, normalized=False)   # trace from the density at epoch 5
@@ -117,43 +123,41 @@ class SpectrumCallback(MeasuringCallback):
       num_steps: Lanczos steps per probe, ``>= 1``.
       resample: draw a fresh sample for every measurement (seeded); ``False``
         keeps the first draw.
-      training: measure with the model in training mode (BatchNorm batch
-        statistics, one fixed dropout mask); the model is left unchanged.
       save_dir: folder for ``spectrum.npz``/``spectrum.csv`` (every
         measurement: epoch, step, matvecs, seconds, loss, ``trace``,
         ``trace_stderr``, ``density_matvecs``) and the density files;
         ``None`` saves nothing.
-      tensorboard_dir: ``"auto"`` (default) writes the summaries under the
-        ``log_dir`` of a ``keras.callbacks.TensorBoard`` callback in the same
-        ``fit``, if any; a path writes them under that log dir; ``None``
-        writes none.
+      tensorboard_dir: a log folder, or a ``keras.callbacks.TensorBoard``
+        (its ``log_dir``): the summaries go to its ``spectrum`` subfolder.
+        ``None`` (default): to the default ``tf.summary`` writer when one is
+        set while ``fit`` runs, else nowhere. (``"auto"``, which looked for a
+        TensorBoard callback in the same ``fit``, is deprecated: pass the
+        callback itself.)
       seed: seed of the sampling and of the estimators' probes.
       verbose: ``"auto"`` (default) prints one line per measurement unless
         ``fit`` runs with ``verbose=0``; or 0 (silent), 1, 2 (one line each).
       log_prefix: prefix of every logged key.
-      loss: loss to differentiate; ``None`` uses the model's compiled loss.
-      curvature: ``"hessian"`` (default), ``"ggn"`` or ``"empirical_fisher"``.
-      variables: ``None`` for all trainable variables, or a block: a layer, a
-        variable, or a list of them.
+      curvature: what is measured: ``"hessian"`` (default), ``"ggn"``,
+        ``"empirical_fisher"``, a :class:`tf_sharpest.operators.Curvature`
+        (a block, the loss, training mode, preconditioning) or a callable
+        ``(model, sample) -> LinearOperator``.
+      **deprecated: ``loss``, ``training``, ``variables`` (now
+        ``curvature=Curvature(...)``), with a ``DeprecationWarning``.
     """
 
     _log_name = "spectrum"
+    _measures_only_at_end = True
 
     def __init__(self, data, num_samples: int = 2250, batch_size: int = 128, frequency="epoch",
                  trace_method: str = "hutch++", trace_matvecs: int = 30, density_every: int = 10,
                  final_density: bool = True, num_probes: int = 5, num_steps: int = 50, resample: bool = True,
-                 training: bool = False, save_dir: str | None = None, tensorboard_dir: str | None = "auto",
-                 seed: int | None = None, verbose="auto", log_prefix: str = "", loss=None,
-                 curvature: str = "hessian", variables=None):
-        if save_dir is not None and not (isinstance(save_dir, (str, os.PathLike)) and os.fspath(save_dir)):
-            raise ValueError(f"save_dir must be a folder or None, got {save_dir!r}.")
-        super().__init__(data, num_samples, batch_size, frequency, resample, training,
-                         None if save_dir is None else os.fspath(save_dir), seed, verbose, log_prefix, loss,
-                         curvature, variables)
-        if frequency not in ("epoch", None) and (isinstance(frequency, bool)
-                                                 or not isinstance(frequency, (int, np.integer)) or frequency < 1):
-            raise ValueError(f"frequency must be 'epoch', a positive number of batches or None (only after "
-                             f"training), got {frequency!r}.")
+                 save_dir: str | None = None, tensorboard_dir=None, seed: int | None = None, verbose="auto",
+                 log_prefix: str = "", curvature="hessian", **deprecated_keywords):
+        unknown = sorted(set(deprecated_keywords) - {"loss", "training", "variables"})
+        if unknown:
+            raise TypeError(f"SpectrumCallback() got an unexpected keyword argument {unknown[0]!r}.")
+        super().__init__(data, num_samples, batch_size, frequency, resample, seed, save_dir, verbose, log_prefix)
+        self.curvature = as_curvature("SpectrumCallback", curvature, deprecated_keywords)
         if trace_method not in TRACE_METHODS:
             raise ValueError(f"trace_method must be one of {TRACE_METHODS}, got {trace_method!r}.")
         if trace_method != "exact":
@@ -165,9 +169,17 @@ class SpectrumCallback(MeasuringCallback):
         if isinstance(density_every, bool) or not isinstance(density_every, (int, np.integer)) or density_every < 0:
             raise ValueError(f"density_every must be an integer >= 0 (0: not during training), got "
                              f"{density_every!r}.")
+        if tensorboard_dir == "auto":
+            deprecated("SpectrumCallback", "tensorboard_dir='auto'", "tensorboard_dir=board with board the "
+                       "keras.callbacks.TensorBoard of the same fit (or its log folder); 'auto' now writes only to "
+                       "a default tf.summary writer", stacklevel=3)
+            tensorboard_dir = None
+        if isinstance(tensorboard_dir, keras.callbacks.TensorBoard):
+            tensorboard_dir = tensorboard_dir.log_dir
         if tensorboard_dir is not None and not (isinstance(tensorboard_dir, (str, os.PathLike))
                                                 and os.fspath(tensorboard_dir)):
-            raise ValueError(f"tensorboard_dir must be 'auto', a log folder or None, got {tensorboard_dir!r}.")
+            raise ValueError(f"tensorboard_dir must be a log folder, a keras.callbacks.TensorBoard or None, got "
+                             f"{tensorboard_dir!r}.")
         self.trace_method = trace_method
         self.trace_matvecs = trace_matvecs  # checked above; "exact" ignores it
         self.density_every = int(density_every)
@@ -178,10 +190,7 @@ class SpectrumCallback(MeasuringCallback):
         #: The densities of the latest run, by epoch (the one after training has the number of epochs run).
         self.densities: dict[int, SpectralDensity] = {}
         self._writer = None
-
-    def _reset_run_state(self):
-        super()._reset_run_state()
-        self._log_dir = None  # TensorBoard log dir resolved for this run
+        self._trace_method_used = trace_method
 
     def _fresh_on_copy(self) -> dict:
         return {**super()._fresh_on_copy(), "_writer": None}  # the original's open event file
@@ -194,13 +203,22 @@ class SpectrumCallback(MeasuringCallback):
     @property
     def trace_key(self) -> str:
         """The logged key of the trace, e.g. ``"hessian_trace"``."""
-        return self.key(f"{self.curvature}_trace")
+        return self.key(f"{self._kind}_trace")
+
+    @property
+    def _kind(self) -> str:
+        """The curvature's name in keys and titles (``"curvature"`` for a callable)."""
+        return self.curvature.kind if isinstance(self.curvature, Curvature) else "curvature"
+
+    def _logged_keys(self) -> list:
+        return [self.trace_key, self.key(f"{self._kind}_trace_stderr"), self.key("spectrum_matvecs"),
+                self.key("spectrum_seconds")]
+
+    def _check_configuration(self):
+        if isinstance(self.curvature, Curvature):
+            self.curvature.check(self.model)
 
     # -- Keras hooks -------------------------------------------------------------------
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        self._log_dir = self._resolve_log_dir()
-
     def on_train_end(self, logs=None):
         try:
             super().on_train_end(logs)
@@ -224,10 +242,9 @@ class SpectrumCallback(MeasuringCallback):
     def _take_measurement(self, epoch: int, final: bool) -> Measurement:
         start = time.perf_counter()
         try:
-            sample = self._source.draw()
-            self._warn_about_batchnorm()
-            operator = self._target("", self.variables, sample).operator
-            first = operator.num_matvecs
+            sample = self._as_sample(self._source.draw())
+            self._warn_about_batchnorm(getattr(self.curvature, "training", False))
+            operator = self._target("", self.curvature, sample).operator
             # With no more parameters than trace_matvecs, the exact trace costs no more (and Hutch++
             # and XTrace cannot run at all): a small block is measured exactly.
             method = "exact" if self.trace_method == "exact" or operator.dim <= self.trace_matvecs \
@@ -240,28 +257,28 @@ class SpectrumCallback(MeasuringCallback):
             measurement = Measurement(epoch, self._global_step, np.zeros(0), 0, time.perf_counter() - start,
                                       float("nan"), error=describe_error(error),
                                       values={"trace": np.nan, "trace_stderr": np.nan, "density_matvecs": 0.0})
-            self._warn_failure(measurement)
         else:
             density_seed = int(self._rng.integers(2**31))  # drawn either way: a run's estimates do not depend on
             density_matvecs = 0                            # which epochs have a density
             if self._density_due(epoch, final):
                 density_matvecs = self._measure_density(operator, epoch, density_seed, final)
             stderr = np.nan if result.stderr is None else float(result.stderr)
-            measurement = Measurement(epoch, self._global_step, np.zeros(0), operator.num_matvecs - first,
+            self._trace_method_used = result.method
+            measurement = Measurement(epoch, self._global_step, np.zeros(0), result.num_matvecs + density_matvecs,
                                       time.perf_counter() - start, float(operator.loss),
                                       values={"trace": float(result.value), "trace_stderr": stderr,
                                               "density_matvecs": float(density_matvecs)})
-            if self._progress_mode():
-                density_note = f"; density at epoch {epoch} ({density_matvecs} matvecs)" if density_matvecs else ""
-                print(f"{type(self).__name__} at epoch {epoch}, step {self._global_step}: {self.curvature} trace "
-                      f"{result.value:.6g} +- {stderr:.2g} ({result.method}, {result.num_matvecs} matvecs"
-                      f"{density_note}; {measurement.seconds:.1f}s)", flush=True)
         self._write_trace_summary(measurement)
         return measurement
 
+    def _describe(self, measurement: Measurement) -> str:
+        density = measurement.values["density_matvecs"]
+        note = f"; density at epoch {measurement.epoch} ({density:.0f} matvecs)" if density else ""
+        return (f"{self._kind} trace {measurement.values['trace']:.6g} +- {measurement.values['trace_stderr']:.2g} "
+                f"({self._trace_method_used}{note})")
+
     def _measure_density(self, operator, epoch: int, seed: int, final: bool) -> int:
         """Computes, keeps and writes the density at ``epoch``; returns its matvecs (0 if it failed)."""
-        first = operator.num_matvecs
         try:
             density = spectral_density(operator, num_probes=self.num_probes, num_steps=self.num_steps, seed=seed)
             if not (np.all(np.isfinite(density.nodes)) and np.all(np.isfinite(density.weights))):
@@ -272,37 +289,28 @@ class SpectrumCallback(MeasuringCallback):
             return 0
         self.densities[epoch] = density
         self._write_density(density, epoch, operator, final)
-        return operator.num_matvecs - first
+        return int(density.num_matvecs)
 
     def _measurement_logs(self, measurement: Measurement) -> dict:
         return {self.trace_key: float(measurement.values["trace"]),
-                self.key(f"{self.curvature}_trace_stderr"): float(measurement.values["trace_stderr"]),
+                self.key(f"{self._kind}_trace_stderr"): float(measurement.values["trace_stderr"]),
                 self.key("spectrum_matvecs"): float(measurement.matvecs),
                 self.key("spectrum_seconds"): float(measurement.seconds)}
 
     def _progress_mode(self) -> int:
-        if self.verbose != "auto":
-            return int(self.verbose)
-        return 0 if fit_verbosity(self.params) == 0 else 2
+        return 2 if super()._progress_mode() else 0  # no progress bar: one line per measurement
 
     # -- files and summaries -----------------------------------------------------------------
     def _writes_summaries(self) -> bool:
         """Only the chief writes summaries, as only it writes files (True without a cluster)."""
         return bool(self.model.distribute_strategy.extended.should_save_summary)
 
-    def _resolve_log_dir(self) -> str | None:
+    def _summary_writer(self):
+        """The callback's own writer under ``tensorboard_dir`` (None without one: the default writer is used)."""
         if self.tensorboard_dir is None:
             return None
-        if self.tensorboard_dir != "auto":
-            return self.tensorboard_dir
-        boards = [c for c in _fit_callbacks(self) if isinstance(c, keras.callbacks.TensorBoard)]
-        return str(boards[0].log_dir) if boards else None
-
-    def _summary_writer(self):
-        if self._log_dir is None or not self._writes_summaries():
-            return None
         if self._writer is None:
-            self._writer = tf.summary.create_file_writer(os.path.join(self._log_dir, TENSORBOARD_SUBDIR))
+            self._writer = tf.summary.create_file_writer(os.path.join(self.tensorboard_dir, TENSORBOARD_SUBDIR))
         return self._writer
 
     def _write_trace_summary(self, measurement: Measurement):
@@ -310,26 +318,31 @@ class SpectrumCallback(MeasuringCallback):
         self._summarize("trace", lambda: tf.summary.scalar(self.trace_key, measurement.values["trace"], step=step))
 
     def _summarize(self, what: str, write):
+        """Runs ``write`` with the callback's writer, or the default ``tf.summary`` writer if one is set."""
+        if not self._writes_summaries():
+            return
         try:
             writer = self._summary_writer()
             if writer is None:
+                write()  # tf.summary writes nothing (and says so) without a default writer
                 return
             with writer.as_default():
                 write()
             writer.flush()
         except (OSError, ValueError, tf.errors.OpError) as error:
-            self._warn_once(f"summary:{what}", f"could not write the {what} to TensorBoard under {self._log_dir} "
+            where = self.tensorboard_dir or "the default tf.summary writer"
+            self._warn_once(f"summary:{what}", f"could not write the {what} to TensorBoard under {where} "
                                                f"({describe_error(error)}); training goes on.")
 
     def _write_density(self, density: SpectralDensity, epoch: int, operator, final: bool):
-        png = self._density_png(density, epoch, operator, final)
+        png = self._density_png(density, epoch, operator, final) if self.save_dir or self.tensorboard_dir else None
         if self._writes_files():
             stem = os.path.join(self.save_dir, f"density_epoch{epoch:04d}")
             try:
                 with atomic_path(stem + ".npz") as path:
                     np.savez(path, nodes=density.nodes, weights=density.weights, dim=density.dim,
                              num_matvecs=density.num_matvecs, epoch=epoch, step=self._global_step,
-                             num_examples=operator.num_examples, curvature=self.curvature)
+                             num_examples=getattr(operator, "num_examples", -1), curvature=self._kind)
                 if png is not None:
                     with atomic_path(stem + ".png") as path, open(path, "wb") as handle:
                         handle.write(png)
@@ -337,18 +350,19 @@ class SpectrumCallback(MeasuringCallback):
                 self._warn_once("save_density", f"could not write {stem}.npz/.png ({error}); training goes on.")
 
         def write():
-            if png is not None:
-                tf.summary.image("spectral_density", tf.image.decode_png(png, channels=3)[None], step=epoch,
-                                 description=f"{self.curvature} spectral density (SLQ), log scale")
-            tf.summary.write("eigenvalue_histogram", tf.constant(histogram_buckets(density)), step=epoch,
-                             metadata=_histogram_metadata(
-                                 f"Estimated number of {self.curvature} eigenvalues per bucket (sums to dim)"))
+            written = tf.summary.write("eigenvalue_histogram", tf.constant(histogram_buckets(density)), step=epoch,
+                                       metadata=_histogram_metadata(
+                                           f"Estimated number of {self._kind} eigenvalues per bucket (sums to dim)"))
+            # The plot is drawn for a default writer only once the histogram shows there is one.
+            image = png if png is not None or not bool(written) else self._density_png(density, epoch, operator,
+                                                                                        final)
+            if image is not None:
+                tf.summary.image("spectral_density", tf.image.decode_png(image, channels=3)[None], step=epoch,
+                                 description=f"{self._kind} spectral density (SLQ), log scale")
         self._summarize("density", write)
 
     def _density_png(self, density: SpectralDensity, epoch: int, operator, final: bool) -> bytes | None:
         """The log-scale plot as PNG bytes; None without matplotlib."""
-        if not (self.save_dir or self._log_dir):
-            return None
         try:
             from matplotlib.backends.backend_agg import FigureCanvasAgg
             from matplotlib.figure import Figure
@@ -361,11 +375,11 @@ class SpectrumCallback(MeasuringCallback):
         FigureCanvasAgg(figure)
         ax = figure.add_subplot()
         density.plot(ax=ax, log=True)
-        title = _TITLES.get(self.curvature, self.curvature)
+        title = _TITLES.get(self._kind, self._kind)
         ax.set_xlabel(f"{title} eigenvalue")
         when = f"after training (epoch {epoch})" if final else f"start of epoch {epoch}"
         ax.set_title(f"{title} spectral density, {when}\n{density.num_probes} probes x {self.num_steps} "
-                     f"steps, {operator.num_examples} examples, dim {density.dim:,}", fontsize=9)
+                     f"steps, {getattr(operator, 'num_examples', '?')} examples, dim {density.dim:,}", fontsize=9)
         ax.grid(alpha=0.3)
         figure.tight_layout()
         buffer = io.BytesIO()
@@ -417,26 +431,3 @@ def _histogram_metadata(description: str):
     from tensorboard.plugins.histogram import metadata
 
     return metadata.create_summary_metadata(display_name=None, description=description)
-
-
-def _fit_callbacks(callback) -> list:
-    """The callbacks of the ``fit`` that is calling ``callback.on_train_begin`` (empty if not found).
-
-    Keras gives a callback no handle on its siblings, but it calls each
-    callback's ``on_train_begin`` from ``CallbackList.on_train_begin``, whose
-    ``self`` is the list holding them all: found a few frames up the stack.
-    """
-    frame = inspect.currentframe()
-    try:
-        for _ in range(_CALLER_DEPTH):
-            frame = frame.f_back if frame is not None else None
-            if frame is None:
-                break
-            owner = frame.f_locals.get("self")
-            members = getattr(owner, "callbacks", None)
-            if isinstance(owner, keras.callbacks.CallbackList) and isinstance(members, list) \
-                    and any(member is callback for member in members):
-                return list(members)
-        return []
-    finally:
-        del frame
