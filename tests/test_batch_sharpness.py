@@ -167,17 +167,66 @@ def test_bad_input_is_refused_with_clear_messages():
     assert batch_indices(10, 4, shuffle=False)[-1].tolist() == [8, 9]
 
 
-# -- LanczosCallback(batch_sharpness=True) ---------------------------------------------------------------------
+# -- BatchSharpnessCallback ----------------------------------------------------------------------------------------
 
-def test_lanczos_callback_logs_the_batch_sharpness_of_its_sample(floatx):
-    from tf_sharpest.callbacks import LanczosCallback
+def test_batch_sharpness_callback_logs_the_mean_quotient_of_explicit_float64_batches(floatx):
+    from tf_sharpest.callbacks import BatchSharpnessCallback
 
     floatx("float64")  # fit's training step of a float64 model with regularizers needs it
     model = tiny_cnn("float64", seed=3)
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss=sparse_ce())
     x, y = classification_data((6, 6, 1), n=20, seed=10)
-    callback = LanczosCallback((x, y), top_k=1, num_samples=20, resample=False, seed=0, verbose=0, tol=1e-8,
-                               batch_sharpness=True, batch_sharpness_batch_size=5, batch_sharpness_num_batches=3)
+    callback = BatchSharpnessCallback((x, y), batch_size=5, num_batches=3, num_samples=20, resample=False, seed=0,
+                                      verbose=0, log_prefix="train_")
+    history = model.fit(x, y, batch_size=5, epochs=2, verbose=0, shuffle=False, callbacks=[callback])
+    assert len(callback.history) == 3  # two epochs and one after training
+    assert history.history["train_batch_sharpness"] == [m.values["batch_sharpness"] for m in callback.history[:2]]
+    assert history.history["train_batch_sharpness_stderr"] == \
+        [m.values["batch_sharpness_stderr"] for m in callback.history[:2]]
+    last = callback.result  # at the final weights
+    assert last.num_batches == 3 and all(len(i) == 5 for i in last.indices)
+    expected = np.array([explicit_quotient(model, x[i], y[i], per_example_ce()) for i in last.indices])
+    np.testing.assert_allclose(last.values, expected, rtol=RTOL)
+    np.testing.assert_allclose(callback.history[-1].values["batch_sharpness"], expected.mean(), rtol=RTOL)
+    np.testing.assert_allclose(callback.history[-1].values["batch_sharpness_stderr"],
+                               expected.std(ddof=1) / np.sqrt(3), rtol=1e-5)
+    clone = copy.deepcopy(callback)  # keras-tuner copies used callbacks: the clone traces its own graphs
+    assert clone._meter is None and clone.num_batches == 3 and clone.data is callback.data
+
+
+def test_batch_sharpness_callback_failure_is_nan_with_one_warning_and_training_goes_on(floatx, tmp_path):
+    from tf_sharpest.callbacks import BatchSharpnessCallback, MeasurementLog
+
+    floatx("float64")
+    x, y = classification_data((4,), n=12, seed=11)
+    model = tiny_mlp("float64", seed=5)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss=sparse_ce())
+    callback = BatchSharpnessCallback((x, y), batch_size=128, seed=0, verbose=0, save_dir=str(tmp_path))
+    with pytest.warns(RuntimeWarning, match="fewer than one batch of 128") as caught:
+        history = model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[callback])
+    assert len([w for w in caught if "BatchSharpnessCallback" in str(w.message)]) == 1
+    assert len(history.history["loss"]) == 2 and np.all(np.isnan(history.history["batch_sharpness"]))
+    saved = MeasurementLog(str(tmp_path), "batch_sharpness").read()
+    assert len(saved) == 3 and all("fewer than one batch" in m.error for m in saved)
+    with pytest.raises(ValueError, match="num_batches must be a positive integer"):
+        BatchSharpnessCallback((x, y), batch_size=4, num_batches=0)
+
+
+# -- LanczosCallback(batch_sharpness=True): deprecated, still works for one release ---------------------------------
+
+def test_lanczos_callback_logs_the_batch_sharpness_of_its_sample(floatx):
+    from tf_sharpest.callbacks import LanczosCallback
+    from tf_sharpest.linalg import LanczosSolver
+
+    floatx("float64")  # fit's training step of a float64 model with regularizers needs it
+    model = tiny_cnn("float64", seed=3)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss=sparse_ce())
+    x, y = classification_data((6, 6, 1), n=20, seed=10)
+    with pytest.warns(DeprecationWarning, match=r"write a callback of its own: tf_sharpest\.callbacks\."
+                                                r"BatchSharpnessCallback\(data, batch_size=5, num_batches=3\)"):
+        callback = LanczosCallback((x, y), top_k=1, num_samples=20, resample=False, seed=0, verbose=0,
+                                   solver=LanczosSolver(tol=1e-8), batch_sharpness=True, batch_sharpness_batch_size=5,
+                                   batch_sharpness_num_batches=3)
     history = model.fit(x, y, batch_size=5, epochs=2, verbose=0, shuffle=False, callbacks=[callback])
     assert len(history.history["batch_sharpness"]) == 2 and len(history.history["batch_sharpness_stderr"]) == 2
     # Every measurement (two epochs and the one after training) holds it; the last is at the final weights.
@@ -190,7 +239,7 @@ def test_lanczos_callback_logs_the_batch_sharpness_of_its_sample(floatx):
     np.testing.assert_allclose(last.values, expected, rtol=RTOL)
     np.testing.assert_allclose(callback.history[-1].values["batch_sharpness"], np.mean(expected), rtol=RTOL)
     clone = copy.deepcopy(callback)  # keras-tuner copies used callbacks: the clone traces its own graphs
-    assert clone._sharpness_meter is None and clone.batch_sharpness and clone.batch_sharpness_num_batches == 3
+    assert clone._sharpness_meter is None and clone._sharpness == {"batch_size": 5, "num_batches": 3}
 
 
 def test_lanczos_callback_batch_sharpness_failure_is_nan_and_the_eigenvalues_do_not_change(floatx):
@@ -202,16 +251,18 @@ def test_lanczos_callback_batch_sharpness_failure_is_nan_and_the_eigenvalues_do_
     for enabled in (False, True):
         model = tiny_mlp("float64", seed=5)
         model.compile(optimizer=keras.optimizers.SGD(0.05), loss=sparse_ce())
-        # The default batch size (128: Keras 3's fit does not tell callbacks its own) exceeds the 12 examples.
-        callback = LanczosCallback((x, y), top_k=2, num_samples=12, seed=0, verbose=0, batch_sharpness=enabled)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            # The default batch size (128: Keras 3's fit does not tell callbacks its own) exceeds the 12 examples.
+            callback = LanczosCallback((x, y), top_k=2, num_samples=12, seed=0, verbose=0,
+                                       **({"batch_sharpness": True} if enabled else {}))
             history = model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[callback])
         runs.append((history.history, [str(w.message) for w in caught]))
     (plain, _), (measured, messages) = runs
     assert "batch_sharpness" not in plain
     assert np.all(np.isnan(measured["batch_sharpness"])) and np.all(np.isnan(measured["batch_sharpness_stderr"]))
     assert any("batch sharpness failed" in m and "fewer than one batch of 128" in m for m in messages)
+    assert any("batch_sharpness= is deprecated" in m for m in messages)
     np.testing.assert_array_equal(measured["lambda_1"], plain["lambda_1"])  # same seeds, same eigenvalues
     with pytest.raises(ValueError, match="batch_sharpness_num_batches must be a positive integer"):
         LanczosCallback((x, y), batch_sharpness=True, batch_sharpness_num_batches=0)

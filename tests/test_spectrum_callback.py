@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from tf_sharpest.callbacks import SpectrumCallback
 from tf_sharpest.callbacks.spectrum_callback import histogram_buckets, load_density
+from tf_sharpest.operators import Curvature
 
 from references import (
     classification_data,
@@ -114,12 +115,12 @@ def test_density_files_have_the_moments_of_the_explicit_hessian(data, tmp_path):
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
 
 
-def test_tensorboard_callback_in_the_same_fit_gets_the_density(data, tmp_path):
+def test_a_tensorboard_callback_given_as_tensorboard_dir_gets_the_density(data, tmp_path):
     x, y = data
     model = compiled_cnn()
-    callback = SpectrumCallback((x, y), num_samples=len(x), batch_size=20, trace_matvecs=30, density_every=1,
-                                num_probes=6, num_steps=15, seed=0)
     board = keras.callbacks.TensorBoard(str(tmp_path / "logs"))
+    callback = SpectrumCallback((x, y), num_samples=len(x), batch_size=20, trace_matvecs=30, density_every=1,
+                                num_probes=6, num_steps=15, seed=0, tensorboard_dir=board)
     history = model.fit(x, y, batch_size=20, epochs=2, verbose=0, callbacks=[callback, board])
     found = summaries(tmp_path / "logs" / "spectrum")
     dim = callback.operator.dim
@@ -166,6 +167,35 @@ def test_tensorboard_dir_given_or_none(data, tmp_path):
     assert not os.path.exists(tmp_path / "board" / "spectrum")  # the explicit dir wins; None writes nothing
 
 
+def test_without_tensorboard_dir_the_default_summary_writer_gets_the_summaries(data, tmp_path):
+    """Issue 26: no stack walk into Keras's CallbackList; a default tf.summary writer set around fit is public."""
+    x, y = data
+    model = compiled_cnn()
+    callback = SpectrumCallback((x, y), num_samples=20, batch_size=20, trace_matvecs=6, density_every=1,
+                                num_probes=2, num_steps=5, seed=0)
+    with tf.summary.create_file_writer(str(tmp_path / "default")).as_default():
+        history = model.fit(x, y, batch_size=20, epochs=2, verbose=0, callbacks=[callback])
+    found = summaries(tmp_path / "default")
+    assert [step for step, _, _ in found["spectral_density"]] == [0, 1, 2]
+    assert [step for step, _, _ in found["eigenvalue_histogram"]] == [0, 1, 2]
+    np.testing.assert_allclose(found["eigenvalue_histogram"][1][2], histogram_buckets(callback.densities[1]))
+    np.testing.assert_allclose([float(v) for _, _, v in found["hessian_trace"][:2]], history.history["hessian_trace"],
+                               rtol=1e-6)
+
+
+def test_tensorboard_dir_auto_is_deprecated_and_walks_no_stack(data, tmp_path):
+    x, y = data
+    with pytest.warns(DeprecationWarning, match="tensorboard_dir=board"):
+        callback = SpectrumCallback((x, y), num_samples=20, batch_size=20, trace_matvecs=6, density_every=0,
+                                    final_density=False, seed=0, tensorboard_dir="auto")
+    board = keras.callbacks.TensorBoard(str(tmp_path / "board"))
+    compiled_cnn().fit(x, y, batch_size=20, epochs=1, verbose=0, callbacks=[callback, board])
+    assert callback.tensorboard_dir is None and not os.path.exists(tmp_path / "board" / "spectrum")
+    import tf_sharpest.callbacks.spectrum_callback as module
+
+    assert not hasattr(module, "_fit_callbacks") and not hasattr(module, "_CALLER_DEPTH")
+
+
 def test_one_trace_per_run_and_the_last_sample_measured_exactly(data):
     x, y = data
     model = compiled_cnn(learning_rate=0.05)
@@ -204,8 +234,8 @@ def test_a_block_with_fewer_parameters_than_trace_matvecs_is_measured_exactly(da
     x, y = data
     model = compiled_cnn()
     bias = model.layers[-1].bias  # the last 3 of the 177 parameters, in model order
-    callback = SpectrumCallback((x, y), num_samples=len(x), batch_size=20, trace_matvecs=30, variables=bias,
-                                density_every=0, final_density=False, seed=0)
+    callback = SpectrumCallback((x, y), num_samples=len(x), batch_size=20, trace_matvecs=30,
+                                curvature=Curvature(variables=bias), density_every=0, final_density=False, seed=0)
     history = model.fit(x, y, batch_size=20, epochs=1, verbose=0, callbacks=[callback])
     hessian = exact_hessian(model, x, y)
     assert callback.operator.dim == 3
