@@ -27,8 +27,10 @@ def nudge(gradients, directions, gamma):
     Example:
 
     ```python
-    g = nudge(gradient, eigenvectors, 0.1)   # [dim] and [dim, K] -> [dim]
-    parts = nudge([tf.ones((3, 2)), tf.ones(4)], [tf.ones((3, 2, 1)), tf.zeros((4, 1))], 0.0)
+    g = nudge(v, eigenvectors, 0.1)  # [dim] and [dim, K] -> [dim]: the part along the columns times 0.1
+    e = tf.ones((3, 2, 1)) / tf.sqrt(6.0)  # per variable: one unit direction spanning the first variable only
+    parts = nudge([tf.ones((3, 2)), tf.ones(4)], [e, tf.zeros((4, 1))], 0.0)
+    print(parts[0].numpy())  # zeros: gamma = 0 removes the part along e
     ```
 
     Args:
@@ -125,7 +127,7 @@ class NSGD(_keras_compat.FinalGradientsHook, keras.optimizers.SGD, DirectionCons
     # Let a callback keep the directions up to date during fit ...
     model.fit(x, y, callbacks=[tf_sharpest.callbacks.LanczosCallback((x, y), top_k=5)])
     # ... or set them by hand, in the flat layout of model.trainable_variables:
-    model.optimizer.set_directions(eigenvalues, eigenvectors)  # [K] (or None) and [dim, K >= 5]
+    model.optimizer.set_directions(None, eigenvectors)  # eigenvalues [K] (or None), eigenvectors [dim, K >= 5]
     model.optimizer.gamma = 0.5  # takes effect at the next step
     print(model.optimizer.direction_logs())  # {"nsgd_alpha_1": ..., "nsgd_alpha_ratio_1": ..., ...}
     ```
