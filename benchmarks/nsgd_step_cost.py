@@ -86,7 +86,7 @@ def measure(args, jit_compile):
     runs = {"SGD": functions(sgd_model, sgd, loss_fn, args.applies, jit_compile),
             "NSGD": functions(nsgd_model, nsgd, loss_fn, args.applies, jit_compile)}
     directions = np.linalg.qr(rng.standard_normal((params, args.top_k)))[0].astype("float32")
-    nsgd.set_directions(directions)
+    nsgd.set_directions(None, directions)
     grads = [tf.constant(rng.standard_normal(v.shape).astype("float32") * 1e-2)
              for v in sgd_model.trainable_variables]
     x, y = tf.constant(x), tf.constant(y)
