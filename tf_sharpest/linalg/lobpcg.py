@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from tf_sharpest.linalg import _options
 from tf_sharpest.linalg._progress import progress
+from tf_sharpest.linalg.probes import refuse_non_finite
 from tf_sharpest.linalg.result import EigenResult
 from tf_sharpest.operators.base import LinearOperator, as_operator
 from tf_sharpest.utils._deprecation import renamed_argument
@@ -273,11 +274,7 @@ def _start_block(options: _Options, dtype, rng: np.random.Generator) -> tf.Tenso
 
 def _multiply(operator: LinearOperator, block: tf.Tensor, sign: float, first_matvec: int) -> tf.Tensor:
     """``sign * A @ block`` through ``matmat``, refusing non-finite products."""
-    product = operator.matmat(block)
-    if not bool(tf.reduce_all(tf.math.is_finite(product))):
-        raise ValueError(
-            f"The operator returned non-finite values at matvec {operator.num_matvecs - first_matvec}; "
-            "the loss or the weights have diverged.")
+    product = refuse_non_finite(operator.matmat(block), operator.num_matvecs - first_matvec)
     return product if sign > 0 else -product
 
 

@@ -110,6 +110,18 @@ def representable(operator: LinearOperator, vectors: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.cast(vectors, operator.dtype), tf.float64)
 
 
+def refuse_non_finite(product: tf.Tensor, matvec: int | None = None) -> tf.Tensor:
+    """``product`` if it is finite, else a ``ValueError`` (naming the ``matvec``-th product of a solve, if given).
+
+    Every algorithm checks each product it receives, so a diverged loss or weights
+    fail at once with this message, not later as NaN eigenvalues or estimates.
+    """
+    if not bool(tf.reduce_all(tf.math.is_finite(product))):
+        where = "" if matvec is None else f" at matvec {matvec}"
+        raise ValueError(f"The operator returned non-finite values{where}; the loss or the weights have diverged.")
+    return product
+
+
 def apply(operator: LinearOperator, vectors: tf.Tensor) -> tf.Tensor:
     """``A @ vectors`` in float64, one ``matmat`` per block of :data:`PROBE_BLOCK` columns.
 
@@ -118,9 +130,7 @@ def apply(operator: LinearOperator, vectors: tf.Tensor) -> tf.Tensor:
     """
     products, start = [], 0
     for count in block_sizes(int(vectors.shape[1])):
-        block = operator.matmat(tf.cast(vectors[:, start: start + count], operator.dtype))
-        if not bool(tf.reduce_all(tf.math.is_finite(block))):
-            raise ValueError("The operator returned non-finite values; the loss or the weights have diverged.")
+        block = refuse_non_finite(operator.matmat(tf.cast(vectors[:, start: start + count], operator.dtype)))
         products.append(tf.cast(block, tf.float64))
         start += count
     if not products:

@@ -23,6 +23,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from tf_sharpest.linalg.probes import refuse_non_finite
 from tf_sharpest.operators.base import LinearOperator
 from tf_sharpest.utils.checks import integer
 
@@ -75,12 +76,7 @@ def lanczos_step(operator: LinearOperator, basis: tf.Variable, size: int, vector
       ValueError: when the operator returns NaN or inf (a diverged loss or weights).
     """
     basis[size].assign(vector)
-    product = operator.matvec(vector)
-    if not bool(tf.reduce_all(tf.math.is_finite(product))):
-        raise ValueError(
-            f"The operator returned non-finite values at matvec {operator.num_matvecs - first_matvec}; "
-            "the loss or the weights have diverged."
-        )
+    product = refuse_non_finite(operator.matvec(vector), operator.num_matvecs - first_matvec)
     residual, coefficients = orthogonalize(basis[: size + 1], product)
     return LanczosStep(product=product, coefficients=coefficients, residual=residual,
                        beta=float(tf.norm(residual)))
