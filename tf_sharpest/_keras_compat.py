@@ -3,6 +3,19 @@
 Each function here is covered by a contract test in ``tests/test_keras_contract.py``
 that fails with a clear message on a Keras or TensorFlow version that changes
 what it relies on. The supported versions are bounded in ``setup.cfg``.
+
+What is relied on, and by whom:
+
+* :class:`FinalGradientsHook`: ``Optimizer._all_reduce_sum_gradients`` of the
+  TensorFlow backend (NSGD);
+* :func:`variable_index`: ``Optimizer._get_variable_index`` (NSGD, ``optimizer_preconditioner``);
+* :func:`optimizer_slots`: the second-moment slot lists of Adam, AdamW, Nadam,
+  Adamax, RMSprop and Adagrad (``optimizer_preconditioner``);
+* :func:`loss_divided_by_replicas` and :data:`ADDITIONAL_LOSSES_DIVIDED_BY_REPLICAS`:
+  how Keras divides losses by the number of replicas under ``tf.distribute`` (``ModelLoss`` undoes it);
+* :func:`unwrap_optimizer`: the ``LossScaleOptimizer`` that mixed precision wraps
+  around the optimizer (``LanczosCallback``, ``optimizer_preconditioner``);
+* :func:`compiled_metrics_copy`: ``Model._compile_metrics`` (the loss landscape).
 """
 
 from __future__ import annotations
