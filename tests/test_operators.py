@@ -14,6 +14,8 @@ from tf_sharpest.operators import (
     EmpiricalFisherOperator,
     GGNOperator,
     HessianOperator,
+    LinearCombination,
+    MatrixOperator,
     PreconditionedOperator,
     optimizer_preconditioner,
 )
@@ -357,3 +359,215 @@ def test_sample_is_immutable_and_set_data_swaps_it_whole():
     with pytest.raises(ValueError, match="do not match"):
         operator.set_data((x[:6, :3], y[:6]))
     assert operator.sample.sizes == (4, 2)  # kept after a refused move
+
+
+# -- algebra and the ways out to SciPy and TensorFlow ----------------------------------------------------
+
+def hessian_and_ggn():
+    """The Hessian and GGN of a float64 MLP on 13 examples, with their explicitly formed matrices."""
+    model, x, y, _ = nonlinear_case("mlp")
+    hessian = HessianOperator(model, (x, y), loss=sparse_ce(), batch_size=5)
+    ggn = GGNOperator(model, (x, y), loss=sparse_ce(), batch_size=5)
+    reference_ggn = explicit_ggn(model, x, y, softmax_ce_output_hessian)
+    return hessian, ggn, explicit_hessian(model, x, y, sparse_ce()), reference_ggn
+
+
+def test_sums_differences_and_multiples_of_operators_against_explicit_matrices():
+    hessian, ggn, h, g = hessian_and_ggn()
+    rng = np.random.default_rng(11)
+    v, block = rng.standard_normal(hessian.dim), rng.standard_normal((hessian.dim, 3))
+    identity = MatrixOperator(np.eye(hessian.dim))
+    cases = {
+        "a + b": (hessian + ggn, h + g),
+        "a - b": (hessian - ggn, h - g),
+        "c * a": (2.5 * hessian, 2.5 * h),
+        "a * c": (ggn * -0.5, -0.5 * g),
+        "-a": (-hessian, -h),
+        "numpy scalar": (np.float64(3.0) * ggn, 3.0 * g),
+        "nested": ((hessian - ggn) + 0.1 * identity - 2 * (hessian + identity), -h - g - 1.9 * np.eye(hessian.dim)),
+    }
+    for name, (operator, matrix) in cases.items():
+        assert isinstance(operator, LinearCombination) and operator.dim == hessian.dim, name
+        assert_matrix_close(operator.matvec(v).numpy()[:, None], (matrix @ v)[:, None])
+        assert_matrix_close(operator.matmat(block).numpy(), matrix @ block)
+    assert len(cases["nested"][0].terms) == 5  # flattened: H, G, I, H, I with their coefficients
+    # Lazy: forming a combination costs no product; each product runs each term's own.
+    before = hessian.num_matvecs
+    combination = hessian + ggn
+    assert hessian.num_matvecs == before
+    combination.matmat(block)
+    assert combination.num_matvecs == 3 and hessian.num_matvecs == before + 3
+
+
+def test_operator_algebra_refuses_mismatched_operators_clearly():
+    hessian, _, _, _ = hessian_and_ggn()
+    with pytest.raises(ValueError, match=f"different sizes: HessianOperator has dim={hessian.dim}, MatrixOperator "
+                                         f"has dim={hessian.dim + 1}"):
+        hessian + MatrixOperator(np.eye(hessian.dim + 1))
+    with pytest.raises(ValueError, match="different dtypes: HessianOperator is float64, MatrixOperator is float32"):
+        hessian - MatrixOperator(np.eye(hessian.dim, dtype=np.float32))
+    with pytest.raises(TypeError, match="real number only"):
+        hessian * hessian
+    with pytest.raises(TypeError, match="real number only"):
+        "2" * hessian
+    with pytest.raises(ValueError, match="coefficient must be finite"):
+        np.inf * hessian
+    with pytest.raises(TypeError):
+        hessian + 1.0  # adding a number is not a linear operator: Python's own TypeError
+
+
+def test_to_scipy_works_with_eigsh_lobpcg_and_cg():
+    import scipy.sparse.linalg
+
+    hessian, ggn, h, g = hessian_and_ggn()
+    operator = hessian.to_scipy()
+    assert operator.shape == (hessian.dim, hessian.dim) and operator.dtype == np.float64
+    values = scipy.sparse.linalg.eigsh(operator, k=3, which="LA", tol=1e-10, return_eigenvectors=False)
+    np.testing.assert_allclose(np.sort(values), np.linalg.eigh(h)[0][-3:], rtol=1e-8)
+    start = np.random.default_rng(12).standard_normal((hessian.dim, 2))
+    top, _ = scipy.sparse.linalg.lobpcg(operator, start, tol=1e-9, maxiter=500, largest=True)
+    np.testing.assert_allclose(np.sort(top), np.linalg.eigh(h)[0][-2:], rtol=1e-6)
+    damped = ggn + 0.1 * MatrixOperator(np.eye(ggn.dim))  # positive definite
+    rhs = np.random.default_rng(13).standard_normal(ggn.dim)
+    solution, info = scipy.sparse.linalg.cg(damped.to_scipy(), rhs, rtol=1e-12, maxiter=1000)
+    assert info == 0
+    np.testing.assert_allclose(solution, np.linalg.solve(g + 0.1 * np.eye(ggn.dim), rhs), rtol=1e-7)
+
+
+def test_to_tf_is_a_self_adjoint_tf_linear_operator():
+    hessian, ggn, h, g = hessian_and_ggn()
+    operator = hessian.to_tf()
+    assert isinstance(operator, tf.linalg.LinearOperator) and operator.is_self_adjoint and operator.is_square
+    assert operator.shape == (hessian.dim, hessian.dim) and operator.dtype == tf.float64
+    block = np.random.default_rng(14).standard_normal((hessian.dim, 3))
+    assert_matrix_close(operator.matmul(block).numpy(), h @ block)
+    assert_matrix_close(operator.matmul(block.T, adjoint_arg=True).numpy(), h @ block)
+    assert_matrix_close(operator.matvec(block[:, 0]).numpy()[:, None], (h @ block[:, :1]))
+    assert_matrix_close(operator.to_dense().numpy(), h)
+    assert operator.is_positive_definite is None  # unknown: a Hessian may be indefinite
+    damped = (ggn + 0.1 * MatrixOperator(np.eye(ggn.dim))).to_tf(is_positive_definite=True)
+    rhs = tf.constant(block[:, 1])
+    result = tf.linalg.experimental.conjugate_gradient(damped, rhs, tol=1e-12, max_iter=500)
+    np.testing.assert_allclose(result.x.numpy(), np.linalg.solve(g + 0.1 * np.eye(ggn.dim), block[:, 1]), rtol=1e-7)
+
+
+# -- bad input refused before any graph runs (issue 22) -----------------------------------------------------
+
+def test_inf_in_any_input_is_refused_naming_the_input_batch_and_example():
+    model = tiny_mlp()
+    x, y = classification_data((4,), n=12, seed=3)
+    for value, kind in ((np.inf, "Inf"), (-np.inf, "Inf"), (np.nan, "NaN")):
+        bad = x.copy()
+        bad[6, 2] = value  # batch 1 (batches of 4), its example 2
+        with pytest.raises(ValueError, match=f"not finite: x in batch 1 \\(0-based\\) holds {kind} \\(first at "
+                                             "example 2 of the batch\\)"):
+            HessianOperator(model, (bad, y), loss=sparse_ce(), batch_size=4)
+    weights = np.ones(12)
+    weights[11] = np.inf
+    with pytest.raises(ValueError, match="sample_weight in batch 2 .* holds Inf"):
+        GGNOperator(model, (x, y, weights), loss=sparse_ce(), batch_size=4)
+
+
+def test_inf_in_one_input_of_a_multi_input_model_is_named():
+    keras.utils.set_random_seed(0)
+    first, second = keras.Input((2,), name="first", dtype="float64"), keras.Input((2,), name="second", dtype="float64")
+    outputs = keras.layers.Dense(3, dtype="float64")(keras.layers.Concatenate(dtype="float64")([first, second]))
+    model = keras.Model({"first": first, "second": second}, outputs)
+    x = {"first": np.ones((5, 2)), "second": np.ones((5, 2))}
+    x["second"][4, 0] = np.inf
+    with pytest.raises(ValueError, match="x\\['second'\\] in batch 0 .* holds Inf \\(first at example 4"):
+        HessianOperator(model, (x, np.zeros(5, "int64")), loss=sparse_ce())
+
+
+def endless_empty_batches(limit=3000):
+    """Empty batches, ``limit`` of them: endless for any guard that skips them (a bound keeps the test finite)."""
+    def empties():
+        for _ in range(limit):
+            yield np.zeros((0, 4)), np.zeros((0,), "int64")
+
+    return tf.data.Dataset.from_generator(empties, output_signature=(
+        tf.TensorSpec([None, 4], tf.float64), tf.TensorSpec([None], tf.int64)))
+
+
+def test_a_stream_of_empty_batches_is_refused_within_the_bound(monkeypatch):
+    from tf_sharpest.operators import Sample
+    from tf_sharpest.operators import sample as sample_module
+
+    with pytest.raises(ValueError, match="has not ended after 25 batches"):
+        Sample.from_data(endless_empty_batches(), max_batches=25)
+    monkeypatch.setattr(sample_module, "MAX_BATCHES", 30)
+    with pytest.raises(ValueError, match="has not ended after 30 batches"):
+        HessianOperator(tiny_mlp(), endless_empty_batches(), loss=sparse_ce())
+
+
+def one_hot(y, classes=3):
+    return np.eye(classes)[y]
+
+
+def test_out_of_range_labels_are_refused_naming_the_labels_and_the_loss():
+    model = tiny_mlp()  # 3 outputs
+    x, y = classification_data((4,), n=12, seed=4)
+    bad = y.copy()
+    bad[[5, 9]] = [12, 3]
+    for name in sorted(OPERATORS):
+        with pytest.raises(ValueError, match="Labels out of range for loss= SparseCategoricalCrossentropy: the model "
+                                             "has 3 outputs \\(class ids 0..2\\), but y holds 3, 12 \\(2 examples, the "
+                                             "first in batch 1\\). Pass labels in 0..2"):
+            OPERATORS[name](model, (x, bad), loss=sparse_ce(), batch_size=4)
+    bad[[5, 9]] = [-1, 0]
+    with pytest.raises(ValueError, match="y holds -1"):
+        HessianOperator(model, (x, bad), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    ignoring = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=-1, dtype="float64")
+    assert HessianOperator(model, (x, bad), loss=ignoring).num_examples == 12  # the ignored class is a valid label
+
+
+def test_one_hot_and_class_id_mismatches_say_what_to_pass(floatx):
+    model = tiny_mlp()
+    x, y = classification_data((4,), n=12, seed=4)
+    with pytest.raises(ValueError, match="SparseCategoricalCrossentropy takes integer class ids of shape \\[batch\\] "
+                                         "or \\[batch, 1\\], but y has shape \\(4, 3\\) \\(one-hot, it looks like\\): "
+                                         "pass y.argmax"):
+        GGNOperator(model, (x, one_hot(y)), loss=sparse_ce(), batch_size=4)
+    categorical = keras.losses.CategoricalCrossentropy(from_logits=True, dtype="float64")
+    with pytest.raises(ValueError, match="loss= CategoricalCrossentropy takes one-hot labels of shape \\[batch, 3\\], "
+                                         "but y has shape \\(4,\\) \\(class ids, it looks like\\): pass "
+                                         "keras.utils.to_categorical\\(y, 3\\)"):
+        EmpiricalFisherOperator(model, (x, y), loss=categorical, batch_size=4)
+    np.testing.assert_allclose(HessianOperator(model, (x, one_hot(y)), loss=categorical).loss,
+                               HessianOperator(model, (x, y), loss=sparse_ce()).loss, rtol=1e-12)
+    floatx("float64")
+    model.compile(loss="sparse_categorical_crossentropy")  # by name: the compiled loss is checked too
+    with pytest.raises(ValueError, match="the compiled loss .*sparse_categorical_crossentropy.*y holds 7"):
+        HessianOperator(model, (x, np.where(y == 0, 7, y)))
+
+
+def test_optimizer_preconditioner_refuses_every_optimizer_before_its_first_step():
+    model = tiny_mlp()
+    for make in ADAPTIVE.values():
+        optimizer = make()
+        optimizer.build(model.trainable_variables)  # built, slots at their initial values, no step taken
+        with pytest.raises(ValueError, match="has taken no step yet \\(iterations = 0\\).*Train at least one step"):
+            optimizer_preconditioner(optimizer, model.trainable_variables)
+
+
+def test_optimizer_preconditioner_reads_the_adam_inside_a_loss_scale_optimizer():
+    model = tiny_mlp()
+    x, y = classification_data((4,), n=16, seed=2)
+    adam = keras.optimizers.Adam(0.01)
+    adaptive_steps(adam, model, x, y, steps=3)
+    wrapped = keras.optimizers.LossScaleOptimizer(adam)  # what mixed precision's compile() makes of it
+    np.testing.assert_array_equal(optimizer_preconditioner(wrapped, model.trainable_variables),
+                                  optimizer_preconditioner(adam, model.trainable_variables))
+
+
+def test_a_preconditioner_entry_whose_inverse_overflows_the_dtype_is_refused():
+    model = tiny_mlp("float32")
+    x, y = classification_data((4,), n=8, dtype="float32")
+    hessian = HessianOperator(model, (x, y), loss=sparse_ce("float32"))
+    diagonal = np.ones(hessian.dim)
+    diagonal[4] = 1e-300
+    with pytest.raises(ValueError, match="entry 4 is 1e-300 .*inverse overflows float32.*Add an epsilon"):
+        PreconditionedOperator(hessian, diagonal)
+    diagonal[4] = 1e-30  # small, but its inverse (1e30) is a float32: accepted, and the products stay finite
+    products = PreconditionedOperator(hessian, diagonal).matvec(np.ones(hessian.dim)).numpy()
+    assert np.all(np.isfinite(products)) and abs(products[4]) > 1e20

@@ -18,12 +18,17 @@ class TFLinearOperator(tf.linalg.LinearOperator):
 
     Args:
       operator: a tf_sharpest :class:`~tf_sharpest.operators.LinearOperator`.
+      is_positive_definite: the hint TensorFlow's solvers check (``None``: unknown).
+      name: the name TensorFlow gives the operator's ops.
     """
 
-    def __init__(self, operator, name: str = "TFSharpestOperator"):
+    def __init__(self, operator, *, is_positive_definite: bool | None = None, name: str = "TFSharpestOperator"):
         self.operator = operator
-        super().__init__(dtype=operator.dtype, is_self_adjoint=True, is_square=True, is_non_singular=None,
-                         is_positive_definite=None, parameters={"operator": operator, "name": name}, name=name)
+        super().__init__(dtype=operator.dtype, is_self_adjoint=True, is_square=True,
+                         is_non_singular=True if is_positive_definite else None,
+                         is_positive_definite=is_positive_definite,
+                         parameters={"operator": operator, "is_positive_definite": is_positive_definite, "name": name},
+                         name=name)
 
     def _shape(self):
         return tf.TensorShape([self.operator.dim, self.operator.dim])

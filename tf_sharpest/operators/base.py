@@ -108,9 +108,7 @@ class LinearOperator(abc.ABC):
         return _combination([(1.0, self), (-1.0, other)])
 
     def __mul__(self, coefficient):
-        if isinstance(coefficient, LinearOperator):
-            return NotImplemented
-        return _combination([(coefficient, self)])
+        return _combination([(coefficient, self)])  # refuses anything but a real number, saying why
 
     __rmul__ = __mul__
 
@@ -138,7 +136,7 @@ class LinearOperator(abc.ABC):
 
         return as_scipy_operator(self)
 
-    def to_tf(self) -> tf.linalg.LinearOperator:
+    def to_tf(self, *, is_positive_definite: bool | None = None) -> tf.linalg.LinearOperator:
         """This operator as a self-adjoint ``tf.linalg.LinearOperator`` of shape ``[dim, dim]`` and its ``dtype``.
 
         TensorFlow's linear algebra then takes it: ``matmul``, ``matvec``,
@@ -146,16 +144,21 @@ class LinearOperator(abc.ABC):
         compositions with other ``tf.linalg`` operators. Products are this
         operator's own (counted in ``num_matvecs``); run them eagerly.
 
+        Args:
+          is_positive_definite: a hint TensorFlow's solvers check (conjugate
+            gradients needs ``True``): pass it for an operator you know is
+            positive definite, e.g. a damped Gauss-Newton matrix.
+
         Example:
 
         ```python
         damped = ggn + 0.1 * MatrixOperator(np.eye(ggn.dim))
-        solution = tf.linalg.experimental.conjugate_gradient(damped.to_tf(), rhs).x
+        solution = tf.linalg.experimental.conjugate_gradient(damped.to_tf(is_positive_definite=True), rhs).x
         ```
         """
         from tf_sharpest.operators._tf_operator import TFLinearOperator
 
-        return TFLinearOperator(self)
+        return TFLinearOperator(self, is_positive_definite=is_positive_definite)
 
 
 class MatrixOperator(LinearOperator):
