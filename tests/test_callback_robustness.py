@@ -373,3 +373,366 @@ def test_a_block_of_another_model_is_refused_before_training(data):
                       {"curvature": Curvature("ggn", variables=[stranger])}):
         with pytest.raises(ValueError, match="is not one of the model's trainable variables"):
             model.fit(x, y, epochs=1, verbose=0, callbacks=[LanczosCallback((x, y), top_k=1, **arguments)])
+
+
+# -- issue 26: the composed API (what, how, when) and its deprecated keywords ---------------------------------------
+
+def test_lanczos_callback_has_at_most_14_parameters():
+    import inspect
+
+    assert len(inspect.signature(LanczosCallback).parameters) <= 14  # 22 before issue 26
+
+
+def history_of(data, model=None, **kwargs):
+    x, y = data
+    model = model or frozen_cnn()
+    callback = LanczosCallback((x, y), top_k=2, num_samples=16, batch_size=16, seed=0, verbose=0, **kwargs)
+    return model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[callback]).history
+
+
+@pytest.mark.parametrize("old, new, suggestion", [
+    ({"tol": 1e-6}, {"solver": LanczosSolver(tol=1e-6)}, r"solver=tf_sharpest\.linalg\.LanczosSolver\(tol=1e-06\)"),
+    ({"max_iterations": 6}, {"solver": LanczosSolver(max_matvecs=6)}, r"LanczosSolver\(max_matvecs=6\)"),
+    ({"warm_start": False}, {"solver": LanczosSolver(warm_start=False)}, r"LanczosSolver\(warm_start=False\)"),
+    ({"method": "lobpcg"}, {"solver": LOBPCGSolver()}, r"solver=tf_sharpest\.linalg\.LOBPCGSolver\(\)"),
+    ({"method": "auto"}, {"solver": LanczosSolver()}, r"solver=tf_sharpest\.linalg\.LanczosSolver\(\)"),
+    ({"training": True}, {"curvature": Curvature(training=True)}, r"curvature=Curvature\('hessian', training=True"),
+    ({"loss": "sparse"}, {"curvature": "sparse"}, r"curvature=Curvature\('hessian', loss="),
+    ({"variables": "dense"}, {"curvature": "dense"}, r"curvature=Curvature\('hessian', variables=\.\.\.\)"),
+])
+def test_each_deprecated_keyword_still_works_with_the_same_numbers_and_warns(data, old, new, suggestion):
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    models = [frozen_cnn(), frozen_cnn()]
+    layer = {id(m): m.layers[-1] for m in models}
+    resolved = []
+    for model, kwargs in zip(models, (old, new)):
+        kwargs = dict(kwargs)
+        if kwargs.get("loss") == "sparse":
+            kwargs["loss"] = loss
+        if kwargs.get("curvature") == "sparse":
+            kwargs["curvature"] = Curvature(loss=loss)
+        if kwargs.get("variables") == "dense":
+            kwargs["variables"] = layer[id(model)]
+        if kwargs.get("curvature") == "dense":
+            kwargs["curvature"] = Curvature(variables=layer[id(model)])
+        resolved.append((model, kwargs))
+    (old_model, old_kwargs), (new_model, new_kwargs) = resolved
+    with pytest.warns(DeprecationWarning, match=suggestion) as warned:
+        old_history = history_of(data, old_model, **old_kwargs)
+    assert any(w.filename == __file__ for w in warned if w.category is DeprecationWarning)  # points at the caller
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        new_history = history_of(data, new_model, **new_kwargs)
+    for key in ("lambda_1", "lambda_2", "lanczos_matvecs", "lanczos_converged"):
+        np.testing.assert_allclose(old_history[key], new_history[key], rtol=1e-6)
+
+
+def test_deprecated_preconditioned_and_blocks_still_work_with_the_same_numbers_and_warn(data):
+    x, y = data
+    xs = x.reshape(len(x), -1)[:, :4]
+    histories = []
+    for kwargs in ({"preconditioned": True}, {"curvature": Curvature(preconditioned=True)}):
+        model = tiny_mlp("float32")
+        model.compile(optimizer=keras.optimizers.Adam(0.0), loss=sparse_ce("float32"))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            histories.append(history_of((xs, y), model, **kwargs) | {"_": [str(w.message) for w in caught]})
+    assert any("write curvature=Curvature('hessian', preconditioned=True)" in m for m in histories[0]["_"])
+    assert not any("deprecated" in m for m in histories[1]["_"])
+    np.testing.assert_allclose(histories[0]["lambda_1"], histories[1]["lambda_1"], rtol=1e-6)  # [nan] unbuilt Adam
+
+    model = frozen_cnn()
+    with pytest.warns(DeprecationWarning, match=r"one more LanczosCallback per block.*Curvature\(variables=layer\), "
+                                                r"log_prefix=f\"\{name\}_\"\)"):
+        old = LanczosCallback((x, y), top_k=2, num_samples=16, batch_size=16, seed=0, verbose=0,
+                              blocks={"dense": model.layers[-1]})
+    old_history = model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[old]).history
+    # The block's own solve draws its start vector after the main one's: the new form's seed
+    # sequence differs, so the eigenvalues agree to the solver's tolerance, not bit for bit.
+    new = LanczosCallback((x, y), top_k=2, num_samples=16, batch_size=16, seed=0, verbose=0,
+                          curvature=Curvature(variables=model.layers[-1]), log_prefix="dense_")
+    new_history = model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[new]).history
+    for key in ("dense_lambda_1", "dense_lambda_2"):
+        np.testing.assert_allclose(old_history[key], new_history[key], rtol=1e-4)
+    with pytest.raises(TypeError, match="pass them to tf_sharpest.operators.Curvature"):
+        LanczosCallback((x, y), curvature=Curvature("ggn"), training=True)
+    with pytest.raises(TypeError, match="give them to the solver"):
+        LanczosCallback((x, y), solver=LanczosSolver(), tol=1e-4)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'tolerance'"):
+        LanczosCallback((x, y), tolerance=1e-4)
+
+
+def test_spectrum_callback_deprecated_variables_still_work_and_warn(data):
+    from tf_sharpest.callbacks import SpectrumCallback
+
+    x, y = data
+    traces = []
+    for use_old in (True, False):
+        model = frozen_cnn()
+        bias = model.layers[-1].bias
+        kwargs = {"variables": bias} if use_old else {"curvature": Curvature(variables=bias)}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            callback = SpectrumCallback((x, y), num_samples=16, batch_size=16, trace_method="exact", density_every=0,
+                                        final_density=False, seed=0, verbose=0, **kwargs)
+        assert any("variables= is deprecated" in str(w.message) for w in caught) == use_old
+        traces.append(model.fit(x, y, epochs=1, verbose=0, callbacks=[callback]).history["hessian_trace"])
+    assert traces[0] == traces[1]
+
+
+def test_a_callable_curvature_and_a_named_block(data):
+    from tf_sharpest.operators import HessianOperator
+
+    x, y = data
+    model = frozen_cnn()
+    hessian = explicit_hessian(model, x[:16], y[:16], sparse_ce("float32"))
+    by_name = history_of((x[:16], y[:16]), model, curvature=Curvature(variables=model.layers[-1].name),
+                         solver=LanczosSolver(tol=1e-6))
+    start = hessian.shape[0] - sum(int(np.prod(v.shape)) for v in model.layers[-1].trainable_variables)
+    np.testing.assert_allclose([by_name["lambda_1"][0], by_name["lambda_2"][0]], top(hessian[start:, start:], 2),
+                               rtol=1e-4)
+    built = []
+
+    def my_curvature(model, sample):
+        built.append(sample.num_examples)
+        return HessianOperator(model, sample)
+
+    callable_history = history_of((x[:16], y[:16]), model, curvature=my_curvature, solver=LanczosSolver(tol=1e-6))
+    np.testing.assert_allclose([callable_history["lambda_1"][0], callable_history["lambda_2"][0]], top(hessian, 2),
+                               rtol=1e-4)
+    assert built == [16, 16]  # one epoch and the measurement after training
+
+
+def test_curvature_and_solvers_serialize():
+    spec = Curvature("ggn", variables=["dense", "conv2d/kernel"], loss=keras.losses.MeanSquaredError(),
+                     training=True)
+    config = spec.get_config()
+    assert config["variables"] == ["dense", "conv2d/kernel"] and config["kind"] == "ggn"
+    again = Curvature.from_config(config)
+    assert again.get_config() == config and isinstance(again.loss, keras.losses.MeanSquaredError)
+    for solver in (LanczosSolver(tol=1e-5, max_matvecs=50, warm_start=False), LOBPCGSolver(tol=1e-4)):
+        assert type(solver).from_config(solver.get_config()) == solver
+    with pytest.raises(ValueError, match="curvature must be one of"):
+        Curvature("fisher")
+    with pytest.raises(ValueError, match="max_matvecs must be a positive integer"):
+        LOBPCGSolver(max_matvecs=0)
+
+
+def test_the_lobpcg_fallback_returns_a_new_result_and_mutates_none(monkeypatch):
+    """Issue 26: the fallback used to add the block solve's products to Lanczos's result in place."""
+    import dataclasses
+
+    from tf_sharpest.linalg import EigenResult, _solvers
+
+    matrix = np.diag([5.0, 3.0, 1.0, 0.5]).astype(np.float32)
+    unconverged = EigenResult(np.array([4.0]), np.eye(4, 1, dtype=np.float32), np.array([1.0]), 7, False)
+    finished = EigenResult(np.array([5.0]), np.eye(4, 1, dtype=np.float32), np.array([0.0]), 5, True)
+    monkeypatch.setattr(_solvers, "lobpcg", lambda *args, **kwargs: unconverged)
+    monkeypatch.setattr(_solvers, "lanczos", lambda *args, **kwargs: finished)
+    before = (dataclasses.asdict(unconverged), dataclasses.asdict(finished))
+    result = LOBPCGSolver(tol=1e-3).solve(matrix, 1)
+    assert result.num_matvecs == 12 and result.fallbacks == 1 and result.converged
+    assert result is not finished and result is not unconverged
+    after = (dataclasses.asdict(unconverged), dataclasses.asdict(finished))
+    assert all(before[i]["num_matvecs"] == after[i]["num_matvecs"] for i in (0, 1))
+
+
+# -- issue 26: steering is the DirectionConsumer protocol -------------------------------------------------------------
+
+class RecordingSGD(keras.optimizers.SGD, DirectionConsumer):
+    """A hand-written consumer: records what it is handed and reports one metric."""
+
+    def __init__(self, learning_rate, directions=2):
+        super().__init__(learning_rate)
+        self._directions = directions
+        self.received = []
+
+    @property
+    def num_directions(self):
+        return self._directions
+
+    def set_directions(self, eigenvalues, eigenvectors):
+        self.received.append((np.array(eigenvalues), np.array(eigenvectors)))
+
+    def direction_logs(self):
+        return {"recorded": float(len(self.received))}
+
+
+def test_a_direction_consumer_is_handed_each_whole_parameter_measurement(data):
+    x, y = data
+    consumer = RecordingSGD(0.01)
+    model = frozen_cnn(keras.optimizers.LossScaleOptimizer(consumer))  # unwrapped, as under mixed precision
+    callback = LanczosCallback((x, y), top_k=3, num_samples=16, batch_size=16, seed=0, log_prefix="h_")
+    block = LanczosCallback((x, y), top_k=2, num_samples=16, batch_size=16, seed=0, log_prefix="dense_",
+                            curvature=Curvature(variables=model.layers[-1]))
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[callback, block])
+    assert len(consumer.received) == 3  # two epochs and after training; none from the block's measurements
+    for measurement, (eigenvalues, eigenvectors) in zip(callback.history, consumer.received):
+        np.testing.assert_array_equal(eigenvalues, measurement.eigenvalues)
+        assert eigenvectors.shape == (callback.operator.dim, 3)
+    np.testing.assert_array_equal(consumer.received[-1][1], callback.eigenvectors)
+    assert history.history["h_recorded"] == [1.0, 2.0]
+
+
+def test_steering_needs_the_protocol_not_a_method_name(data):
+    x, y = data
+
+    class DuckSGD(keras.optimizers.SGD):  # has set_directions and top_k, but is no DirectionConsumer
+        top_k = 9
+        calls = 0
+
+        def set_directions(self, *args):
+            DuckSGD.calls += 1
+
+    history_of(data, frozen_cnn(DuckSGD(0.01)))  # not refused for top_k=9 > 2, and never called
+    assert DuckSGD.calls == 0
+    with pytest.raises(ValueError, match=r"RecordingSGD needs num_directions=3 .* only top_k=2; pass "
+                                         r"LanczosCallback\(\.\.\., top_k=3\)"):
+        history_of(data, frozen_cnn(RecordingSGD(0.01, directions=3)))
+    model = frozen_cnn(RecordingSGD(0.01, directions=3))  # a block is never handed over: nothing to refuse
+    assert np.isfinite(history_of(data, model, curvature=Curvature(variables=model.layers[-1]))["lambda_1"]).all()
+    assert model.optimizer.received == []
+
+
+# -- issue 22: duplicate measurements are refused when fit starts -----------------------------------------------------
+
+def test_keras_hands_every_callback_of_one_fit_the_same_params_dict(data):
+    """The Keras contract the duplicate check relies on: CallbackList.set_params shares one dict per fit."""
+    seen = []
+
+    class Probe(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen.append(self.params)
+
+    x, y = data
+    model = frozen_cnn()
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[Probe(), Probe()])
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[Probe()])
+    assert isinstance(seen[0], dict) and seen[0] is seen[1], "Keras no longer shares params among a fit's callbacks"
+    assert seen[2] is not seen[0], "Keras reuses one params dict across fits"
+
+
+def test_two_callbacks_logging_the_same_keys_are_refused_at_the_start_of_fit(data, tmp_path):
+    from tf_sharpest.callbacks import BatchSharpnessCallback, SpectrumCallback
+
+    x, y = data
+    model = frozen_cnn(keras.optimizers.SGD(0.1))
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    hessian = LanczosCallback((x, y), top_k=2, num_samples=16)
+    ggn = LanczosCallback((x, y), top_k=3, num_samples=16, curvature="ggn")
+    with pytest.raises(ValueError, match=r"LanczosCallback and LanczosCallback .* both log the same keys "
+                                         r"\['lambda_1', 'lambda_2', 'lanczos_matvecs'.*log_prefix="):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[hessian, ggn])
+    assert hessian.history == []
+    assert all(np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables))
+    with pytest.raises(ValueError, match="The same LanczosCallback is listed twice"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[hessian, hessian])
+    spectra = [SpectrumCallback((x, y), num_samples=16, curvature=kind, density_every=0, final_density=False)
+               for kind in ("hessian", "ggn")]
+    with pytest.raises(ValueError, match=r"both log the same keys \['spectrum_matvecs', 'spectrum_seconds'\]"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=spectra)
+    with pytest.raises(ValueError, match=r"BatchSharpnessCallback and BatchSharpnessCallback .*batch_sharpness"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[BatchSharpnessCallback((x, y), batch_size=8),
+                                                        BatchSharpnessCallback((x, y), batch_size=16)])
+    same_dir = [LanczosCallback((x, y), top_k=1, num_samples=8, save_dir=str(tmp_path), log_prefix=p) for p in "ab"]
+    with pytest.raises(ValueError, match=r"write the same file .*lanczos.npz.*own save_dir="):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=same_dir)
+    # With their own prefixes they run side by side, the GGN's values under its prefix.
+    ggn.log_prefix = "ggn_"
+    history = model.fit(x, y, epochs=1, verbose=0, callbacks=[hessian, ggn])
+    assert "lambda_1" in history.history and "ggn_lambda_3" in history.history
+
+
+def test_a_fit_that_crashed_causes_no_false_refusal_later(data):
+    x, y = data
+    model = frozen_cnn()
+    callback = LanczosCallback((x, y), top_k=1, num_samples=8)
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            raise RuntimeError("crashed")
+
+    with pytest.raises(RuntimeError, match="crashed"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[callback, Crash()])  # on_train_end never runs
+    other = LanczosCallback((x, y), top_k=1, num_samples=8, curvature="ggn", log_prefix="ggn_")
+    history = model.fit(x, y, epochs=1, verbose=0, callbacks=[callback, other])
+    assert np.isfinite(history.history["lambda_1"][0]) and np.isfinite(history.history["ggn_lambda_1"][0])
+
+
+# -- issue 22: unconverged eigenvalues are flagged --------------------------------------------------------------------
+
+def test_an_unconverged_measurement_is_flagged_logged_saved_and_warned_once(data, tmp_path):
+    x, y = data
+    converged = history_of(data, solver=LanczosSolver(tol=1e-4))
+    callback = LanczosCallback((x, y), top_k=2, num_samples=16, batch_size=16, seed=0, verbose=0,
+                               solver=LanczosSolver(max_matvecs=3), save_dir=str(tmp_path))
+    with pytest.warns(RuntimeWarning, match=r"used its 3 matvecs without converging \(largest residual .* above "
+                                            r"tol=0\.001\).*Raise max_matvecs") as warned:
+        history = frozen_cnn().fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[callback]).history
+    assert len([w for w in warned if "without converging" in str(w.message)]) == 1
+    assert history["lanczos_converged"] == [0.0, 0.0] and converged["lanczos_converged"] == [1.0]
+    # A Ritz value from 3 products is a lower bound of the converged top eigenvalue, and here well below it.
+    assert history["lambda_1"][0] < 0.99 * converged["lambda_1"][0]
+    saved = MeasurementLog(str(tmp_path)).read()
+    assert [m.values["converged"] for m in saved] == [0.0, 0.0, 0.0]
+    with open(tmp_path / "lanczos.csv") as handle:
+        assert "converged" in handle.readline().split(",")
+
+
+# -- issue 22: files, empty data ----------------------------------------------------------------------------------
+
+def test_an_eigenvector_file_that_cannot_be_written_warns_and_fit_goes_on(data, tmp_path, monkeypatch):
+    import tf_sharpest.callbacks.lanczos_callback as module
+
+    x, y = data
+    os.makedirs(tmp_path / "eigenvectors_epoch0000.npz")  # the name is taken by a folder
+    callback = LanczosCallback((x, y), top_k=1, num_samples=8, save_dir=str(tmp_path), save_eigenvectors_every=1)
+    with pytest.warns(RuntimeWarning, match="could not write .*eigenvectors_epoch0000.npz.*training goes on"):
+        history = frozen_cnn().fit(x, y, epochs=2, verbose=0, callbacks=[callback])
+    assert len(history.history["loss"]) == 2 and os.path.exists(tmp_path / "eigenvectors_epoch0001.npz")
+
+    def refuse(path):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(module, "atomic_path", refuse)
+    callback = LanczosCallback((x, y), top_k=1, num_samples=8, save_dir=str(tmp_path / "b"), save_eigenvectors_every=1)
+    with pytest.warns(RuntimeWarning, match="Permission denied"):
+        history = frozen_cnn().fit(x, y, epochs=2, verbose=0, callbacks=[callback])
+    assert len(history.history["loss"]) == 2
+
+
+@pytest.mark.parametrize("make", [
+    lambda x, y: (x[:0], y[:0]),
+    lambda x, y: tf.data.Dataset.from_tensor_slices((x[:0], y[:0])).batch(4),
+    lambda x, y: tf.data.Dataset.from_tensor_slices((x, y)).filter(lambda a, b: b > 99).batch(4),
+], ids=["arrays", "dataset", "filtered"])
+def test_empty_data_is_refused_when_fit_starts_saying_what_to_pass(data, make):
+    x, y = data
+    model = frozen_cnn()
+    with pytest.raises(ValueError, match="has no examples to measure on.*Pass data="):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[LanczosCallback(make(x, y), top_k=1, num_samples=8)])
+
+
+def endless(x, y, first_full=False):
+    """A generator dataset of empty batches forever (after one full batch with first_full)."""
+    def generate():
+        if first_full:
+            yield x[:4], y[:4]
+        while True:
+            yield x[:0], y[:0]
+
+    spec = (tf.TensorSpec((None, 6, 6, 1), tf.float32), tf.TensorSpec((None,), y.dtype))
+    return tf.data.Dataset.from_generator(generate, output_signature=spec)
+
+
+def test_an_endless_stream_of_empty_batches_is_refused_instead_of_hanging(data):
+    x, y = data
+    model = frozen_cnn()
+    with pytest.raises(ValueError, match="yielded 1000 empty batches in a row"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[LanczosCallback(endless(x, y), top_k=1, num_samples=8)])
+    # One real batch then empties: fit goes on, each measurement fails with the reason.
+    for resample in (True, False):
+        callback = LanczosCallback(endless(x, y, first_full=True), top_k=1, num_samples=8, resample=resample)
+        with pytest.warns(RuntimeWarning, match="1000 empty batches in a row"):
+            history = model.fit(x, y, epochs=1, verbose=0, callbacks=[callback])
+        assert np.isnan(history.history["lambda_1"]).all()

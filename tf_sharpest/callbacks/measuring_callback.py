@@ -238,8 +238,8 @@ class MeasuringCallback(keras.callbacks.Callback, metaclass=abc.ABCMeta):
             if owner is self:
                 raise ValueError(f"The same {type(self).__name__} is listed twice in fit's callbacks: it would "
                                  f"measure twice per epoch and log {keys[:3]}... twice. List it once.")
-            what = f"log the same keys {keys}" if keys else ""
-            what += (" and " if what else "") + (f"write the same file {files[0]}" if files else "")
+            what = " and ".join(([f"log the same keys {keys}"] if keys else [])
+                                + ([f"write the same file {files[0]}"] if files else []))
             raise ValueError(f"{type(owner).__name__} and {type(self).__name__} in the same fit both {what}: "
                              f"the second would overwrite the first. Give each its own log_prefix= (e.g. "
                              f"log_prefix='ggn_')" + (" and its own save_dir=" if files else "") + ".")
