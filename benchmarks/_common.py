@@ -8,13 +8,12 @@ import statistics
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The programs' own module (tables, number-list flags, the quiet TensorFlow import): experiments/_cli.py, standard
+# library only. The benchmarks run as scripts, so the repository root goes on the path for it.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments._cli import import_tensorflow_quietly, markdown_table, number_list, positive_int  # noqa: E402, F401
 
-import tensorflow as tf  # noqa: E402
-
-# The programs share one home for their tables and number-list flags: examples/cli.py (standard library only).
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
-from cli import markdown_table, number_list, positive_int  # noqa: E402, F401  (re-exported for the benchmark scripts)
+tf = import_tensorflow_quietly()  # without CUDA's and absl's start-up lines on stderr
 
 
 def timed(fn, *args):

@@ -57,7 +57,7 @@ import tensorflow as tf
 from tf_sharpest import data, models
 from tf_sharpest.linalg import EigenResult, lanczos, lobpcg
 from tf_sharpest.operators import GGNOperator, HessianOperator, LinearOperator
-from tf_sharpest.utils.batches import even_batch_size, materialize
+from tf_sharpest.utils import even_batch_size, materialize
 
 from _common import machine, markdown_table, median
 

@@ -24,7 +24,7 @@ import shutil
 
 import keras
 
-from tf_sharpest.utils.files import atomic_path
+from tf_sharpest.utils import atomic_path
 
 STATE_FILE = "state.json"
 

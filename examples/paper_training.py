@@ -228,7 +228,7 @@ def trim_history(path: str, finished_epochs: int) -> None:
     header, body = rows[0], rows[1:]
     kept = [row for row in body if row and int(row[0]) < finished_epochs]
     if len(kept) != len(body):
-        from tf_sharpest.utils.files import atomic_path
+        from tf_sharpest.utils import atomic_path
 
         with atomic_path(path) as temporary, open(temporary, "w", newline="") as f:
             csv.writer(f).writerows([header] + kept)
@@ -343,7 +343,7 @@ def run(argv, family: str) -> dict:
 
     from tf_sharpest import data, models
     from tf_sharpest.callbacks import LanczosCallback
-    from tf_sharpest.utils.files import atomic_path
+    from tf_sharpest.utils import atomic_path
 
     from epoch_backup import EpochBackup, finished_epochs, restore_backup, training_finished
 

@@ -7,11 +7,17 @@ import os
 
 import numpy as np
 
-from tf_sharpest.callbacks import MeasurementLog
+# tf_sharpest (and with it TensorFlow) is imported only where a run is read, so that the scripts that import
+# this module answer --help at once.
 
 
 def with_measurements(result: dict, folder: str) -> dict:
     """``result`` with ``measurements``: the run's saved Lanczos measurements (none if it did not measure)."""
+    from experiments._cli import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    from tf_sharpest.callbacks import MeasurementLog
+
     log = MeasurementLog(folder)
     return {**result, "measurements": log.read() if log.exists() else []}
 

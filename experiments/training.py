@@ -19,7 +19,9 @@ import os
 import time
 from collections.abc import Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from experiments._cli import import_tensorflow_quietly
+
+import_tensorflow_quietly()  # TensorFlow without its CUDA/absl start-up lines on stderr
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -30,7 +32,7 @@ from tf_sharpest import data as tfs_data  # noqa: E402
 from tf_sharpest import models  # noqa: E402
 from tf_sharpest.callbacks import LanczosCallback  # noqa: E402
 from tf_sharpest.optimizers import NSGD  # noqa: E402
-from tf_sharpest.utils.files import atomic_path  # noqa: E402
+from tf_sharpest.utils import atomic_path  # noqa: E402
 
 _SPLITS: dict = {}  # Fashion-MNIST is read once per process: a study trains many runs on it
 

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tf_sharpest.utils.files import atomic_path
+from tf_sharpest.utils import atomic_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")

@@ -21,14 +21,15 @@ import os
 
 from experiments.edge_of_stability.run import STUDY
 from experiments.scale import Scale, default_out
-from experiments.training import load_data
-from tf_sharpest import models  # noqa: E402
-from tf_sharpest.analysis import batch_sharpness  # noqa: E402
-from tf_sharpest.utils.files import atomic_path  # noqa: E402
 
 
 def check_run(folder: str, num_batches: int) -> dict | None:
     """Measures one finished SGD run at its final weights; ``None`` for runs it does not apply to."""
+    from experiments.training import load_data  # first: it imports TensorFlow quietly
+    from tf_sharpest import models
+    from tf_sharpest.analysis import batch_sharpness
+    from tf_sharpest.utils import atomic_path
+
     with open(os.path.join(folder, "result.json")) as f:
         result = json.load(f)
     config = result["config"]

@@ -31,7 +31,7 @@ import tensorflow as tf
 from tf_sharpest.analysis import BatchSharpnessMeter
 from tf_sharpest.linalg import lanczos
 from tf_sharpest.operators import HessianOperator, PreconditionedOperator, optimizer_preconditioner
-from tf_sharpest.utils.batches import even_batch_size
+from tf_sharpest.utils import even_batch_size
 
 
 class EdgeMeasurer:

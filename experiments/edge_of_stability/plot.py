@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from examples.cli import markdown_table
+from experiments._cli import markdown_table
 from experiments.figures import plot_parser, pyplot, save_figure, write_table
 from experiments.results import load_results
 from experiments.scale import Scale

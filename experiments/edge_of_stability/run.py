@@ -33,17 +33,12 @@ import json
 import os
 import time
 
-import keras  # noqa: E402  (experiments.training sets the TensorFlow log level first)
-import numpy as np  # noqa: E402
-
-from examples.cli import nonnegative_int_list, number_list, positive_int_list
-from experiments.edge_of_stability.measure import EdgeMeasurer, MeasureEveryEpochs, save_weights, train_full_batch  # noqa: E402
+from experiments._cli import import_tensorflow_quietly, nonnegative_int_list, number_list, positive_int_list
 from experiments.scale import SMOKE as SMOKE_SCALE
 from experiments.scale import Scale, default_out, scale_arguments, scale_from
-from experiments.training import load_data
-from tf_sharpest import data as tfs_data  # noqa: E402
-from tf_sharpest import models  # noqa: E402
-from tf_sharpest.utils.files import atomic_path  # noqa: E402
+
+# TensorFlow, Keras and tf_sharpest are imported in the functions that train (after experiments.training, which
+# imports TensorFlow quietly), so that --help and usage errors answer at once.
 
 STUDY = "edge_of_stability"
 PARTS = ("gd", "sgd", "momentum", "adam")
@@ -122,7 +117,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # -- one run -------------------------------------------------------------------------------------------------
 
-def make_optimizer(name: str, lr: float, momentum: float = 0.0) -> keras.optimizers.Optimizer:
+def make_optimizer(name: str, lr: float, momentum: float = 0.0) -> keras.optimizers.Optimizer:  # noqa: F821
+    import keras
+
     if name == "adam":
         return keras.optimizers.Adam(lr)  # beta_1 = 0.9: the threshold is 38 / lr
     return keras.optimizers.SGD(lr, momentum=momentum)
@@ -135,6 +132,16 @@ def run_one(out_dir: str, scale: Scale, config: dict, *, force: bool, sample_siz
     ``config``: part, optimizer (``sgd``/``adam``), lr, momentum, batch_size (``None``: full batch), seed,
     n_train, and for full-batch runs ``steps`` and ``measure_every_steps``.
     """
+    import_tensorflow_quietly()  # first: TensorFlow without its CUDA/absl start-up lines on stderr
+    import keras
+    import numpy as np
+
+    from experiments.edge_of_stability.measure import EdgeMeasurer, MeasureEveryEpochs, save_weights, train_full_batch
+    from experiments.training import load_data
+    from tf_sharpest import data as tfs_data
+    from tf_sharpest import models
+    from tf_sharpest.utils import atomic_path
+
     path = os.path.join(out_dir, "result.json")
     config = {**config, "scale": dataclasses.asdict(scale), "sample_sizes": list(sample_sizes),
               "num_batches": num_batches, "measure_every_epochs": measure_every}
@@ -180,6 +187,8 @@ def run_one(out_dir: str, scale: Scale, config: dict, *, force: bool, sample_siz
 
 def write_records_csv(records: list[dict], path: str) -> None:
     """Every measurement of a run, one row each (a column per quantity; blank where not measured)."""
+    from tf_sharpest.utils import atomic_path
+
     keys = list(dict.fromkeys(k for record in records for k in record))
     with atomic_path(path) as temporary, open(temporary, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)

@@ -16,8 +16,8 @@ import os
 
 import numpy as np
 
-from examples.cli import markdown_table
 from experiments import figures, statistics
+from experiments._cli import markdown_table
 from experiments.results import by_setting, eigenvalue_curve, load_results
 from experiments.scale import Scale
 

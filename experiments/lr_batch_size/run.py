@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import os
 
-from examples.cli import nonnegative_int_list, number_list, positive_int_list
 from experiments import scale as scales
+from experiments._cli import nonnegative_int_list, number_list, positive_int_list
 from experiments.results import run_label
-from experiments.training import train_run
 
 STUDY = "lr_batch_size"
 
@@ -39,6 +38,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
+    from experiments.training import train_run  # TensorFlow: imported once the arguments are parsed
+
     scale, top_k = scales.study_setup(args)
     lrs = args.lrs or ([0.01, 0.1] if args.smoke else [0.001, 0.01, 0.1])
     batch_sizes = args.batch_sizes or ([32, 128] if args.smoke else [32, 128, 1024])

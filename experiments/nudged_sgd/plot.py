@@ -14,8 +14,8 @@ import os
 
 import numpy as np
 
-from examples.cli import markdown_table
 from experiments import figures, statistics
+from experiments._cli import markdown_table
 from experiments.results import best_validation_epoch, by_setting, eigenvalue_curve, load_results, top_k_norm
 from experiments.scale import Scale
 

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import os
 
-from examples.cli import nonnegative_int_list, number_list
 from experiments import scale as scales
+from experiments._cli import nonnegative_int_list, number_list
 from experiments.results import run_label
-from experiments.training import train_run
 
 STUDY = "nudged_sgd"
 
@@ -37,6 +36,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
+    from experiments.training import train_run  # TensorFlow: imported once the arguments are parsed
+
     scale, top_k = scales.study_setup(args)
     results = []
     # Seeds outermost, so a study cut short still covers every gamma once.

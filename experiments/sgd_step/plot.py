@@ -11,8 +11,8 @@ import os
 
 import numpy as np
 
-from examples.cli import markdown_table
 from experiments import figures
+from experiments._cli import markdown_table
 from experiments.scale import Scale
 
 STUDY = "sgd_step"

@@ -9,8 +9,8 @@ import os
 
 import numpy as np
 
-from examples.cli import markdown_table
 from experiments import figures
+from experiments._cli import markdown_table
 from experiments.results import eigenvalue_curve, load_results
 from experiments.scale import Scale
 from experiments.statistics import peak

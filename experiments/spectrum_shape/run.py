@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import os
 
-from examples.cli import number_list
+from experiments._cli import number_list
 from experiments.results import run_label
 from experiments.scale import study_parser, study_setup
-from experiments.training import train_run
 
 STUDY = "spectrum_shape"
 
@@ -31,6 +30,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
+    from experiments.training import train_run  # TensorFlow: imported once the arguments are parsed
+
     scale, top_k = study_setup(args)
     results = []
     for lr in args.lrs:
