@@ -110,10 +110,10 @@ def lanczos(matvec, k: int = 5, *, dim: int | None = None, which: str = "largest
         residual_norms = step.beta * np.abs(ritz_vectors[size - 1, wanted[:k]])
         converged = size >= k and bool(np.all(residual_norms <= tol * scale))
         spent = operator.num_matvecs - first_matvec
-        if progbar is not None:
-            progbar.update(spent, np.max(residual_norms) / scale)
         if converged or size == n or spent >= max_matvecs:
             break
+        if progbar is not None:  # the last state is shown once, as the bar's final line
+            progbar.update(spent, np.max(residual_norms) / scale)
 
         vector, beta = next_basis_vector(step, basis[:size], rng)
 

@@ -147,10 +147,10 @@ def lobpcg(operator, k: int = 5, *, tol: float = 1e-3, max_matvecs: int | None =
         ritz = _rayleigh_ritz(space, options.block_size)
         converged, residual_ok = _converged(ritz, previous, options)
         spent = operator.num_matvecs - first_matvec
-        if progbar is not None:
-            progbar.update(spent, ritz.worst_residual(options.k))
         if converged or spent >= options.max_matvecs or space.size == options.dim:
             break
+        if progbar is not None:  # the last state is shown once, as the bar's final line
+            progbar.update(spent, ritz.worst_residual(options.k))
         active = _active_columns(residual_ok, options, options.max_matvecs - spent)
         coefficients = ritz.coefficients
         if space.size + active.size > options.basis_limit:
