@@ -1,5 +1,6 @@
 """Keras callbacks that measure and act on the sharpest directions during training."""
 
+from tf_sharpest.callbacks._landscape_callback import LandscapeCallback
 from tf_sharpest.callbacks.batch_sharpness_callback import BatchSharpnessCallback
 from tf_sharpest.callbacks.lanczos_callback import LanczosCallback
 from tf_sharpest.callbacks.measurement_log import Measurement, MeasurementLog
@@ -7,4 +8,4 @@ from tf_sharpest.callbacks.sampling import SampleSource
 from tf_sharpest.callbacks.spectrum_callback import SpectrumCallback
 
 __all__ = ["BatchSharpnessCallback", "LanczosCallback", "Measurement", "MeasurementLog", "SampleSource",
-           "SpectrumCallback"]
+           "SpectrumCallback", "LandscapeCallback"]
