@@ -202,6 +202,19 @@ def test_top_eigenpairs_takes_max_matvecs_and_the_deprecated_max_iterations():
         top_eigenpairs(model, (x, y), k=2, loss=sparse_ce(), max_matvecs=0)
 
 
+def test_hessian_operator_from_tf_sharpest_hessian_is_deprecated_and_the_same_class():
+    import tf_sharpest.hessian
+    from tf_sharpest.operators import HessianOperator
+
+    with pytest.warns(DeprecationWarning, match="write `from tf_sharpest.operators import HessianOperator` instead"):
+        from tf_sharpest.hessian import HessianOperator as old
+    assert old is HessianOperator
+    with pytest.warns(DeprecationWarning, match="removed in tf_sharpest 0.3"):
+        assert tf_sharpest.hessian.HessianOperator is HessianOperator
+    with pytest.raises(AttributeError, match="no attribute 'LanczosOperator'"):
+        tf_sharpest.hessian.LanczosOperator  # noqa: B018
+
+
 class RecordingProgbar(keras.utils.Progbar):
     """The real bar (so its output is checked too), recording what the solver gives it."""
 

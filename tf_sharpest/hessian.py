@@ -4,21 +4,22 @@ The public entry points: :func:`top_eigenpairs` (a curvature operator solved
 by Lanczos in one call), whose home is this module, and
 :class:`~tf_sharpest.operators.HessianOperator` (Hessian-vector products).
 Each public name has one home: ``HessianOperator`` lives in
-:mod:`tf_sharpest.operators` and ``EigenResult`` in :mod:`tf_sharpest.linalg`;
-``tf_sharpest.hessian.HessianOperator`` stays importable as the documented
-entry point it has been, the same class.
+:mod:`tf_sharpest.operators` and ``EigenResult`` in :mod:`tf_sharpest.linalg`.
+``tf_sharpest.hessian.HessianOperator``, the entry point it had before, still
+gives the same class until 0.3, with a ``DeprecationWarning`` naming its home.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import keras
 
 from tf_sharpest.linalg import _options
 from tf_sharpest.linalg.lanczos import lanczos
 from tf_sharpest.linalg.result import EigenResult
-from tf_sharpest.operators import HessianOperator  # noqa: F401  (kept importable from here; home: operators)
 from tf_sharpest.operators.factory import curvature_operator
-from tf_sharpest.utils._deprecation import renamed_argument
+from tf_sharpest.utils._deprecation import REMOVED_IN, renamed_argument
 
 __all__ = ["top_eigenpairs"]
 
@@ -62,3 +63,15 @@ def top_eigenpairs(model: keras.Model, data, k: int = 5, *, curvature: str = "he
                                   variables=variables)
     return lanczos(operator, k=k, which=which, tol=tol, max_matvecs=max_matvecs, seed=seed,
                    initial_vectors=initial_vectors, verbose=verbose)
+
+
+def __getattr__(name: str):
+    # PEP 562: the old import path of HessianOperator works for one more release, and says where it lives now.
+    if name == "HessianOperator":
+        from tf_sharpest.operators import HessianOperator
+
+        warnings.warn(f"tf_sharpest.hessian.HessianOperator is deprecated and will be removed in tf_sharpest "
+                      f"{REMOVED_IN}; write `from tf_sharpest.operators import HessianOperator` instead.",
+                      DeprecationWarning, stacklevel=2)
+        return HessianOperator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
