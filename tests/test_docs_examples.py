@@ -377,21 +377,312 @@ def test_docstring_example_runs(example_id, module, code, request, tmp_path, mon
     run_example(code, namespace, example_id)
 
 
+# ------------------------------------------------------------------------------------------- page results
+#
+# A docs page runs as a reader runs it: the quickstart of docs/index.md first (the model, x_train and y_train the
+# guides go on with: NSGD with top_k=5), then the page's blocks in order in one namespace. After a block, its
+# results are checked against references computed here without tf_sharpest (a Hessian-vector product by
+# GradientTape twice, eigenvalues by SciPy's ARPACK) or against the values the page states.
+
+QUICKSTART_PAGE = "index.md"
+
+
+def reference_hvp(model, x, y, variables=None):
+    """``v -> H v`` of the model's mean compiled loss on ``(x, y)`` (over ``variables``, all trainable ones by
+    default), written with GradientTape alone (float64 out)."""
+    import tensorflow as tf
+
+    variables = list(variables or model.trainable_variables)
+    shapes = [tuple(v.shape) for v in variables]
+    sizes = [int(np.prod(shape)) for shape in shapes]
+    loss_fn = model.loss
+
+    @tf.function
+    def product(flat):
+        parts = [tf.reshape(part, shape) for part, shape in zip(tf.split(flat, sizes), shapes)]
+        with tf.GradientTape() as outer:
+            with tf.GradientTape() as inner:
+                loss = loss_fn(y, model(x, training=False)) + tf.add_n([0.0] + list(model.losses))
+            grads = inner.gradient(loss, variables)
+            directional = tf.add_n([tf.reduce_sum(g * p) for g, p in zip(grads, parts)])
+        return tf.concat([tf.reshape(h, [-1]) for h in outer.gradient(directional, variables)], axis=0)
+
+    return lambda v: product(tf.constant(np.asarray(v, dtype="float32").ravel())).numpy().astype("float64")
+
+
+def reference_top_eigenvalues(model, x, y, k, variables=None):
+    """The ``k`` largest Hessian eigenvalues by ARPACK on :func:`reference_hvp`, descending."""
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    dim = sum(int(np.prod(v.shape)) for v in (variables or model.trainable_variables))
+    operator = LinearOperator((dim, dim), matvec=reference_hvp(model, x, y, variables), dtype="float64")
+    return np.sort(eigsh(operator, k=k, which="LA", tol=1e-6, v0=np.ones(dim))[0])[::-1]
+
+
+def assert_logged_like_measured(history, callback, key="lambda_1"):
+    """``History`` holds, for each epoch, the first eigenvalue measured at that epoch's start."""
+    measured = [m.eigenvalues[0] for m in callback.history]
+    np.testing.assert_allclose(history.history[key], measured[: len(history.history[key])], rtol=1e-6)
+
+
+def check_index_quickstart(ns):
+    assert_logged_like_measured(ns["history"], ns["lanczos"])
+    assert len(ns["lanczos"].history) == 3  # the start of both epochs and after training
+
+
+def check_index_eigenpairs(ns):
+    model, result = ns["model"], ns["result"]
+    x, y = ns["x_train"][:512], ns["y_train"][:512]
+    np.testing.assert_allclose(result.eigenvalues, reference_top_eigenvalues(model, x, y, 5), rtol=2e-3)
+    hvp = reference_hvp(model, x, y)
+    vectors = np.asarray(result.eigenvectors, "float64")
+    np.testing.assert_allclose(vectors.T @ vectors, np.eye(5), atol=1e-4)
+    for value, vector in zip(result.eigenvalues, vectors.T):
+        assert np.linalg.norm(hvp(vector) - value * vector) < 1e-2 * abs(result.eigenvalues[0])
+
+
+def check_index_layout(ns):
+    model, first, layout = ns["model"], ns["first"], ns["layout"]
+    assert layout.dim == model.count_params() == ns["result"].eigenvectors.shape[0]
+    assert [tuple(p.shape) for p in first] == [tuple(v.shape) for v in model.trainable_variables]
+    np.testing.assert_array_equal(np.concatenate([np.ravel(p) for p in first]), ns["result"].eigenvectors[:, 0])
+
+
+def check_callback_lanczos(ns):
+    assert_logged_like_measured(ns["history"], ns["lanczos"])
+    # num_samples=256 is more than the 120 images here, so the sample is all of x_train: the measurement after
+    # training is the top-K of the Hessian on x_train at the final weights.
+    final = ns["lanczos"].history[-1].eigenvalues
+    np.testing.assert_allclose(final, reference_top_eigenvalues(ns["model"], ns["x_train"], ns["y_train"],
+                                                                len(final)), rtol=1e-2)
+    if hasattr(ns.get("logits"), "history"):  # the block of the last layer, under its own prefix
+        assert_logged_like_measured(ns["history"], ns["logits"], key="logits_lambda_1")
+        block = ns["logits"].history[-1].eigenvalues
+        variables = ns["model"].get_layer("logits").trainable_variables
+        np.testing.assert_allclose(block, reference_top_eigenvalues(ns["model"], ns["x_train"], ns["y_train"],
+                                                                    len(block), variables), rtol=1e-2)
+
+
+def check_callback_saved(ns):
+    saved = ns["saved"]
+    assert len(saved) == len(ns["lanczos"].history)
+    for read, kept in zip(saved, ns["lanczos"].history):
+        np.testing.assert_allclose(read.eigenvalues, kept.eigenvalues, rtol=1e-6)
+
+
+def check_nsgd_training(ns):
+    assert_logged_like_measured(ns["history"], ns["lanczos"])
+    ratios = np.asarray(ns["history"].history["nsgd_alpha_ratio_1"])
+    assert np.all((ratios >= 0) & (ratios <= 1))  # |e1 . g| / ||g|| of a unit e1
+
+
+def check_nsgd_by_hand(ns):
+    optimizer = ns["optimizer"]
+    assert optimizer.gamma == pytest.approx(0.1)  # the schedule's value from the second epoch on
+    assert not optimizer.has_directions  # clear_directions()
+
+
+def check_nsgd_saved(ns):
+    assert type(ns["restored"].optimizer).__name__ == "NSGD"
+    assert ns["restored"].optimizer.gamma == pytest.approx(ns["model"].optimizer.gamma)
+
+
+def check_eigenvalues_first(ns):
+    np.testing.assert_allclose(ns["result"].eigenvalues,
+                               reference_top_eigenvalues(ns["model"], ns["x"], ns["y"], 5), rtol=2e-3)
+
+
+def check_eigenvalues_small_operators(ns):
+    from tf_sharpest.linalg import lanczos
+
+    np.testing.assert_allclose(lanczos(ns["matrix"], k=2).eigenvalues, [10.0, 9.0], rtol=1e-5)  # as stated
+
+
+def check_spectrum_matrix_trace(ns):
+    matrix = ns["matrix"]
+    exact = float(np.sum(1.0 / np.arange(1, 201) ** 2))  # the stated eigenvalues 1, 1/4, 1/9, ...
+    assert np.trace(matrix) == pytest.approx(exact, rel=1e-9)
+    assert ns["trace"](matrix, method="exact").value == pytest.approx(exact, rel=1e-5)
+
+
+def check_experiments_loss_along(ns):
+    import tensorflow as tf
+
+    model, x, y = ns["model"], ns["x"], ns["y"]
+    own = float(model.loss(y, model(x, training=False)) + tf.add_n([0.0] + list(model.losses)))
+    values = np.asarray(ns["loss_along"](ns["objective"], ns["pairs"].eigenvectors[:, 0], [-0.5, 0.0, 0.5]))
+    assert values[1] == pytest.approx(own, rel=1e-5)  # at offset 0: the loss at the weights, which are restored
+    assert float(model.loss(y, model(x, training=False))) == pytest.approx(own, rel=1e-6)
+
+
+def check_distributed(ns):
+    np.testing.assert_allclose(ns["lanczos"](ns["hessian"], k=2).eigenvalues,
+                               reference_top_eigenvalues(ns["model"], ns["x"], ns["y"], 2), rtol=2e-3)
+
+
+#: (page, 0-based block) -> the check run right after that block.
+PAGE_CHECKS = {
+    ("index.md", 0): check_index_quickstart,
+    ("index.md", 1): check_index_eigenpairs,
+    ("index.md", 2): check_index_layout,
+    ("callback.md", 0): check_callback_lanczos,
+    ("callback.md", 1): check_callback_saved,
+    ("nsgd.md", 0): check_nsgd_training,
+    ("nsgd.md", 1): check_nsgd_by_hand,
+    ("nsgd.md", 2): check_nsgd_saved,
+    ("eigenvalues.md", 0): check_eigenvalues_first,
+    ("eigenvalues.md", 7): check_eigenvalues_small_operators,
+    ("spectrum.md", 1): check_spectrum_matrix_trace,
+    ("experiments.md", 0): check_experiments_loss_along,
+    ("distributed.md", 0): check_distributed,
+}
+
+
+def run_page(page, blocks, namespace, shared, checks=True):
+    for index, (line, code) in enumerate(blocks):
+        for name in sorted(free_names(code)):
+            if name not in namespace and name in shared:
+                namespace[name] = shared[name]
+        run_example(code, namespace, f"{page}:{line}")
+        check = PAGE_CHECKS.get((os.path.basename(page), index)) if checks else None
+        if check is not None:
+            try:
+                check(namespace)
+            except AssertionError as error:
+                raise AssertionError(f"The example {page}:{line} ran, but its result is wrong: {error}") from error
+
+
+def page_blocks(path):
+    with open(path, encoding="utf-8") as handle:
+        return code_blocks(handle.read())
+
+
 @pytest.mark.parametrize("page", [_param(page, page) for page in docs_pages()])
-def test_docs_page_examples_run(page, request, tmp_path, monkeypatch, small_fashion_mnist):
+def test_docs_page_examples_run_and_check_their_results(page, request, tmp_path, monkeypatch, small_fashion_mnist):
     import keras
 
     monkeypatch.chdir(tmp_path)
     keras.utils.set_random_seed(0)
-    with open(os.path.join(DOCS, page), encoding="utf-8") as handle:
-        blocks = code_blocks(handle.read())
     shared = Namespace(request, tmp_path)
     namespace = {"__name__": "__docs__"}
-    for line, code in blocks:
-        for name in sorted(free_names(code)):
-            if name not in namespace and name in shared:
-                namespace[name] = shared[name]
-        run_example(code, namespace, f"docs/{page}:{line}")
+    if page != QUICKSTART_PAGE:  # a guide goes on from the quickstart's model and data, as its reader does
+        namespace.update(after_the_quickstart(request, tmp_path))
+    run_page(f"docs/{page}", page_blocks(os.path.join(DOCS, page)), namespace, shared)
+
+
+_QUICKSTART = {}
+
+
+def after_the_quickstart(request, tmp_path) -> dict:
+    """The names a reader has after the quickstart of docs/index.md, which runs once per session: its data, and
+    a copy of its trained model (same weights, compiled again with the same NSGD configuration and loss)."""
+    import keras
+
+    if not _QUICKSTART:
+        namespace = {"__name__": "__docs__"}
+        run_page(f"docs/{QUICKSTART_PAGE}", page_blocks(os.path.join(DOCS, QUICKSTART_PAGE))[:1], namespace,
+                 Namespace(request, tmp_path), checks=False)
+        _QUICKSTART.update(namespace)
+    trained = _QUICKSTART["model"]
+    model = keras.models.clone_model(trained)
+    model.set_weights(trained.get_weights())
+    model.compile(optimizer=type(trained.optimizer).from_config(trained.optimizer.get_config()),
+                  loss=trained.loss, metrics=["accuracy"])
+    return {**{k: v for k, v in _QUICKSTART.items() if k not in ("history", "lanczos")}, "model": model}
+
+
+def test_every_page_has_its_results_checked():
+    """A page with examples and no check would only be run (issue 26: the docs examples assert their results)."""
+    unchecked = [page for page in docs_pages() if not any(key[0] == page for key in PAGE_CHECKS)]
+    assert not unchecked, f"add a PAGE_CHECKS entry for {unchecked}"
+    for (page, index), _ in PAGE_CHECKS.items():
+        assert index < len(page_blocks(os.path.join(DOCS, page))), (page, index)
+
+
+def test_readme_quickstart_runs_and_checks_its_results(request, tmp_path, monkeypatch, small_fashion_mnist):
+    import keras
+
+    monkeypatch.chdir(tmp_path)
+    keras.utils.set_random_seed(0)
+    namespace = {"__name__": "__docs__"}
+    blocks = page_blocks(os.path.join(ROOT, "README.md"))
+    quickstart = [block for block in blocks if "LanczosCallback(" in block[1]][:1]
+    assert quickstart, "README.md has no quickstart block"
+    run_page("README.md", quickstart, namespace, Namespace(request, tmp_path), checks=False)
+    assert_logged_like_measured(namespace["history"], namespace["lanczos"])
+    x, y = namespace["x_train"][:512], namespace["y_train"][:512]
+    np.testing.assert_allclose(namespace["result"].eigenvalues,
+                               reference_top_eigenvalues(namespace["model"], x, y, 5), rtol=2e-3)
+
+
+def test_readme_quickstart_is_small_or_says_what_it_costs():
+    """Issue 22: the README quickstart trained on all 45,000 images with a 2,250-example measurement (520 s an
+    epoch, 180 s for the first measurement, nothing on screen) and said nothing about it. Its code now trains on
+    a slice of at most 5,000 images, measures at most 1,024 examples, and the text gives the full scale's cost."""
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    quickstart = next(code for _, code in code_blocks(text) if "LanczosCallback(" in code)
+    tree = ast.parse(quickstart)
+    slices = [node.slice.upper.value for node in ast.walk(tree)
+              if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Slice)
+              and isinstance(node.slice.upper, ast.Constant)]
+    assert slices and max(slices) <= 5000, slices
+    fits = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute) and node.func.attr == "fit"]
+    assert fits and all(not (isinstance(fit.args[0], ast.Attribute) and fit.args[0].attr == "x_train")
+                        for fit in fits), "the quickstart fits the whole training split"
+    samples = [kw.value.value for node in ast.walk(tree) if isinstance(node, ast.Call)
+               for kw in node.keywords if kw.arg == "num_samples"]
+    assert samples and max(samples) <= 1024, samples
+    assert "one epoch took 520 s" in " ".join(text.split())
+
+
+# ------------------------------------------------------------------------------------------- the demo's figures
+
+DEMO_FIGURES = os.path.join(ROOT, "examples", "demo_figures.json")
+#: The pages that quote the demo's figures.
+DEMO_PAGES = ("README.md", "docs/index.md", "docs/nsgd.md")
+
+
+def demo_quotes(text):
+    """The demo's figures quoted in ``text`` (its paragraphs that speak of the demo): λ1 of NSGD and SGD, test
+    accuracies, seconds."""
+    paragraphs = [p for p in re.split(r"\n\s*\n", text) if "fashion_mnist_demo" in p or "The main job" in p]
+    flat = " ".join(" ".join(paragraphs).split())
+    found = {}
+    for nsgd, sgd in re.findall(r"λ1 ≈ (\d+(?:\.\d+)?) for NSGD against ≈ (\d+(?:\.\d+)?) for SGD", flat):
+        found.setdefault("lambda_1_nsgd", set()).add(float(nsgd))
+        found.setdefault("lambda_1_sgd", set()).add(float(sgd))
+    for nsgd, sgd in re.findall(r"test accuracy[^0-9]{0,12}(0\.\d+) against (0\.\d+)", flat):
+        found.setdefault("test_accuracy_nsgd", set()).add(float(nsgd))
+        found.setdefault("test_accuracy_sgd", set()).add(float(sgd))
+    for seconds in re.findall(r"(?:took|Measured here:) (\d+) s\b", flat):
+        found.setdefault("seconds", set()).add(float(seconds))
+    for seconds in re.findall(r"\((\d+) s on a quiet machine before the density", flat):
+        found.setdefault("seconds_quiet_before_density", set()).add(float(seconds))
+    return found
+
+
+def test_the_demos_figures_are_quoted_alike_everywhere():
+    """Issue 22: docs/index.md and docs/nsgd.md quoted 237 s, λ1 ≈ 101 and 0.781 while the README said 103 and
+    0.794. Every quote must be the figure in examples/demo_figures.json."""
+    import json
+
+    figures = json.load(open(DEMO_FIGURES, encoding="utf-8"))
+    wrong, quoted = [], set()
+    for page in DEMO_PAGES:
+        for key, values in demo_quotes(open(os.path.join(ROOT, page), encoding="utf-8").read()).items():
+            quoted.add(key)
+            wrong += [f"{page}: {key} = {value:g}, not {figures[key]}" for value in values if value != figures[key]]
+    assert not wrong, "\n".join(wrong)
+    assert {"lambda_1_nsgd", "lambda_1_sgd", "test_accuracy_nsgd", "test_accuracy_sgd", "seconds"} <= quoted
+
+
+def test_the_figures_check_catches_an_old_quote():
+    old = ("`python examples/fashion_mnist_demo.py` is the larger version. On 2 CPU cores it took 237 s and "
+           "ended with λ1 ≈ 101 for NSGD against ≈ 40 for SGD: ... reached a "
+           "higher test accuracy (0.781 against 0.752).")
+    assert demo_quotes(old) == {"lambda_1_nsgd": {101.0}, "lambda_1_sgd": {40.0}, "test_accuracy_nsgd": {0.781},
+                                "test_accuracy_sgd": {0.752}, "seconds": {237.0}}
 
 
 def test_examples_are_found():
