@@ -16,6 +16,7 @@ import numpy as np
 
 from tf_sharpest import data, models
 from tf_sharpest.callbacks import LanczosCallback
+from tf_sharpest.linalg import LanczosSolver
 
 from _common import machine, markdown_table, median
 
@@ -37,9 +38,10 @@ def main():
     keras.utils.set_random_seed(0)
     model = models.simple_cnn("root", input_shape=x.shape[1:], n_filters=args.n_filters)
     model.compile(optimizer=keras.optimizers.SGD(args.lr), loss=models.default_loss(), metrics=["accuracy"])
-    common = dict(top_k=args.top_k, num_samples=args.num_samples, batch_size=256, tol=args.tol, seed=1)
-    warm = LanczosCallback((x, y), warm_start=True, log_prefix="warm_", **common)
-    cold = LanczosCallback((x, y), warm_start=False, log_prefix="cold_", **common)
+    common = dict(top_k=args.top_k, num_samples=args.num_samples, batch_size=256, seed=1)
+    warm = LanczosCallback((x, y), solver=LanczosSolver(tol=args.tol), log_prefix="warm_", **common)
+    cold = LanczosCallback((x, y), solver=LanczosSolver(tol=args.tol, warm_start=False), log_prefix="cold_",
+                           **common)
     model.fit(x, y, batch_size=128, epochs=args.epochs, verbose=2, callbacks=[warm, cold])
 
     rows = []

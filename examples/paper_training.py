@@ -343,6 +343,7 @@ def run(argv, family: str) -> dict:
 
     from tf_sharpest import data, models
     from tf_sharpest.callbacks import LanczosCallback
+    from tf_sharpest.linalg import LanczosSolver
     from tf_sharpest.utils import atomic_path
 
     from epoch_backup import EpochBackup, finished_epochs, restore_backup, training_finished
@@ -409,7 +410,8 @@ def run(argv, family: str) -> dict:
                         if FLAGS.augmentation else (x_train, y_train))
         callbacks.append(LanczosCallback(lanczos_data, top_k=FLAGS.lanczos_top_K,
                                          num_samples=FLAGS.lanczos_top_K_N, batch_size=FLAGS.lanczos_batch_size,
-                                         tol=FLAGS.lanczos_tol, seed=FLAGS.seed, save_dir=save_dir,
+                                         solver=LanczosSolver(tol=FLAGS.lanczos_tol), seed=FLAGS.seed,
+                                         save_dir=save_dir,
                                          verbose=1 if FLAGS.verbose == 1 else 0))
     if reduce_callback is not None:
         callbacks.append(reduce_callback)

@@ -31,6 +31,7 @@ from experiments.scale import Scale  # noqa: E402
 from tf_sharpest import data as tfs_data  # noqa: E402
 from tf_sharpest import models  # noqa: E402
 from tf_sharpest.callbacks import LanczosCallback  # noqa: E402
+from tf_sharpest.linalg import LanczosSolver  # noqa: E402
 from tf_sharpest.optimizers import NSGD  # noqa: E402
 from tf_sharpest.utils import atomic_path  # noqa: E402
 
@@ -110,7 +111,8 @@ def train_run(out_dir: str, scale: Scale, *, lr: float, batch_size: int = 128, g
     measuring = []
     if measure:
         measuring.append(LanczosCallback((x, y), top_k=top_k, num_samples=min(scale.num_samples, len(x)),
-                                         batch_size=scale.lanczos_batch_size, tol=scale.tol, seed=seed,
+                                         batch_size=scale.lanczos_batch_size, solver=LanczosSolver(tol=scale.tol),
+                                         seed=seed,
                                          save_dir=out_dir))
     tracker = HeldOutAccuracyAndDistance(tfs_data.eval_dataset(*test))
     start = time.perf_counter()
