@@ -28,12 +28,15 @@ class LinearOperator(abc.ABC):
     Example:
 
     ```python
+    import scipy.sparse.linalg
+
     hessian = HessianOperator(model, (x, y))
     ggn = GGNOperator(model, (x, y))
-    residual = hessian - ggn                 # lazy: products of both, subtracted
-    damped = ggn + 1e-3 * MatrixOperator(np.eye(ggn.dim))
-    scipy.sparse.linalg.eigsh(hessian.to_scipy(), k=3)
-    tf.linalg.experimental.conjugate_gradient(damped.to_tf(), rhs)
+    residual = hessian - ggn                 # lazy: each product is both operators' products, subtracted
+    damped = ggn + 1e-3 * MatrixOperator(np.eye(ggn.dim, dtype="float32"))
+    top = scipy.sparse.linalg.eigsh(hessian.to_scipy(), k=3, which="LA", return_eigenvectors=False)
+    rhs = tf.ones([ggn.dim])
+    solution = tf.linalg.experimental.conjugate_gradient(damped.to_tf(is_positive_definite=True), rhs, max_iter=20).x
     ```
     """
 
@@ -128,8 +131,10 @@ class LinearOperator(abc.ABC):
 
         ```python
         import scipy.sparse.linalg
+
         values, vectors = scipy.sparse.linalg.eigsh(hessian.to_scipy(), k=3, which="LA")
-        solution, info = scipy.sparse.linalg.cg(damped_ggn.to_scipy(), gradient)
+        damped = GGNOperator(model, (x, y)) + 0.1 * MatrixOperator(np.eye(hessian.dim, dtype="float32"))
+        solution, info = scipy.sparse.linalg.cg(damped.to_scipy(), np.ones(hessian.dim, "float32"), maxiter=20)
         ```
         """
         from tf_sharpest.operators._scipy import as_scipy_operator
@@ -152,8 +157,10 @@ class LinearOperator(abc.ABC):
         Example:
 
         ```python
-        damped = ggn + 0.1 * MatrixOperator(np.eye(ggn.dim))
-        solution = tf.linalg.experimental.conjugate_gradient(damped.to_tf(is_positive_definite=True), rhs).x
+        ggn = GGNOperator(model, (x, y))
+        damped = ggn + 0.1 * MatrixOperator(np.eye(ggn.dim, dtype="float32"))
+        tf_operator = damped.to_tf(is_positive_definite=True)
+        solution = tf.linalg.experimental.conjugate_gradient(tf_operator, tf.ones([ggn.dim]), max_iter=20).x
         ```
         """
         from tf_sharpest.operators._tf_operator import TFLinearOperator

@@ -69,7 +69,16 @@ class CurvatureOperator(LinearOperator):
     Attributes:
       objective: the :class:`EmpiricalLoss` on the same sample and variables.
       layout: the :class:`~tf_sharpest.utils.FlatLayout` of the flat vectors.
-      num_traces: how often the per-batch graph has been traced (tests use it).
+
+    Example:
+
+    ```python
+    hessian = HessianOperator(model, (x, y), batch_size=32)   # a CurvatureOperator
+    hv = hessian.matvec(v)                                     # one product, summed over the sample's batches
+    block = hessian.matmat(tf.stack([v, 2 * v], axis=1))      # [dim, 2]: one forward pass per batch for both
+    hessian.set_data((x[:32], y[:32]))                         # a new sample, the same graphs
+    hessian.traced_functions["matvec"].experimental_get_tracing_count()  # 1
+    ```
     """
 
     def __init__(self, model: keras.Model, data, *, loss=None, batch_size: int | None = None,
