@@ -9,9 +9,9 @@ TensorFlow's linear operators (``to_scipy()``, ``to_tf()``).
 """
 
 from tf_sharpest.operators._combination import LinearCombination
+from tf_sharpest.operators._spec import Curvature
 from tf_sharpest.operators._tf_operator import TFLinearOperator
 from tf_sharpest.operators._traced import TracedFunctions
-from tf_sharpest.operators._spec import Curvature
 from tf_sharpest.operators.base import FunctionOperator, LinearOperator, MatrixOperator, as_operator
 from tf_sharpest.operators.blocks import resolve_variables
 from tf_sharpest.operators.curvature import CurvatureOperator
@@ -29,5 +29,5 @@ __all__ = ["LinearOperator", "MatrixOperator", "FunctionOperator", "as_operator"
            "EmpiricalLoss", "ModelLoss", "Sample", "HessianOperator", "GGNOperator", "EmpiricalFisherOperator",
            "OutputCurvatureOperator", "PreconditionedOperator", "optimizer_preconditioner", "resolve_variables",
            "CURVATURES", "curvature_operator"]
-__all__ += ["LinearCombination", "TFLinearOperator", "TracedFunctions"]
 __all__ += ["Curvature"]
+__all__ += ["LinearCombination", "TFLinearOperator", "TracedFunctions"]
