@@ -140,6 +140,7 @@ class LanczosCallback(MeasuringCallback):
     """
 
     _log_name = "lanczos"
+    _shared_on_copy = MeasuringCallback._shared_on_copy + ("_blocks",)  # they hold the model's layers
 
     def __init__(self, data, top_k: int = 5, num_samples: int = 2250, batch_size: int = 128, frequency="epoch",
                  resample: bool = True, seed: int | None = None, curvature="hessian",
