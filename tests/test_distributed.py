@@ -7,7 +7,7 @@ import pytest
 from tf_sharpest.hessian import top_eigenpairs
 from tf_sharpest.operators import CURVATURES, HessianOperator, Sample
 
-from references import classification_data, explicit_hessian, sparse_ce, tiny_cnn, twin_models
+from references import batchnorm_dropout_model, classification_data, explicit_hessian, sparse_ce, tiny_cnn, twin_models
 
 
 @pytest.mark.parametrize("name", sorted(CURVATURES))
@@ -79,15 +79,10 @@ def test_lanczos_callback_and_nsgd_in_a_mirrored_fit(mirrored_strategy):
 
 
 def batchnorm_model():
-    """A float64 MLP with BatchNormalization (no dropout: one device and the replicas see the same function)."""
-    keras.utils.set_random_seed(3)
-    return keras.Sequential([
-        keras.Input((5,), dtype="float64"),
-        keras.layers.Dense(6, dtype="float64"),
-        keras.layers.BatchNormalization(dtype="float64"),
-        keras.layers.Activation("tanh", dtype="float64"),
-        keras.layers.Dense(3, dtype="float64"),
-    ])
+    """The float64 BatchNormalization MLP without dropout (one device and the replicas see the same function)."""
+    model = batchnorm_dropout_model()
+    model.layers[3].rate = 0.0
+    return model
 
 
 @pytest.mark.parametrize("name", sorted(CURVATURES))
