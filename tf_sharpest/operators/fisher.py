@@ -21,7 +21,9 @@ class EmpiricalFisherOperator(OutputCurvatureOperator):
     ``F v = (1/N) sum_i w_i J_i^T r_i (r_i . J_i v)``: one forward pass with
     ``J v``, a per-example scalar product over the whole batch at once, and
     one backward pass. Its cost is that of a GGN product, whatever the
-    batch size, with the same result as vectorized per-example gradients.
+    batch size, with the same result as vectorized per-example gradients;
+    ``matmat`` shares each batch's forward pass among a block's columns, as
+    the GGN's does.
 
     The per-example losses come from the loss with its reduction turned off
     (a Keras loss object, or the model's single compiled loss) or from a

@@ -22,7 +22,9 @@ class GGNOperator(OutputCurvatureOperator):
 
     Each product is one forward pass with a forward-mode ``J v``, the
     output-space product, and one backward pass ``J^T u``: no Jacobian is
-    formed. ``H_L`` is taken by double backprop of the loss in ``y_pred``,
+    formed. ``matmat`` shares each batch's forward pass and one backward pass
+    among a block's columns (see :class:`OutputCurvatureOperator`).
+    ``H_L`` is taken by double backprop of the loss in ``y_pred``,
     which works for any Keras loss that autodiff can differentiate twice;
     softmax cross-entropy on logits (Keras's ``SparseCategoricalCrossentropy``
     or ``CategoricalCrossentropy`` with ``from_logits=True``) uses its closed
