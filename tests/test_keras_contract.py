@@ -87,7 +87,7 @@ _SEEN = []
 def test_final_gradients_hook_sees_unscaled_accumulated_clipped_gradients_once_per_step():
     """NSGD's one private hook: Keras's TF backend must route every final gradient through _all_reduce_sum_gradients."""
     try:
-        _Doubling.check_keras_calls_the_hook()
+        _Doubling._check_keras_calls_the_hook()
     except RuntimeError as error:
         _broken("Optimizer._all_reduce_sum_gradients (it no longer exists)", "NSGD", str(error))
     _SEEN.clear()
@@ -116,6 +116,16 @@ def test_final_gradients_hook_sees_unscaled_accumulated_clipped_gradients_once_p
             and np.allclose(b.numpy(), [[1.0, -2.5], [1.0, 1.0]], rtol=1e-6)):
         _broken("Optimizer._backend_update_step", "NSGD", "update_step did not use the gradients "
                 f"_all_reduce_sum_gradients returned (variables {a.numpy()}, {b.numpy()})")
+
+
+def test_an_optimizer_without_the_hook_is_refused_at_construction():
+    """If a Keras dropped _all_reduce_sum_gradients, NSGD would silently be SGD: it refuses to be built instead."""
+
+    class Elsewhere(_keras_compat.FinalGradientsHook, keras.layers.Layer):  # a base without the private method
+        pass
+
+    with pytest.raises(RuntimeError, match=rf"Keras {keras.__version__} has no Optimizer._all_reduce_sum_gradients"):
+        Elsewhere._check_keras_calls_the_hook()
 
 
 def test_final_gradients_hook_sees_the_sum_over_replicas(mirrored_strategy):

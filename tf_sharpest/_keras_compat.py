@@ -103,7 +103,7 @@ class FinalGradientsHook:
         return pairs
 
     @classmethod
-    def check_keras_calls_the_hook(cls) -> None:
+    def _check_keras_calls_the_hook(cls) -> None:
         """Raises a clear ``RuntimeError`` if this Keras has no ``_all_reduce_sum_gradients`` to override."""
         bases = [base for base in cls.__mro__[1:] if base is not FinalGradientsHook]
         if not any("_all_reduce_sum_gradients" in vars(base) for base in bases):

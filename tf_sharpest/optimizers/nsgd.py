@@ -154,7 +154,7 @@ class NSGD(_keras_compat.FinalGradientsHook, keras.optimizers.SGD, DirectionCons
                  top_k: int = 5, nudge: str = "velocity", name: str | None = None, **kwargs):
         if keras.backend.backend() != "tensorflow":
             raise ValueError(f"NSGD needs Keras's TensorFlow backend, not {keras.backend.backend()!r}.")
-        self.check_keras_calls_the_hook()
+        self._check_keras_calls_the_hook()
         if not _is_real(momentum) or not 0 <= momentum <= 1:
             raise ValueError(f"momentum must be a float in [0, 1], got {momentum!r}.")
         if not _is_integer(top_k) or top_k < 1:
