@@ -58,9 +58,8 @@ def as_curvature(owner: str, curvature, legacy: dict) -> Curvature:
     if isinstance(curvature, str):
         spec = Curvature(curvature, **old)
         for name, value in old.items():
-            shown = f"Curvature({curvature!r}, {name}={value!r})" if not isinstance(value, (keras.layers.Layer,
-                                                                                            list, tuple)) \
-                else f"Curvature({curvature!r}, {name}=...)"
+            simple = value is None or isinstance(value, (bool, int, float, str))
+            shown = f"Curvature({curvature!r}, {name}={repr(value) if simple else '...'})"
             deprecated(owner, name, f"curvature={shown} (tf_sharpest.operators.Curvature)")
         return spec
     if old:
