@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 
@@ -10,16 +9,19 @@ import numpy as np
 import tensorflow as tf
 
 from tf_sharpest._keras_compat import unwrap_optimizer
+from tf_sharpest.callbacks._legacy import (
+    CURVATURE_KEYWORDS,
+    OTHER_KEYWORDS,
+    SOLVER_KEYWORDS,
+    as_curvature,
+    legacy_blocks,
+    legacy_sharpness,
+    legacy_solver,
+)
 from tf_sharpest.callbacks.batch_sharpness_callback import KEYS as SHARPNESS_KEYS
 from tf_sharpest.callbacks.batch_sharpness_callback import meter_for
 from tf_sharpest.callbacks.measurement_log import Measurement
-from tf_sharpest.callbacks.measuring_callback import (
-    MEASUREMENT_ERRORS,
-    MeasuringCallback,
-    as_curvature,
-    deprecated,
-    describe_error,
-)
+from tf_sharpest.callbacks.measuring_callback import MEASUREMENT_ERRORS, MeasuringCallback, describe_error
 from tf_sharpest.linalg._solvers import LanczosSolver, LOBPCGSolver, relative_residual
 from tf_sharpest.operators._spec import Curvature
 from tf_sharpest.operators.preconditioned import PreconditionedOperator
@@ -28,11 +30,6 @@ from tf_sharpest.utils.checks import positive_int
 from tf_sharpest.utils.files import atomic_path
 
 _OWNER = "LanczosCallback"
-# Keywords of the previous release, kept working (with a DeprecationWarning) until tf_sharpest 0.3.
-_SOLVER_KEYWORDS = ("tol", "max_iterations", "warm_start", "method")
-_CURVATURE_KEYWORDS = ("variables", "loss", "training", "preconditioned")
-_OTHER_KEYWORDS = ("blocks", "batch_sharpness", "batch_sharpness_batch_size", "batch_sharpness_num_batches")
-METHODS = ("auto", "lanczos", "lobpcg")
 
 
 class LanczosCallback(MeasuringCallback):
@@ -146,7 +143,7 @@ class LanczosCallback(MeasuringCallback):
                  resample: bool = True, seed: int | None = None, curvature="hessian",
                  solver: LanczosSolver | LOBPCGSolver | None = None, save_dir: str | None = None,
                  save_eigenvectors_every: int = 0, verbose="auto", log_prefix: str = "", **deprecated):
-        unknown = sorted(set(deprecated) - set(_SOLVER_KEYWORDS + _CURVATURE_KEYWORDS + _OTHER_KEYWORDS))
+        unknown = sorted(set(deprecated) - set(SOLVER_KEYWORDS + CURVATURE_KEYWORDS + OTHER_KEYWORDS))
         if unknown:
             raise TypeError(f"{_OWNER}() got an unexpected keyword argument {unknown[0]!r}.")
         super().__init__(data, num_samples, batch_size, frequency, resample, seed, save_dir, verbose, log_prefix)
@@ -156,11 +153,11 @@ class LanczosCallback(MeasuringCallback):
             raise ValueError(f"save_eigenvectors_every must be an integer >= 0, got {save_eigenvectors_every!r}.")
         self.save_eigenvectors_every = int(save_eigenvectors_every)
         self.curvature = as_curvature(_OWNER, curvature, deprecated)
-        self.solver = _solver(solver, deprecated)
+        self.solver = legacy_solver(solver, deprecated)
         if not isinstance(self.solver, (LanczosSolver, LOBPCGSolver)):
             raise ValueError(f"solver must be a tf_sharpest.linalg.LanczosSolver or LOBPCGSolver, got {solver!r}.")
-        self._blocks = _blocks(deprecated.pop("blocks", None), self.curvature)
-        self._sharpness = _sharpness_options(deprecated)
+        self._blocks = legacy_blocks(deprecated.pop("blocks", None), self.curvature)
+        self._sharpness = legacy_sharpness(deprecated)
         #: The latest :class:`~tf_sharpest.analysis.BatchSharpness` (deprecated ``batch_sharpness=True`` only).
         self.batch_sharpness_result = None
         self._sharpness_meter = None
@@ -350,56 +347,3 @@ class LanczosCallback(MeasuringCallback):
 def shape_text(shape) -> str:
     """A variable's shape as comma-separated text, e.g. ``"3,3,1,32"`` (``""`` for a scalar)."""
     return ",".join(str(int(d)) for d in shape)
-
-
-def _solver(solver, legacy: dict):
-    """``solver``, or the one the deprecated ``tol``/``max_iterations``/``warm_start``/``method`` describe."""
-    old = {name: legacy.pop(name) for name in _SOLVER_KEYWORDS if name in legacy}
-    if not old:
-        return LanczosSolver() if solver is None else solver
-    if solver is not None:
-        raise TypeError(f"{_OWNER}() got {', '.join(n + '=' for n in old)} beside solver=: give them to the "
-                        f"solver, e.g. solver={type(solver).__name__}(tol=..., max_matvecs=...).")
-    method = old.get("method", "auto")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}; write solver=LanczosSolver(...) or "
-                         "solver=LOBPCGSolver(...) (tf_sharpest.linalg).")
-    cls = LOBPCGSolver if method == "lobpcg" else LanczosSolver
-    options = {"tol": old.get("tol", 1e-3), "max_matvecs": old.get("max_iterations"),
-               "warm_start": old.get("warm_start", True)}
-    shown = ", ".join(f"{name}={options[name]!r}" for name, given in
-                      (("tol", "tol"), ("max_matvecs", "max_iterations"), ("warm_start", "warm_start"))
-                      if given in old)
-    for name in old:
-        deprecated(_OWNER, name, f"solver=tf_sharpest.linalg.{cls.__name__}({shown})")
-    return cls(**options)
-
-
-def _blocks(blocks, curvature) -> dict:
-    """The deprecated ``blocks={name: layer}`` as ``{name: Curvature(variables=layer)}``."""
-    if blocks is None:
-        return {}
-    if not isinstance(blocks, dict) or not all(isinstance(k, str) and k for k in blocks):
-        raise ValueError("blocks must be a dict {name: layer or variables}, with non-empty string names; better, "
-                         "add one LanczosCallback per block (see the DeprecationWarning).")
-    if not isinstance(curvature, Curvature):
-        raise TypeError("blocks= (deprecated) cannot be combined with a callable curvature=; add one "
-                        "LanczosCallback per block instead.")
-    deprecated(_OWNER, "blocks", "one more LanczosCallback per block: for name, layer in blocks.items(): "
-               "LanczosCallback(data, ..., curvature=tf_sharpest.operators.Curvature(variables=layer), "
-               "log_prefix=f\"{name}_\")")
-    return {name: dataclasses.replace(curvature, variables=block)
-            for name, block in blocks.items()}
-
-
-def _sharpness_options(legacy: dict) -> dict | None:
-    """The deprecated ``batch_sharpness*`` keywords, or None when batch sharpness is not measured here."""
-    given = [name for name in _OTHER_KEYWORDS[1:] if name in legacy]
-    enabled = bool(legacy.pop("batch_sharpness", False))
-    batch_size = positive_int("batch_sharpness_batch_size", legacy.pop("batch_sharpness_batch_size", None),
-                              allow_none=True)
-    num_batches = positive_int("batch_sharpness_num_batches", legacy.pop("batch_sharpness_num_batches", 8))
-    for name in given:
-        deprecated(_OWNER, name, "a callback of its own: tf_sharpest.callbacks.BatchSharpnessCallback(data, "
-                   f"batch_size={batch_size or 'the training batch size'}, num_batches={num_batches})")
-    return {"batch_size": batch_size, "num_batches": num_batches} if enabled else None

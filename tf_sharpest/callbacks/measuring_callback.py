@@ -28,7 +28,6 @@ from tf_sharpest.callbacks.sampling import SampleSource, shared_seed
 from tf_sharpest.operators._spec import Curvature
 from tf_sharpest.operators.sample import Sample
 from tf_sharpest.operators.strategy import is_chief
-from tf_sharpest.utils._deprecation import REMOVED_IN
 from tf_sharpest.utils.batches import even_batch_size, num_examples_of
 from tf_sharpest.utils.checks import positive_int
 
@@ -43,32 +42,6 @@ VERBOSE_CHOICES = ("auto", 0, 1, 2)
 # from being reused while the entry lives; a callback drops its claims at on_train_end, and at the start
 # of its next fit, so a fit that crashed before on_train_end never causes a false refusal later.
 _RUNNING: dict[int, tuple[dict, dict]] = {}
-
-
-def deprecated(owner: str, old: str, instead: str, stacklevel: int = 4) -> None:
-    """Warns that keyword ``old`` of ``owner`` is deprecated, saying what to write ``instead``."""
-    warnings.warn(f"{owner}(): {old}= is deprecated and will be removed in tf_sharpest {REMOVED_IN}; write "
-                  f"{instead} instead.", DeprecationWarning, stacklevel=stacklevel)
-
-
-def as_curvature(owner: str, curvature, legacy: dict) -> Curvature:
-    """``curvature`` as a :class:`Curvature` or callable, with the deprecated ``loss``/``training``/
-    ``variables``/``preconditioned`` keywords (in ``legacy``, popped) folded into it."""
-    old = {name: legacy.pop(name) for name in ("variables", "loss", "training", "preconditioned") if name in legacy}
-    if isinstance(curvature, str):
-        spec = Curvature(curvature, **old)
-        for name, value in old.items():
-            simple = value is None or isinstance(value, (bool, int, float, str))
-            shown = f"Curvature({curvature!r}, {name}={repr(value) if simple else '...'})"
-            deprecated(owner, name, f"curvature={shown} (tf_sharpest.operators.Curvature)")
-        return spec
-    if old:
-        raise TypeError(f"{owner}() got {', '.join(n + '=' for n in old)} beside curvature={curvature!r}: pass "
-                        "them to tf_sharpest.operators.Curvature(...) as curvature= instead.")
-    if isinstance(curvature, Curvature) or callable(curvature):
-        return curvature
-    raise ValueError(f"curvature must be 'hessian', 'ggn', 'empirical_fisher', a tf_sharpest.operators.Curvature "
-                     f"or a callable (model, sample) -> operator, got {curvature!r}.")
 
 
 class MeasuringCallback(keras.callbacks.Callback, metaclass=abc.ABCMeta):

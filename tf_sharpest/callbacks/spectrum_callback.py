@@ -10,14 +10,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_sharpest.callbacks._legacy import as_curvature, deprecated
 from tf_sharpest.callbacks.measurement_log import Measurement
-from tf_sharpest.callbacks.measuring_callback import (
-    MEASUREMENT_ERRORS,
-    MeasuringCallback,
-    as_curvature,
-    deprecated,
-    describe_error,
-)
+from tf_sharpest.callbacks.measuring_callback import MEASUREMENT_ERRORS, MeasuringCallback, describe_error
 from tf_sharpest.linalg.density import SpectralDensity, spectral_density
 from tf_sharpest.linalg.trace import MIN_MATVECS, TRACE_METHODS, trace
 from tf_sharpest.operators._spec import Curvature
