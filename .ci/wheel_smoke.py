@@ -93,7 +93,7 @@ def check_nsgd_step() -> None:
     rng = np.random.default_rng(2)
     directions, _ = np.linalg.qr(rng.standard_normal((d, 2)))  # orthonormal columns
     model.optimizer.build(model.trainable_variables)
-    model.optimizer.set_directions(directions.astype("float32"))
+    model.optimizer.set_directions(None, directions.astype("float32"))  # no eigenvalues: directions only
     model.fit(x, y, batch_size=n, epochs=1, shuffle=False, verbose=0)  # one step on the whole data
     xd, yd = x.astype("float64"), y.astype("float64")
     gradient = 2.0 * xd.T @ (xd @ w0 - yd) / n

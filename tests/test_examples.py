@@ -51,6 +51,16 @@ def check_logged_eigenvalues(save_dir, top_k):
     return eigenvalues
 
 
+#: TensorFlow's start-up lines, which the programs filter out of stderr (issue 22).
+START_UP_NOISE = ("All log messages before absl::InitializeLog()", "cudart_stub.cc", "cuda_platform.cc",
+                  "cpu_feature_guard", "failed call to cuInit")
+
+
+def assert_no_start_up_noise(stderr):
+    noise = [line for line in stderr.splitlines() if any(n in line for n in START_UP_NOISE)]
+    assert not noise, noise
+
+
 def markdown_rows(text, first_cell):
     """The cells of the markdown table rows in ``text`` that start with ``| first_cell |``."""
     return [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
@@ -60,11 +70,12 @@ def markdown_rows(text, first_cell):
 @pytest.mark.needs_fmnist
 def test_simple_cnn_fmnist_with_the_original_flags(tmp_path):
     save_dir = str(tmp_path / "gamma=01")
-    run_script("train_simple_cnn_cifar.py", "medium_fmnist", save_dir, "--dataset=fmnist", "--augmentation",
+    result = run_script("train_simple_cnn_cifar.py", "medium_fmnist", save_dir, "--dataset=fmnist", "--augmentation",
                "--n_epochs=2", "--opt_kwargs={'overshoot':0.1,'KK':2}", "--optim=nsgd", "--lr=0.01", "--m=0",
                "--seed=800", "--data_seed=800", "--reduce_callback",
                "--reduce_callback_kwargs={'monitor': 'val_loss', 'patience':200}", "--early_stopping",
                "--early_stopping_patience=500", "--n_examples=256", "--kernel_size=3", *TINY)
+    assert_no_start_up_noise(result.stderr)
     rows = history_rows(save_dir)
     assert [r["epoch"] for r in rows] == ["0", "1"]
     for row in rows:
@@ -250,6 +261,7 @@ def test_main_demo_at_tiny_scale(tmp_path, fmnist_dir):
     # The local files are read without asking TFDS first, and the demo says where its data came from.
     assert f"Data: Fashion-MNIST from files:{fmnist_dir}" in result.stdout
     assert "dataset_info.json" not in result.stderr and "Constructing tf.data.Dataset" not in result.stderr
+    assert_no_start_up_noise(result.stderr)
     assert os.path.getsize(tmp_path / "eigenvalues.png") > 10_000
     summary = json.load(open(tmp_path / "summary.json"))
     eigenvalues = {}
