@@ -515,6 +515,34 @@ def check_experiments_loss_along(ns):
     assert float(model.loss(y, model(x, training=False))) == pytest.approx(own, rel=1e-6)
 
 
+def reference_loss_along(model, x, y, direction, step):
+    """The compiled loss (with regularization) at ``weights + step * direction``, by assigning and restoring the
+    weights here, without tf_sharpest."""
+    import tensorflow as tf
+
+    variables = model.trainable_variables
+    saved = [v.numpy() for v in variables]
+    offset = 0
+    for variable, value in zip(variables, saved):
+        size = value.size
+        variable.assign(value + step * np.asarray(direction[offset:offset + size], value.dtype).reshape(value.shape))
+        offset += size
+    try:
+        return float(model.loss(y, model(x, training=False)) + tf.add_n([0.0] + list(model.losses)))
+    finally:
+        for variable, value in zip(variables, saved):
+            variable.assign(value)
+
+
+def check_landscape_slices(ns):
+    model, x, y, steps = ns["model"], ns["x"], ns["y"], ns["steps"]
+    line, plane, e1 = ns["line"], ns["plane"], ns["pairs"].eigenvectors[:, 0]
+    for index in (0, 5, 8):  # the ends, the weights themselves (step 0) and a step between
+        assert float(line.losses[index]) == pytest.approx(reference_loss_along(model, x, y, e1, steps[index]),
+                                                          rel=1e-4, abs=1e-6)
+    np.testing.assert_allclose(plane.losses[:, 5], line.losses, rtol=1e-5)  # axis 0 along e1, e2's step 0
+
+
 def check_distributed(ns):
     np.testing.assert_allclose(ns["lanczos"](ns["hessian"], k=2).eigenvalues,
                                reference_top_eigenvalues(ns["model"], ns["x"], ns["y"], 2), rtol=2e-3)
@@ -535,6 +563,7 @@ PAGE_CHECKS = {
     ("spectrum.md", 1): check_spectrum_matrix_trace,
     ("experiments.md", 0): check_experiments_loss_along,
     ("distributed.md", 0): check_distributed,
+    ("landscape.md", 0): check_landscape_slices,
 }
 
 
