@@ -167,6 +167,25 @@ def test_variable_index_follows_the_build_order():
                 "it no longer raises KeyError for a variable the optimizer was not built on")
 
 
+def test_saved_optimizer_state_is_keyed_by_position():
+    """NSGD loads files of earlier releases (one variable fewer) with load_optimizer_variables."""
+    variables = [keras.Variable(np.zeros(shape, "float32")) for shape in [(2,), (3, 1)]]
+    optimizer = keras.optimizers.SGD(momentum=0.9)
+    optimizer.apply([np.ones(2, "float32"), np.ones((3, 1), "float32")], variables)
+    store = {}
+    optimizer.save_own_variables(store)
+    expected = [str(i) for i in range(len(optimizer.variables))]
+    if sorted(store, key=int) != expected or not all(
+            np.array_equal(store[str(i)], v.numpy()) for i, v in enumerate(optimizer.variables)):
+        _broken("Optimizer.save_own_variables", "NSGD.load_own_variables",
+                f"it stored the keys {sorted(store)}, not optimizer.variables by position {expected}")
+    fresh = keras.optimizers.SGD(momentum=0.9)
+    fresh.build(variables)
+    _keras_compat.load_optimizer_variables(store, fresh.variables)
+    for mine, theirs in zip(fresh.variables, optimizer.variables):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+
+
 # -- losses under tf.distribute (ModelLoss) -------------------------------------------------------------
 
 

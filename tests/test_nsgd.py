@@ -1,5 +1,7 @@
 """Tests of tf_sharpest.optimizers.NSGD against Keras's SGD, NumPy versions of its rules, and Keras workflows."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -433,6 +435,35 @@ def test_save_load_round_trip_continues_identically(tmp_path, nudge):
     np.testing.assert_array_equal(flat(optimizer.momentums), flat(first.optimizer.momentums))
     train(loaded, 4, initial_epoch=2)
     np.testing.assert_allclose(flat(loaded.trainable_variables), flat(uninterrupted.trainable_variables), atol=1e-6)
+
+
+def test_a_file_saved_by_the_previous_nsgd_loads_its_whole_optimizer_state():
+    """Regression: files of the NSGD before it built on Keras's SGD lack the step's projections, so Keras skipped
+    the whole optimizer state (directions, velocities, step count) with a warning. The file was written by commit
+    81bc5c1's NSGD under Keras 3.8.0 (the oldest supported, so every supported Keras reads it) with the steps
+    below; this NSGD, taking the same steps, must hold the same state."""
+    import warnings
+
+    path = os.path.join(os.path.dirname(__file__), "data", "nsgd_velocity_before_keras_sgd.keras")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="Skipping variable loading")
+        loaded = keras.models.load_model(path)
+    keras.utils.set_random_seed(0)
+    reference = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    reference.compile(optimizer=NSGD(0.1, momentum=0.9, gamma=0.3, top_k=2), loss="mse")
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((16, 4)).astype("float32"), rng.standard_normal((16, 3)).astype("float32")
+    reference.optimizer.set_directions(
+        None, np.linalg.qr(np.random.default_rng(2).standard_normal((15, 2)))[0].astype("float32"))
+    reference.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    optimizer = loaded.optimizer
+    assert optimizer.has_directions and int(optimizer.iterations.numpy()) == 2 and optimizer.gamma == pytest.approx(0.3)
+    np.testing.assert_array_equal(optimizer.get_directions(), reference.optimizer.get_directions())
+    np.testing.assert_allclose(flat(optimizer.momentums), flat(reference.optimizer.momentums), atol=1e-6)
+    assert np.abs(flat(optimizer.momentums)).max() > 1e-2
+    for model in (loaded, reference):
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    np.testing.assert_allclose(flat(loaded.trainable_variables), flat(reference.trainable_variables), atol=1e-6)
 
 
 def test_config_round_trip():

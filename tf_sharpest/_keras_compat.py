@@ -9,6 +9,8 @@ What is relied on, and by whom:
 * :class:`FinalGradientsHook`: ``Optimizer._all_reduce_sum_gradients`` of the
   TensorFlow backend (NSGD);
 * :func:`variable_index`: ``Optimizer._get_variable_index`` (NSGD, ``optimizer_preconditioner``);
+* :func:`load_optimizer_variables`: the keys of ``Optimizer.save_own_variables`` (NSGD reads files of
+  earlier releases);
 * :func:`optimizer_slots`: the second-moment slot lists of Adam, AdamW, Nadam,
   Adamax, RMSprop and Adagrad (``optimizer_preconditioner``);
 * :func:`loss_divided_by_replicas` and :data:`ADDITIONAL_LOSSES_DIVIDED_BY_REPLICAS`:
@@ -23,7 +25,8 @@ from __future__ import annotations
 import keras
 
 __all__ = ["FinalGradientsHook", "ADDITIONAL_LOSSES_DIVIDED_BY_REPLICAS", "compiled_metrics_copy",
-           "loss_divided_by_replicas", "optimizer_slots", "unwrap_optimizer", "variable_index"]
+           "load_optimizer_variables", "loss_divided_by_replicas", "optimizer_slots", "unwrap_optimizer",
+           "variable_index"]
 
 
 def unwrap_optimizer(optimizer):
@@ -75,6 +78,16 @@ def optimizer_slots(optimizer, attribute: str):
     ``_accumulators`` (Adagrad).
     """
     return getattr(optimizer, attribute, None)
+
+
+def load_optimizer_variables(store, variables) -> None:
+    """Assigns a saved optimizer state to ``variables``, the first ``len(variables)`` of ``optimizer.variables``.
+
+    ``Optimizer.save_own_variables`` stores the i-th of ``optimizer.variables``
+    under the key ``str(i)``.
+    """
+    for i, variable in enumerate(variables):
+        variable.assign(store[str(i)])
 
 
 class FinalGradientsHook:

@@ -175,12 +175,13 @@ class NSGD(_keras_compat.FinalGradientsHook, keras.optimizers.SGD, DirectionCons
     def build(self, variables):
         if self.built:
             return
-        super().build(variables)  # Keras's SGD: its momentum slots
-        self.layout = FlatLayout.from_variables(variables)
-        self._nudge_dtype = _compute_dtype(variables)
+        # gamma and has_directions come first, as in the files of earlier releases (see load_own_variables).
         self._gamma = self.add_variable((), initializer=keras.initializers.Constant(self._initial_gamma),
                                         dtype="float32", name="gamma")
         self._has_directions = self.add_variable((), initializer="zeros", dtype="float32", name="has_directions")
+        super().build(variables)  # Keras's SGD: its momentum slots
+        self.layout = FlatLayout.from_variables(variables)
+        self._nudge_dtype = _compute_dtype(variables)
         # One [top_k, size] block of E^T per variable: E^T x is then top_k contiguous dot products per
         # variable, and E c a weighted sum of contiguous rows (both fast, also under XLA).
         self.directions = [self.add_variable((self.top_k, size), initializer="zeros", dtype=variable.dtype,
@@ -362,6 +363,17 @@ class NSGD(_keras_compat.FinalGradientsHook, keras.optimizers.SGD, DirectionCons
         self.assign_add(variable, _expand([block], coefficients, [variable])[0])
 
     # -- serialization -------------------------------------------------------------------
+    def load_own_variables(self, store) -> None:
+        """Restores a saved state; also one saved before NSGD kept the step's projections (velocity mode).
+
+        Those files hold every variable but the last, the projections, which
+        each step writes before it reads them.
+        """
+        if self.built and self.nudge == "velocity" and len(store.keys()) == len(self.variables) - 1:
+            _keras_compat.load_optimizer_variables(store, self.variables[:-1])
+            return
+        super().load_own_variables(store)
+
     def get_config(self) -> dict:
         config = super().get_config()
         config.update({"gamma": self.gamma, "top_k": self.top_k, "nudge": self.nudge})
