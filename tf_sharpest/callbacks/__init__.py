@@ -5,7 +5,7 @@ from tf_sharpest.callbacks.batch_sharpness_callback import BatchSharpnessCallbac
 from tf_sharpest.callbacks.lanczos_callback import LanczosCallback
 from tf_sharpest.callbacks.measurement_log import Measurement, MeasurementLog
 from tf_sharpest.callbacks.sampling import SampleSource
-from tf_sharpest.callbacks.spectrum_callback import SpectrumCallback
+from tf_sharpest.callbacks.spectrum_callback import SpectrumCallback, load_density
 
 __all__ = ["BatchSharpnessCallback", "LanczosCallback", "Measurement", "MeasurementLog", "SampleSource",
-           "SpectrumCallback", "LandscapeCallback"]
+           "SpectrumCallback", "LandscapeCallback", "load_density"]
