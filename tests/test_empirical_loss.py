@@ -41,3 +41,19 @@ def test_evaluate_follows_the_weights():
     assert abs(after - before) > 1e-3
     np.testing.assert_allclose(objective.evaluate(), after, rtol=1e-8)
     np.testing.assert_allclose(objective.value, before, rtol=1e-8)  # the value at construction is kept
+
+
+def test_loss_and_gradient_graphs_are_traced_once_across_samples():
+    model = tiny_cnn("float64")
+    x, y = classification_data((6, 6, 1), n=30, seed=7)
+    objective = EmpiricalLoss(model, (x[:13], y[:13]), loss=sparse_ce(), batch_size=5)  # 5, 5, 3
+    first = objective.gradient().numpy()
+    objective.set_data((x[13:], y[13:]))  # 5, 5, 5, 2: the same open signature
+    second = objective.gradient().numpy()
+    with tf.GradientTape() as tape:
+        reference = sparse_ce()(y[13:], model(x[13:])) + tf.add_n(model.losses)
+    expected = objective.layout.flatten(tape.gradient(reference, model.trainable_variables)).numpy()
+    np.testing.assert_allclose(second, expected, rtol=1e-10)
+    assert np.linalg.norm(first - second) > 1e-3 * np.linalg.norm(second)  # a new sample, a new gradient
+    counts = {name: f.experimental_get_tracing_count() for name, f in objective.traced_functions.items()}
+    assert counts == {"loss": 1, "gradient": 1}
