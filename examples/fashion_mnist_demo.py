@@ -7,7 +7,8 @@ per epoch for both runs) and writes a PNG of lambda_1..lambda_5 per epoch.
 After training, a SpectrumCallback estimates each run's Hessian trace and its
 spectral density by stochastic Lanczos quadrature (a few probes, on the same
 examples as the first Lanczos measurement), and density.png shows both
-densities on a log scale, as PyHessian plots them.
+densities on a log scale, as PyHessian plots them; landscape.png shows each
+run's loss along its final top eigenvector with the 2/eta parabola.
 
     python examples/fashion_mnist_demo.py                 # 5-8 minutes on 2 CPU cores
     python examples/fashion_mnist_demo.py --epochs 3 --n_examples 2000   # quicker
@@ -88,7 +89,43 @@ def train(name, optimizer, splits, x, y, args):
     test_accuracy = model.evaluate(data.eval_dataset(splits.x_test, splits.y_test), verbose=0)[1]
     return {"history": history.history, "test_accuracy": float(test_accuracy),
             "eigenvalues": np.array([m.eigenvalues for m in lanczos.history]),
-            "trace": spectrum.history[-1].values, "density": spectrum.density}
+            "trace": spectrum.history[-1].values, "density": spectrum.density,
+            "landscape": final_landscape(model, lanczos, x[: args.num_samples], y[: args.num_samples])}
+
+
+def final_landscape(model, lanczos, x, y):
+    """The loss along the final top eigenvector, out to where its quadratic model rises by 4 (None if unmeasured)."""
+    import numpy as np
+
+    from tf_sharpest.analysis import loss_landscape
+
+    top = lanczos.history[-1].eigenvalues[:1] if lanczos.history else []
+    if lanczos.eigenvectors is None or len(top) == 0 or not np.isfinite(top[0]):
+        return None
+    reach = 2.0 * np.sqrt(2.0 / max(float(top[0]), 1e-6))
+    return loss_landscape(model, (x, y), lanczos.eigenvectors[:, 0], steps=np.linspace(-reach, reach, 21),
+                          batch_size=256)
+
+
+def plot_landscapes(results, args, path):
+    """Each run's loss along its final e1, with the quadratic models of lambda_1 and of 2/eta."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tf_sharpest.analysis import plot_loss_lines
+
+    drawn = {name: r for name, r in results.items() if r["landscape"] is not None}
+    if not drawn:
+        return False
+    fig, axes = plt.subplots(1, len(drawn), figsize=(5.8 * len(drawn), 4.2), squeeze=False)
+    for ax, (name, result) in zip(axes[0], drawn.items()):
+        plot_loss_lines({"e1": result["landscape"]}, eigenvalues=result["eigenvalues"][-1][:1], learning_rate=args.lr,
+                        ax=ax, title=f"{name}: loss along the final top eigenvector")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
 
 
 def plot(results, args, path):
@@ -190,12 +227,16 @@ def main():
     density_path = os.path.join(args.out, "density.png")
     if not plot_densities(results, args, density_path):
         density_path = "not written (the density measurements failed; see the warnings)"
+    landscape_path = os.path.join(args.out, "landscape.png")
+    if not plot_landscapes(results, args, landscape_path):
+        landscape_path = "not written (no final eigenvector)"
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump({name: {"test_accuracy": r["test_accuracy"], "val_accuracy": r["history"]["val_accuracy"],
                           "eigenvalues": r["eigenvalues"].tolist(),
                           "trace": {k: float(v) for k, v in r["trace"].items()}} for name, r in results.items()},
                   f, indent=2)
-    print(f"\nPlot: {path}\nDensity: {density_path}\nTotal wall time: {time.perf_counter() - start:.0f} s")
+    print(f"\nPlot: {path}\nDensity: {density_path}\nLandscape: {landscape_path}\n"
+          f"Total wall time: {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":
