@@ -42,10 +42,9 @@ def main():
     pictures = LandscapeCallback((x, y), every=3, num_samples=SAMPLE, steps=np.linspace(-0.6, 0.6, 25),
                                  save_dir=run, seed=0)
     model.fit(x, y, batch_size=64, epochs=EPOCHS, verbose=2, callbacks=[lanczos, spectrum, pictures])
-    for epoch in (3, EPOCHS):
-        for name in ("lines", "surface"):
-            shutil.copy(os.path.join(run, f"landscape_epoch{epoch:04d}_{name}.png"),
-                        os.path.join(HERE, f"{name}_epoch{epoch}.png"))
+    for epoch, name in ((3, "lines"), (EPOCHS, "lines"), (EPOCHS, "surface")):
+        shutil.copy(os.path.join(run, f"landscape_epoch{epoch:04d}_{name}.png"),
+                    os.path.join(HERE, f"{name}_epoch{epoch}.png"))
     sample = (x[:SAMPLE], y[:SAMPLE])
     plane = loss_landscape(model, sample, random_directions(model, 2, seed=0), steps=np.linspace(-1, 1, 25),
                            batch_size=256)
