@@ -2,7 +2,7 @@
 
 The examples are self-contained: this file sits beside them, and the
 experiments and benchmarks have their own copy of what they use
-(``experiments/_cli.py``; ``tests/test_lint.py`` keeps the two alike).
+(``experiments/_cli.py``; ``tests/test_programs.py`` keeps the two alike).
 
 A bad size or rate is a usage error before anything loads: only the standard
 library is imported here, so that ``--help`` and usage errors come back at

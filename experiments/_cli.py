@@ -2,7 +2,7 @@
 
 The programs' own module: ``examples/`` is not imported by the experiments or
 the benchmarks (the examples keep their own ``examples/cli.py``, which
-``tests/test_lint.py`` keeps alike to this one where they share a function).
+``tests/test_programs.py`` keeps alike to this one where they share a function).
 
 A bad size or rate is a usage error before anything loads: only the standard
 library is imported here, so that ``--help`` and usage errors come back at
@@ -20,10 +20,6 @@ import tempfile
 from collections.abc import Sequence
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Keeps the docstring's layout and adds each option's default to its help."""
-
-
 def positive_int(text: str) -> int:
     """An integer > 0 (sizes, counts, epochs)."""
     try:
@@ -32,25 +28,6 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def finite_float(text: str) -> float:
-    """A finite number (not nan or inf)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite number > 0 (learning rates)."""
-    value = finite_float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
     return value
 
 
