@@ -213,6 +213,37 @@ def model_overrides(family: str) -> dict:
     return {name: getattr(FLAGS, name) for name in MODEL_FLAGS[family] if getattr(FLAGS, name) is not None}
 
 
+def history_logger(path: str):
+    """A ``CSVLogger`` appending to ``path`` that keeps every row under its own column when the logged keys change.
+
+    Keras's ``CSVLogger(append=True)`` takes its columns from the first epoch it
+    logs and writes no header into a file that has one: a run resumed by a newer
+    version of the library that logs one more metric (``lanczos_converged``, say)
+    would write its rows one column off under the old header. This one reads the
+    header already there, keeps its column order, and when new keys appear rewrites
+    the file once with the added columns (empty in the earlier rows).
+    """
+    import keras
+
+    class HistoryLogger(keras.callbacks.CSVLogger):
+        def on_epoch_end(self, epoch, logs=None):
+            if self.keys is None and not self.append_header:
+                with open(self.filename, newline="") as f:
+                    rows = list(csv.reader(f))
+                header = rows[0][1:] if rows else []
+                added = sorted(set(logs or {}) - set(header))
+                if added:
+                    self.csv_file.close()
+                    with open(self.filename, "w", newline="") as f:
+                        csv.writer(f).writerows([["epoch", *header, *added]] +
+                                                [row + [""] * len(added) for row in rows[1:]])
+                    self.csv_file = open(self.filename, "a", newline="")  # noqa: SIM115 (Keras closes it)
+                self.keys = header + added
+            super().on_epoch_end(epoch, logs)
+
+    return HistoryLogger(path, append=True)
+
+
 def trim_history(path: str, finished_epochs: int) -> None:
     """Keeps the rows of epochs ``< finished_epochs`` in a CSVLogger file.
 
@@ -420,7 +451,7 @@ def run(argv, family: str) -> dict:
     callbacks += [
         keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logs.setdefault(
             "learning_rate", float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))),
-        keras.callbacks.CSVLogger(history_path, append=True),
+        history_logger(history_path),
         keras.callbacks.TensorBoard(os.path.join(save_dir, "tensorboard")),
         keras.callbacks.ModelCheckpoint(os.path.join(save_dir, "model_last.keras")),
         # Last, so that an epoch's row is written before the epoch counts as done. The backup is kept, marked
