@@ -34,6 +34,9 @@ def load_run(name: str, results: str = RESULTS) -> dict | None:
         return None
     with open(os.path.join(folder, "history.csv"), newline="") as f:
         history = list(csv.DictReader(f))
+    if any(None in row or None in row.values() for row in history):
+        raise ValueError(f"{folder}/history.csv has rows with more or fewer cells than its header: a resumed run "
+                         "logged other keys; its columns cannot be trusted.")
     with open(os.path.join(folder, "lanczos.csv"), newline="") as f:
         measurements = list(csv.DictReader(f))
     with open(os.path.join(folder, "config.json")) as f:
