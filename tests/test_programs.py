@@ -103,6 +103,13 @@ def test_readme_names_each_public_class_by_its_home():
         if name not in module.__all__:
             wrong.append(f"tf_sharpest.{package}.{name}")
     assert not wrong, f"the README names these by a path that is not their public home: {wrong}"
+    # The table of packages: each row's first name is the package's own (the row once said tf_sharpest.hessian
+    # holds HessianOperator).
+    rows = re.findall(r"^\| `tf_sharpest\.([a-z_]+)` \| [^`|]*`([A-Za-z_]+)`", text, flags=re.M)
+    assert len(rows) >= 7, rows
+    misplaced = [f"{package}: {name}" for package, name in rows
+                 if name not in importlib.import_module(f"tf_sharpest.{package}").__all__]
+    assert not misplaced, f"README's package table lists names their package does not export: {misplaced}"
 
 
 def test_the_two_copies_of_the_programs_helpers_agree():
