@@ -9,12 +9,14 @@ import keras
 from tf_sharpest._keras_compat import unwrap_optimizer
 from tf_sharpest.operators.base import LinearOperator
 from tf_sharpest.operators.blocks import resolve_variables
+from tf_sharpest.operators.curvature import _refuse_batch_dependent_layers
 from tf_sharpest.operators.factory import check_curvature, curvature_operator
 from tf_sharpest.operators.preconditioned import (
     PreconditionedOperator,
     optimizer_preconditioner,
     optimizer_preconditioner_supports,
 )
+from tf_sharpest.utils.checks import positive_int
 
 __all__ = ["Curvature"]
 
@@ -49,6 +51,9 @@ class Curvature:
       preconditioned: measure ``D^-1/2 A D^-1/2`` with ``D`` read from the
         model's adaptive optimizer at each call: the preconditioned
         sharpness that sets Adam's stability.
+      micro_batch_size: cut the sample's batches into micro-batches of at
+        most this many examples for the products (same result, less memory;
+        see :class:`~tf_sharpest.operators.CurvatureOperator`).
     """
 
     kind: str = "hessian"
@@ -56,11 +61,14 @@ class Curvature:
     loss: object = None
     training: bool = False
     preconditioned: bool = False
+    micro_batch_size: int | None = None
 
     def __post_init__(self):
         check_curvature(self.kind)
         object.__setattr__(self, "training", bool(self.training))
         object.__setattr__(self, "preconditioned", bool(self.preconditioned))
+        object.__setattr__(self, "micro_batch_size",
+                           positive_int("micro_batch_size", self.micro_batch_size, allow_none=True))
 
     @property
     def whole_model(self) -> bool:
@@ -75,6 +83,8 @@ class Curvature:
         """Refuses, before training, a choice that can never work on ``model``: a block that is not the model's,
         or preconditioning with an optimizer that has no second moments."""
         self.resolve(model)
+        if self.micro_batch_size is not None and self.training:
+            _refuse_batch_dependent_layers(model)
         if self.preconditioned:
             optimizer_preconditioner_supports(unwrap_optimizer(getattr(model, "optimizer", None)))
 
@@ -91,7 +101,8 @@ class Curvature:
             inner.set_data(sample, batch_size)
         else:
             inner = curvature_operator(self.kind, model, sample, loss=self.loss, batch_size=batch_size,
-                                       training=self.training, variables=self._variables_of(model))
+                                       training=self.training, variables=self._variables_of(model),
+                                       micro_batch_size=self.micro_batch_size)
         if not self.preconditioned:
             return inner
         diagonal = optimizer_preconditioner(unwrap_optimizer(model.optimizer), inner.variables)
@@ -112,7 +123,7 @@ class Curvature:
                          else item.path for item in items]
         loss = None if self.loss is None else keras.saving.serialize_keras_object(self.loss)
         return {"kind": self.kind, "variables": variables, "loss": loss, "training": self.training,
-                "preconditioned": self.preconditioned}
+                "preconditioned": self.preconditioned, "micro_batch_size": self.micro_batch_size}
 
     @classmethod
     def from_config(cls, config: dict) -> Curvature:

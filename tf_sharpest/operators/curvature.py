@@ -24,6 +24,7 @@ loop of matvecs).
 from __future__ import annotations
 
 import abc
+import contextlib
 
 import keras
 import tensorflow as tf
@@ -31,7 +32,9 @@ import tensorflow as tf
 from tf_sharpest.operators._traced import TracedFunctions
 from tf_sharpest.operators.base import LinearOperator
 from tf_sharpest.operators.empirical_loss import EmpiricalLoss
+from tf_sharpest.operators.sample import Sample
 from tf_sharpest.operators.strategy import ReplicaPlan, resolve_strategy
+from tf_sharpest.utils.checks import positive_int
 
 __all__ = ["CurvatureOperator"]
 
@@ -65,6 +68,15 @@ class CurvatureOperator(LinearOperator):
         shard of the sample and one all-reduce per product sums their parts;
         under ``MultiWorkerMirroredStrategy`` every worker must hold the same
         sample, and every worker gets the same products.
+      micro_batch_size: ``None`` (default) runs each batch in one piece; an
+        integer cuts every larger batch into micro-batches of at most that
+        many examples for the products, each weighted by its examples, so the
+        result is the same while the peak memory of a product falls with the
+        micro-batch (the memory budget: on SimpleCNN-medium a Hessian product
+        costs about 8 MB per example above the model, see
+        ``benchmarks/RESULTS.md``). The loss value and ``batch_size`` keep their
+        batches. Refused in training mode for models with BatchNorm or random
+        layers (dropout), whose output depends on the batch they are called on.
 
     Attributes:
       objective: the :class:`EmpiricalLoss` on the same sample and variables.
@@ -82,8 +94,12 @@ class CurvatureOperator(LinearOperator):
     """
 
     def __init__(self, model: keras.Model, data, *, loss=None, batch_size: int | None = None,
-                 training: bool = False, variables=None, strategy: tf.distribute.Strategy | None = None):
+                 training: bool = False, variables=None, strategy: tf.distribute.Strategy | None = None,
+                 micro_batch_size: int | None = None):
         self.strategy = resolve_strategy(model, strategy)
+        self.micro_batch_size = positive_int("micro_batch_size", micro_batch_size, allow_none=True)
+        if self.micro_batch_size is not None and training:
+            _refuse_batch_dependent_layers(model)
         self.objective = EmpiricalLoss(model, data, loss=loss, batch_size=batch_size, training=training,
                                        variables=variables)
         super().__init__(self.objective.layout.dim, self.objective.dtype)
@@ -92,6 +108,7 @@ class CurvatureOperator(LinearOperator):
         self.variables = self.objective.variables
         self.model_loss = self.objective.model_loss
         self._plan = None  # (sample, ReplicaPlan) of the latest distributed product
+        self._micro = None  # (sample, its micro-batches)
         if self.num_replicas > 1:
             if self.training:
                 _refuse_synchronized_batch_norm(model, self.num_replicas)
@@ -110,6 +127,16 @@ class CurvatureOperator(LinearOperator):
     def sample(self):
         """The :class:`~tf_sharpest.operators.Sample` the products sum over."""
         return self.objective.sample
+
+    @property
+    def product_sample(self) -> Sample:
+        """The batches the products run on: the sample's, or their micro-batches (``micro_batch_size``)."""
+        sample = self.sample
+        if self.micro_batch_size is None:
+            return sample
+        if self._micro is None or self._micro[0] is not sample:
+            self._micro = (sample, sample.micro_batches(self.micro_batch_size))
+        return self._micro[1]
 
     @property
     def loss(self) -> float:
@@ -159,8 +186,9 @@ class CurvatureOperator(LinearOperator):
     @property
     def replica_plan(self) -> ReplicaPlan:
         """How the current sample is shared among the replicas (computed once per sample)."""
-        if self._plan is None or self._plan[0] is not self.sample:
-            self._plan = (self.sample, ReplicaPlan(self.sample, self.strategy, whole_batches=self.training))
+        sample = self.product_sample
+        if self._plan is None or self._plan[0] is not sample:
+            self._plan = (sample, ReplicaPlan(sample, self.strategy, whole_batches=self.training))
         return self._plan[1]
 
     def _matvec(self, vector):
@@ -174,15 +202,32 @@ class CurvatureOperator(LinearOperator):
         graph takes and returns flat vectors (or a ``[k, dim]`` block): splitting
         and concatenating them eagerly cost ~10% of a small HVP.
         """
-        if self.num_replicas > 1:
-            return self._distributed(name, accumulate, operand)
-        operand_spec = tf.TensorSpec([None] * (operand.shape.rank - 1) + [self.dim], self.dtype)
-        graph = self.traced_functions.concrete(name, accumulate, self.sample.trace_spec, operand_spec, operand_spec,
-                                               tf.TensorSpec([], self.dtype))
-        accumulated = tf.zeros_like(operand)
-        for batch, weight in self.objective.batch_weights():
-            accumulated = graph(batch, operand, accumulated, weight)
-        return accumulated
+        with self._explain_out_of_memory():
+            if self.num_replicas > 1:
+                return self._distributed(name, accumulate, operand)
+            sample = self.product_sample
+            operand_spec = tf.TensorSpec([None] * (operand.shape.rank - 1) + [self.dim], self.dtype)
+            graph = self.traced_functions.concrete(name, accumulate, sample.trace_spec, operand_spec, operand_spec,
+                                                   tf.TensorSpec([], self.dtype))
+            accumulated = tf.zeros_like(operand)
+            for batch, weight in sample.weighted_batches(self.dtype):
+                accumulated = graph(batch, operand, accumulated, weight)
+            return accumulated
+
+    @contextlib.contextmanager
+    def _explain_out_of_memory(self):
+        """Turns the allocator's out-of-memory error into one that says what the product needed and what to pass."""
+        try:
+            yield
+        except tf.errors.ResourceExhaustedError as error:
+            largest = max(self.product_sample.sizes)
+            smaller = max(1, largest // 4)
+            raise tf.errors.ResourceExhaustedError(
+                error.node_def, error.op,
+                f"{type(self).__name__}: a product on a batch of {largest} examples ran out of device memory "
+                f"(micro_batch_size={self.micro_batch_size}). Pass micro_batch_size={smaller} (or smaller) to the "
+                "operator, or Curvature(..., micro_batch_size=...) to a callback: the products are the same, "
+                "computed on micro-batches that fit. The allocator said: " + str(error.message)[:500]) from error
 
     def _distributed(self, name: str, accumulate, operand):
         """``accumulate`` over every replica's batches of the sample, then the one all-reduce of the product."""
@@ -237,6 +282,21 @@ class CurvatureOperator(LinearOperator):
             converted.append(v)
         return self.layout.unflatten(self.matvec(self.layout.flatten(converted)))
 
+
+
+def _refuse_batch_dependent_layers(model: keras.Model) -> None:
+    """In training mode BatchNorm normalizes by its batch's statistics and dropout draws a mask for the batch's
+    shape: cutting a batch into micro-batches would change the operator, so it is refused for such models."""
+    stack = list(model.layers)
+    while stack:
+        layer = stack.pop()
+        stack.extend(getattr(layer, "layers", []))
+        if isinstance(layer, keras.layers.BatchNormalization) or getattr(layer, "seed_generator", None) is not None:
+            raise ValueError(
+                f"micro_batch_size cannot split batches in training mode: layer {layer.name!r} "
+                f"({type(layer).__name__}) depends on the whole batch it is called on (batch statistics or a "
+                "dropout mask), so micro-batches would change the operator. Use training=False, or a smaller "
+                "batch_size (the sample's batches are then the training batches measured).")
 
 
 def _refuse_synchronized_batch_norm(model: keras.Model, num_replicas: int) -> None:

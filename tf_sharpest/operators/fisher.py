@@ -45,9 +45,9 @@ class EmpiricalFisherOperator(OutputCurvatureOperator):
     """
 
     def __init__(self, model, data, *, loss=None, batch_size: int | None = None, training: bool = False,
-                 variables=None, strategy=None):
+                 variables=None, strategy=None, micro_batch_size: int | None = None):
         super().__init__(model, data, loss=loss, batch_size=batch_size, training=training, variables=variables,
-                         strategy=strategy)
+                         strategy=strategy, micro_batch_size=micro_batch_size)
         self.model_loss._per_example_function()  # fail now, with a clear message, rather than in a graph
 
     def _output_product(self, x, y, sample_weight, y_pred, tangent):

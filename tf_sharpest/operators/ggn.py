@@ -48,10 +48,9 @@ class GGNOperator(OutputCurvatureOperator):
     """
 
     def __init__(self, model: keras.Model, data, *, loss=None, batch_size: int | None = None,
-                 training: bool = False, variables=None,
-                 strategy=None):
+                 training: bool = False, variables=None, strategy=None, micro_batch_size: int | None = None):
         super().__init__(model, data, loss=loss, batch_size=batch_size, training=training, variables=variables,
-                         strategy=strategy)
+                         strategy=strategy, micro_batch_size=micro_batch_size)
         self._softmax_scale = self.model_loss.softmax_cross_entropy_scale()
 
     @property

@@ -171,6 +171,24 @@ class Sample:
             start += size
         return tuple(shards)
 
+    def micro_batches(self, size: int) -> Sample:
+        """The same examples with every batch cut, in order, into pieces of at most ``size`` examples.
+
+        A curvature product weights each piece by its examples, so its sum over
+        the pieces is the product over the batches (for layers whose output on
+        an example does not depend on the rest of its batch: not BatchNorm in
+        training mode). Returns ``self`` when no batch is larger than ``size``.
+        """
+        if max(self.sizes) <= size:
+            return self
+        batches, sizes = [], []
+        for batch, total in zip(self.batches, self.sizes):
+            for start in range(0, total, size):
+                stop = min(start + size, total)
+                batches.append(tuple(tf.nest.map_structure(lambda t, a=start, b=stop: t[a:b], batch)))
+                sizes.append(stop - start)
+        return Sample(tuple(batches), tuple(sizes), self.batch_spec)
+
     def check_compatible(self, other: Sample) -> None:
         """Raises a ``ValueError`` unless ``other`` has batches of the same structure (any batch size)."""
         if other.batch_spec != self.batch_spec:
