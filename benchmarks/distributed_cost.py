@@ -22,6 +22,22 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flags, built before TensorFlow is imported so that --help and usage errors answer at once."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n_examples", type=int, default=512)
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--gpu_examples_per_second", type=float, default=20000.0,
+                        help="assumed HVP throughput of one GPU (examples/s) for the scaling model")
+    return parser
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # --help and usage errors answer here, before TensorFlow is imported
+
+
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -84,12 +100,7 @@ def parameter_counts():
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n_examples", type=int, default=512)
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--gpu_examples_per_second", type=float, default=20000.0,
-                        help="assumed HVP throughput of one GPU (examples/s) for the scaling model")
+    parser = build_parser()
     args = parser.parse_args()
     for name in ("n_examples", "batch_size", "repeats"):
         if getattr(args, name) < 1:

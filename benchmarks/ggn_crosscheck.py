@@ -24,13 +24,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
 
-from _common import machine, markdown_table
-from peers import THREADS, benchmark_examples, check_twin, load_fashion_mnist, set_threads, train
-
-
-def main():
+def build_parser() -> argparse.ArgumentParser:
+    """The flags, built before TensorFlow is imported so that --help and usage errors answer at once."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n_examples", type=int, default=1024)
     parser.add_argument("--batch_size", type=int, default=256)
@@ -39,6 +35,21 @@ def main():
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--rtol", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # --help and usage errors answer here, before TensorFlow is imported
+
+
+import numpy as np  # noqa: E402
+
+from _common import machine, markdown_table  # noqa: E402
+from peers import THREADS, benchmark_examples, check_twin, load_fashion_mnist, set_threads, train  # noqa: E402
+
+
+def main():
+    parser = build_parser()
     args = parser.parse_args()
     for name in ("n_examples", "batch_size", "train_steps"):
         if getattr(args, name) < 1:

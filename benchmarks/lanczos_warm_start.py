@@ -11,17 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-import keras
-import numpy as np
 
-from tf_sharpest import data, models
-from tf_sharpest.callbacks import LanczosCallback
-from tf_sharpest.linalg import LanczosSolver
-
-from _common import machine, markdown_table, median
-
-
-def main():
+def build_parser() -> argparse.ArgumentParser:
+    """The flags, built before TensorFlow is imported so that --help and usage errors answer at once."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n_examples", type=int, default=5000)
     parser.add_argument("--epochs", type=int, default=6)
@@ -30,6 +22,25 @@ def main():
     parser.add_argument("--tol", type=float, default=1e-3)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--n_filters", type=int, default=32)
+    return parser
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # --help and usage errors answer here, before TensorFlow is imported
+
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tf_sharpest import data, models  # noqa: E402
+from tf_sharpest.callbacks import LanczosCallback  # noqa: E402
+from tf_sharpest.linalg import LanczosSolver  # noqa: E402
+
+from _common import machine, markdown_table, median  # noqa: E402
+
+
+def main():
+    parser = build_parser()
     args = parser.parse_args()
 
     print(f"Machine: {machine()}")

@@ -24,13 +24,32 @@ from __future__ import annotations
 
 import argparse
 
-import keras
-import numpy as np
-import tensorflow as tf
 
-from tf_sharpest.optimizers import NSGD
+def build_parser() -> argparse.ArgumentParser:
+    """The flags, built before TensorFlow is imported so that --help and usage errors answer at once."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=21)
+    parser.add_argument("--applies", type=int, default=20, help="optimizer applies per timed sample")
+    parser.add_argument("--top_k", type=int, default=5)
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--gamma", type=float, default=0.1)
+    parser.add_argument("--nudge", default="velocity", choices=["velocity", "gradient"])
+    parser.add_argument("--jit_compile", nargs="+", default=["off", "on"], choices=["off", "on"])
+    return parser
 
-from _common import machine, markdown_table, median, timed
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # --help and usage errors answer here, before TensorFlow is imported
+
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from tf_sharpest.optimizers import NSGD  # noqa: E402
+
+from _common import machine, markdown_table, median, timed  # noqa: E402
 
 
 def simple_cnn(input_shape=(32, 32, 3), filters=32, n_dense=128, num_classes=10, seed=0):
@@ -105,15 +124,7 @@ def measure(args, jit_compile):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=21)
-    parser.add_argument("--applies", type=int, default=20, help="optimizer applies per timed sample")
-    parser.add_argument("--top_k", type=int, default=5)
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--gamma", type=float, default=0.1)
-    parser.add_argument("--nudge", default="velocity", choices=["velocity", "gradient"])
-    parser.add_argument("--jit_compile", nargs="+", default=["off", "on"], choices=["off", "on"])
+    parser = build_parser()
     args = parser.parse_args()
 
     print(f"Machine: {machine()}")

@@ -15,12 +15,27 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 
-from tf_sharpest.linalg import trace
-from tf_sharpest.operators import MatrixOperator
+def build_parser() -> argparse.ArgumentParser:
+    """The flags, built before TensorFlow is imported so that --help and usage errors answer at once."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dim", type=int, default=1000)
+    parser.add_argument("--decay", type=float, nargs="+", default=[1.0, 2.0])
+    parser.add_argument("--budgets", type=int, nargs="+", default=[12, 24, 48, 96, 192])
+    parser.add_argument("--seeds", type=int, default=200)
+    return parser
 
-from _common import machine, markdown_table  # noqa: F401  (sets TensorFlow's log level first)
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # --help and usage errors answer here, before TensorFlow is imported
+
+
+import numpy as np  # noqa: E402
+
+from tf_sharpest.linalg import trace  # noqa: E402
+from tf_sharpest.operators import MatrixOperator  # noqa: E402
+
+from _common import machine, markdown_table  # noqa: E402, F401  (sets TensorFlow's log level first)
 
 METHODS = ("hutchinson", "hutch++", "xtrace")
 
@@ -61,11 +76,7 @@ def table(errors: dict, budgets) -> str:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dim", type=int, default=1000)
-    parser.add_argument("--decay", type=float, nargs="+", default=[1.0, 2.0])
-    parser.add_argument("--budgets", type=int, nargs="+", default=[12, 24, 48, 96, 192])
-    parser.add_argument("--seeds", type=int, default=200)
+    parser = build_parser()
     args = parser.parse_args()
     print(f"Machine: {machine()}")
     print(f"dim {args.dim}, {args.seeds} seeds per cell, RMS error of the trace estimate\n")

@@ -130,20 +130,37 @@ def test_the_two_copies_of_the_programs_helpers_agree():
     assert not differ, f"examples/cli.py and experiments/_cli.py differ in {differ}"
 
 
+#: Benchmarks whose flags are built from what TensorFlow-importing modules define (their tools' and methods'
+#: registries, ``_common``'s argument types): their ``--help`` still imports TensorFlow. Every other program's
+#: does not; a new benchmark must be in one list or the other (test_every_benchmark_is_classified).
+BENCHMARKS_HELP_IMPORTS_TENSORFLOW = {"hvp_cost.py", "peers.py", "spectrum_peers.py", "tracking_cost.py",
+                                      "landscape_cost.py", "memory_cost.py"}
+
+
+def main_scripts(folder):
+    return [path for path in python_files(folder)
+            if 'if __name__ == "__main__":' in open(path, encoding="utf-8").read()]
+
+
 def entry_points():
-    """Every program with a ``__main__`` block under examples/ and experiments/, as the argv that runs it."""
+    """Every program with a ``__main__`` block under examples/, experiments/ and benchmarks/ (but those listed in
+    ``BENCHMARKS_HELP_IMPORTS_TENSORFLOW``), as the argv that runs it."""
     found = []
-    for folder in ("examples", "experiments"):
-        for path in python_files(folder):
-            if 'if __name__ == "__main__":' not in open(path, encoding="utf-8").read():
-                continue
+    for folder in PROGRAM_FOLDERS:
+        for path in main_scripts(folder):
             relative = os.path.relpath(path, ROOT)
-            if folder == "examples":
-                found.append(pytest.param([relative], id=relative))
-            else:
+            if folder == "experiments":
                 module = relative[:-3].replace(os.sep, ".")
                 found.append(pytest.param(["-m", module], id=module))
+            elif os.path.basename(path) not in BENCHMARKS_HELP_IMPORTS_TENSORFLOW:
+                found.append(pytest.param([relative], id=relative))
     return found
+
+
+def test_every_benchmark_is_classified():
+    scripts = {os.path.basename(path) for path in main_scripts("benchmarks")}
+    assert BENCHMARKS_HELP_IMPORTS_TENSORFLOW <= scripts
+    assert len(scripts - BENCHMARKS_HELP_IMPORTS_TENSORFLOW) >= 5  # the benchmarks whose --help is checked
 
 
 @pytest.mark.parametrize("argv", entry_points())
@@ -157,7 +174,7 @@ def test_every_programs_help_is_tensorflow_free(argv):
             sys.path.insert(0, {ROOT!r})
             run = lambda: runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
         else:
-            sys.path.insert(0, {os.path.join(ROOT, "examples")!r})
+            sys.path.insert(0, {ROOT!r} + "/" + argv[0].split("/")[0])  # the script's folder, as python puts it
             run = lambda: runpy.run_path(argv[0], run_name="__main__")
         try:
             run()
