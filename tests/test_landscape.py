@@ -75,9 +75,19 @@ def assert_unchanged(model, before):
         np.testing.assert_array_equal(new, old, err_msg=variable.path)
 
 
+@pytest.fixture
+def float64_policy(floatx):
+    """floatx and the global dtype policy float64 for one test: Keras's compiled loss computes in the global policy
+    (cached at its first use in the session), and its compute_loss adds the regularization in floatx."""
+    floatx("float64")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float64")
+    yield
+    keras.config.set_dtype_policy(previous)
+
+
 @pytest.mark.parametrize("training", [False, True])
-def test_1d_and_2d_match_an_explicit_loop_in_float64_and_leave_the_model_bit_identical(floatx, training):
-    floatx("float64")  # Keras's compute_loss adds the float64 regularization in floatx
+def test_1d_and_2d_match_an_explicit_loop_in_float64_and_leave_the_model_bit_identical(float64_policy, training):
     model = conv_bn_model(dtype="float64")
     data = fake_data(dtype="float64")
     directions = random_directions(model, 2, seed=3)
