@@ -38,6 +38,9 @@ if __name__ == "__main__":
     build_parser().parse_args()  # --help and usage errors answer here, before TensorFlow is imported
 
 
+from _common import machine, markdown_table, median, timed  # noqa: E402  (first: it imports TensorFlow quietly)
+
+# isort: split
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -50,8 +53,6 @@ if _gpus:
 else:
     tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
                                                [tf.config.LogicalDeviceConfiguration()] * 2)
-
-from _common import machine, markdown_table, median, timed  # noqa: E402
 
 # Interconnects of the scaling model: effective all-reduce bandwidth per replica, bytes/s.
 LINKS = {"NVLink (8 GPUs, one host)": 100e9, "100 Gb/s Ethernet (between hosts)": 10e9,

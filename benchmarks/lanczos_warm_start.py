@@ -29,14 +29,15 @@ if __name__ == "__main__":
     build_parser().parse_args()  # --help and usage errors answer here, before TensorFlow is imported
 
 
+from _common import machine, markdown_table, median  # noqa: E402  (first: it imports TensorFlow quietly)
+
+# isort: split
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tf_sharpest import data, models  # noqa: E402
 from tf_sharpest.callbacks import LanczosCallback  # noqa: E402
 from tf_sharpest.linalg import LanczosSolver  # noqa: E402
-
-from _common import machine, markdown_table, median  # noqa: E402
 
 
 def main():

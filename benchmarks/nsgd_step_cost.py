@@ -43,13 +43,14 @@ if __name__ == "__main__":
     build_parser().parse_args()  # --help and usage errors answer here, before TensorFlow is imported
 
 
+from _common import machine, markdown_table, median, timed  # noqa: E402  (first: it imports TensorFlow quietly)
+
+# isort: split
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tf_sharpest.optimizers import NSGD  # noqa: E402
-
-from _common import machine, markdown_table, median, timed  # noqa: E402
 
 
 def simple_cnn(input_shape=(32, 32, 3), filters=32, n_dense=128, num_classes=10, seed=0):

@@ -30,12 +30,13 @@ if __name__ == "__main__":
     build_parser().parse_args()  # --help and usage errors answer here, before TensorFlow is imported
 
 
+from _common import machine, markdown_table  # noqa: E402, F401  (first: it imports TensorFlow quietly)
+
+# isort: split
 import numpy as np  # noqa: E402
 
 from tf_sharpest.linalg import trace  # noqa: E402
 from tf_sharpest.operators import MatrixOperator  # noqa: E402
-
-from _common import machine, markdown_table  # noqa: E402, F401  (sets TensorFlow's log level first)
 
 METHODS = ("hutchinson", "hutch++", "xtrace")
 
