@@ -16,6 +16,7 @@ import warnings
 import keras
 
 from tf_sharpest.linalg import _options
+from tf_sharpest.linalg._stderr import sampling_stderr
 from tf_sharpest.linalg.lanczos import lanczos
 from tf_sharpest.linalg.result import EigenResult
 from tf_sharpest.operators.factory import curvature_operator
@@ -27,7 +28,8 @@ __all__ = ["top_eigenpairs"]
 def top_eigenpairs(model: keras.Model, data, k: int = 5, *, curvature: str = "hessian", variables=None,
                    loss=None, batch_size: int | None = None, training: bool = False, which: str = "largest",
                    tol: float = 1e-4, max_matvecs: int | None = None, seed: int | None = 0,
-                   initial_vectors=None, verbose: int = 0, max_iterations: int | None = None) -> EigenResult:
+                   initial_vectors=None, verbose: int = 0, max_iterations: int | None = None,
+                   stderr: bool = False) -> EigenResult:
     """The ``k`` extreme eigenpairs of the Hessian (or another curvature) of ``model``'s mean loss over ``data``.
 
     Example:
@@ -51,6 +53,9 @@ def top_eigenpairs(model: keras.Model, data, k: int = 5, *, curvature: str = "he
     :class:`~tf_sharpest.operators.HessianOperator`; ``which``, ``tol``, ``max_matvecs``, ``seed``,
     ``initial_vectors`` and ``verbose`` as in :func:`tf_sharpest.linalg.lanczos`.
     ``max_iterations`` is the deprecated name of ``max_matvecs`` (a ``DeprecationWarning``; removed in 0.3).
+    ``stderr=True`` also measures each eigenvalue's standard error due to the
+    sample (the result's ``stderr``; :func:`tf_sharpest.linalg.sampling_stderr`,
+    ``k`` more products; NaN when ``data`` is a single batch).
     Eigenvectors use the flat layout of the chosen variables
     (``model.trainable_variables`` by default).
     """
@@ -61,8 +66,11 @@ def top_eigenpairs(model: keras.Model, data, k: int = 5, *, curvature: str = "he
     _options.matvec_budget(max_matvecs)
     operator = curvature_operator(curvature, model, data, loss=loss, batch_size=batch_size, training=training,
                                   variables=variables)
-    return lanczos(operator, k=k, which=which, tol=tol, max_matvecs=max_matvecs, seed=seed,
-                   initial_vectors=initial_vectors, verbose=verbose)
+    result = lanczos(operator, k=k, which=which, tol=tol, max_matvecs=max_matvecs, seed=seed,
+                     initial_vectors=initial_vectors, verbose=verbose)
+    if stderr:
+        result.stderr = sampling_stderr(operator, result)
+    return result
 
 
 def __getattr__(name: str):

@@ -1,5 +1,6 @@
 """Keras callbacks that measure and act on the sharpest directions during training."""
 
+from tf_sharpest.callbacks._budget import OverheadBudget
 from tf_sharpest.callbacks._landscape_callback import LandscapeCallback
 from tf_sharpest.callbacks.batch_sharpness_callback import BatchSharpnessCallback
 from tf_sharpest.callbacks.lanczos_callback import LanczosCallback
@@ -8,4 +9,4 @@ from tf_sharpest.callbacks.sampling import SampleSource
 from tf_sharpest.callbacks.spectrum_callback import SpectrumCallback, load_density
 
 __all__ = ["BatchSharpnessCallback", "LanczosCallback", "Measurement", "MeasurementLog", "SampleSource",
-           "SpectrumCallback", "LandscapeCallback", "load_density"]
+           "SpectrumCallback", "LandscapeCallback", "load_density", "OverheadBudget"]

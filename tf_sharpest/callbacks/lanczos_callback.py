@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -23,6 +24,7 @@ from tf_sharpest.callbacks.batch_sharpness_callback import meter_for
 from tf_sharpest.callbacks.measurement_log import Measurement
 from tf_sharpest.callbacks.measuring_callback import MEASUREMENT_ERRORS, MeasuringCallback, describe_error
 from tf_sharpest.linalg._solvers import LanczosSolver, LOBPCGSolver, relative_residual
+from tf_sharpest.linalg._stderr import has_batches, sampling_stderr
 from tf_sharpest.operators._spec import Curvature
 from tf_sharpest.operators.preconditioned import PreconditionedOperator
 from tf_sharpest.optimizers._steering import DirectionConsumer
@@ -43,7 +45,13 @@ class LanczosCallback(MeasuringCallback):
     by default, BatchNorm in inference mode and dropout off) at the current
     weights on them, and finds its top ``top_k`` eigenpairs with the solver
     (warm-started Lanczos by default). The epoch's ``logs`` get
-    ``lambda_1`` ... ``lambda_K``, ``lanczos_matvecs``, ``lanczos_seconds``,
+    ``lambda_1`` ... ``lambda_K``, their standard errors due to the sample
+    ``lambda_1_stderr`` ... ``lambda_K_stderr`` (:func:`tf_sharpest.linalg.sampling_stderr`:
+    from the spread of the eigenvectors' Rayleigh quotients over the sample's
+    batches; the products it costs are counted in the matvecs),
+    ``lanczos_matvecs``, ``lanczos_seconds``, ``lanczos_epoch_equivalents``
+    (the seconds over the seconds of one epoch of this ``fit``, timed on its
+    training batches; NaN before the first batch),
     ``lanczos_fallbacks`` (LOBPCG solves redone by Lanczos) and
     ``lanczos_converged`` (1.0, or 0.0 when the solver ran out of
     ``max_matvecs`` first: the eigenvalues are then approximate, and the
@@ -102,8 +110,13 @@ class LanczosCallback(MeasuringCallback):
       batch_size: largest batch size of the curvature products (the sample is
         cut into equal batches where a size of at least half of this allows,
         e.g. 2,250 examples into 18 batches of 125).
-      frequency: ``"epoch"`` to measure at the start of each epoch, or an int
-        to measure every that many training batches.
+      frequency: ``"epoch"`` to measure at the start of each epoch, an int
+        to measure every that many training batches, or a
+        :class:`~tf_sharpest.callbacks.OverheadBudget` (e.g.
+        ``OverheadBudget(max_overhead=0.1, frequency=100)``), which skips the
+        scheduled measurements that would take more than ``max_overhead`` of
+        the training time, warns once when it does, and logs
+        ``lanczos_overhead`` and ``lanczos_skipped``.
       resample: draw a fresh sample for every measurement (seeded; a dataset
         is drawn through a seeded shuffle buffer); ``False`` keeps the first draw.
       seed: seed of the sampling and of the solver's start vectors.
@@ -113,8 +126,12 @@ class LanczosCallback(MeasuringCallback):
         the model's adaptive optimizer), or any callable
         ``(model, sample) -> LinearOperator`` (``sample`` a
         :class:`tf_sharpest.operators.Sample`).
-      solver: how: :class:`tf_sharpest.linalg.LanczosSolver` (default,
-        ``tol=1e-3``, warm-started from the previous eigenvectors) or
+      solver: how: :class:`tf_sharpest.linalg.LanczosSolver` (default:
+        ``LanczosSolver(eigenvalue_tol="sampling")``, warm-started from the
+        previous eigenvectors, stops when its error bound on every eigenvalue
+        is within 0.66 of that eigenvalue's sampling error, so solver and
+        sample together are within 1.2 times the sampling error alone; an
+        operator without batches falls back to ``tol=1e-3``) or
         :class:`tf_sharpest.linalg.LOBPCGSolver`.
       save_dir: folder for ``lanczos.npz``/``lanczos.csv`` (every measurement,
         with its ``converged`` flag) and eigenvector files; ``None`` saves
@@ -170,7 +187,9 @@ class LanczosCallback(MeasuringCallback):
     # -- configuration ------------------------------------------------------------------------
     def _logged_keys(self) -> list:
         names = [f"lambda_{i + 1}" for i in range(self.top_k)]
-        names += ["lanczos_matvecs", "lanczos_seconds", "lanczos_fallbacks", "lanczos_converged"]
+        names += [f"lambda_{i + 1}_stderr" for i in range(self.top_k)]
+        names += ["lanczos_matvecs", "lanczos_seconds", "lanczos_epoch_equivalents", "lanczos_fallbacks",
+                  "lanczos_converged"]
         names += [f"{block}_lambda_{i + 1}" for block in self._blocks for i in range(self.top_k)]
         names += list(SHARPNESS_KEYS) if self._sharpness else []
         return [self.key(name) for name in names]
@@ -227,12 +246,14 @@ class LanczosCallback(MeasuringCallback):
         except MEASUREMENT_ERRORS as error:
             nan = float("nan")
             return Measurement(epoch, self._global_step, np.full(self.top_k, np.nan), 0, time.perf_counter() - start,
-                               nan, error=describe_error(error), values={"fallbacks": 0.0, "converged": nan})
+                               nan, error=describe_error(error), values={"fallbacks": 0.0, "converged": nan,
+                                                                         "stderr": np.full(self.top_k, np.nan)})
         self.eigenvectors = result.eigenvectors
         if self._steers(operator):
             self._hand_over(eigenvalues[: result.eigenvectors.shape[1]], result.eigenvectors)
+        stderr = self._stderr(operator, result)
         matvecs = result.num_matvecs
-        values = {"fallbacks": float(result.fallbacks), "converged": float(result.converged)}
+        values = {"fallbacks": float(result.fallbacks), "converged": float(result.converged), "stderr": stderr}
         for name, block in self._blocks.items():
             try:
                 block_result, block_values, _ = self._solve(name, block, sample, 0)
@@ -259,7 +280,10 @@ class LanczosCallback(MeasuringCallback):
                                            f"{' in block ' + repr(name) if name else ''}: eigenvalues "
                                            f"{k + 1}..{self.top_k} are logged as NaN.")
         initial = target.eigenvectors if self.solver.warm_start else None
-        result = self.solver.solve(operator, k, initial_vectors=initial, seed=int(self._rng.integers(2**31)),
+        solver = self.solver
+        if getattr(solver, "eigenvalue_tol", None) == "sampling" and not has_batches(operator):
+            solver = dataclasses.replace(solver, eigenvalue_tol=None)  # a callable's operator without batches
+        result = solver.solve(operator, k, initial_vectors=initial, seed=int(self._rng.integers(2**31)),
                                    verbose=int(progress == 1))
         if not np.all(np.isfinite(result.eigenvalues)):
             raise ValueError(f"The eigensolver returned non-finite eigenvalues {result.eigenvalues}.")
@@ -276,10 +300,29 @@ class LanczosCallback(MeasuringCallback):
         eigenvalues[:k] = result.eigenvalues
         return result, eigenvalues, operator
 
+    def _stderr(self, operator, result) -> np.ndarray:
+        """Each logged eigenvalue's sampling error ([top_k], NaN where it cannot be measured); its products are
+        added to ``result.num_matvecs``."""
+        stderr = np.full(self.top_k, np.nan)
+        if result.stderr is None and has_batches(operator):
+            before = operator.num_matvecs
+            try:
+                result.stderr = sampling_stderr(operator, result)
+            except MEASUREMENT_ERRORS as error:
+                self._warn_once("stderr", f"the sampling error could not be measured and was logged as NaN; "
+                                          f"training goes on. Reason: {describe_error(error)}")
+            result.num_matvecs += operator.num_matvecs - before
+        if result.stderr is not None:
+            stderr[: len(result.stderr)] = result.stderr
+        return stderr
+
     def _measurement_logs(self, measurement: Measurement) -> dict:
         logs = {self.key(f"lambda_{i + 1}"): float(v) for i, v in enumerate(measurement.eigenvalues)}
+        stderr = measurement.values.get("stderr", np.full(self.top_k, np.nan))
+        logs.update({self.key(f"lambda_{i + 1}_stderr"): float(v) for i, v in enumerate(stderr)})
         logs[self.key("lanczos_matvecs")] = float(measurement.matvecs)
         logs[self.key("lanczos_seconds")] = float(measurement.seconds)
+        logs[self.key("lanczos_epoch_equivalents")] = float(measurement.values.get("epoch_equivalents", np.nan))
         logs[self.key("lanczos_fallbacks")] = float(measurement.values.get("fallbacks", 0.0))
         logs[self.key("lanczos_converged")] = float(measurement.values.get("converged", np.nan))
         for name in self._blocks:
@@ -290,7 +333,9 @@ class LanczosCallback(MeasuringCallback):
         return logs
 
     def _describe(self, measurement: Measurement) -> str:
-        return f"top-{self.top_k} eigenvalues {np.array2string(measurement.eigenvalues, precision=4)}"
+        stderr = measurement.values.get("stderr", np.full(self.top_k, np.nan))
+        return (f"top-{self.top_k} eigenvalues {np.array2string(measurement.eigenvalues, precision=4)} "
+                f"+- {np.array2string(np.asarray(stderr), precision=2)} (sampling error)")
 
     def _hand_over(self, eigenvalues, eigenvectors):
         consumer = self._consumer()

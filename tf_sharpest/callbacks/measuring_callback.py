@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 import copy
 import os
+import time
 import warnings
 import weakref
 
@@ -22,6 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_sharpest.callbacks._budget import OverheadBudget
 from tf_sharpest.callbacks.measurement_log import Measurement, MeasurementLog
 from tf_sharpest.callbacks.progress import fit_verbosity
 from tf_sharpest.callbacks.sampling import SampleSource, shared_seed
@@ -42,6 +44,8 @@ VERBOSE_CHOICES = ("auto", 0, 1, 2)
 # from being reused while the entry lives; a callback drops its claims at on_train_end, and at the start
 # of its next fit, so a fit that crashed before on_train_end never causes a false refusal later.
 _RUNNING: dict[int, tuple[dict, dict]] = {}
+#: Training batches whose median time gives the training speed (recent ones: the speed changes as TF warms up).
+_SPEED_WINDOW = 50
 
 
 class MeasuringCallback(keras.callbacks.Callback, metaclass=abc.ABCMeta):
@@ -69,6 +73,8 @@ class MeasuringCallback(keras.callbacks.Callback, metaclass=abc.ABCMeta):
             raise ValueError("data must be (x, y) arrays or a batched tf.data.Dataset of (x, y).")
         if verbose not in VERBOSE_CHOICES or isinstance(verbose, bool):
             raise ValueError(f"verbose must be one of {VERBOSE_CHOICES}, got {verbose!r}.")
+        self.budget = frequency if isinstance(frequency, OverheadBudget) else None
+        frequency = frequency.frequency if self.budget is not None else frequency
         by_batches = not isinstance(frequency, bool) and isinstance(frequency, (int, np.integer)) and frequency >= 1
         if not (frequency == "epoch" or by_batches or (frequency is None and self._measures_only_at_end)):
             also = " or None (only after training)" if self._measures_only_at_end else ""
@@ -103,6 +109,12 @@ class MeasuringCallback(keras.callbacks.Callback, metaclass=abc.ABCMeta):
         self._pending_logs: dict = {}
         self._warned = set()
         self._first_measurement_of_run = True
+        # Training speed from fit: the seconds of the latest training batches, measurements excluded.
+        self._batch_started = None
+        self._batch_seconds: list = []
+        self._training_seconds = 0.0
+        self._measuring_seconds = 0.0
+        self._skipped = 0
 
     def _fresh_on_copy(self) -> dict:
         """Attributes a deep copy starts afresh, by name: what was traced or opened for the original's model."""
@@ -160,13 +172,29 @@ class MeasuringCallback(keras.callbacks.Callback, metaclass=abc.ABCMeta):
     def on_train_batch_begin(self, batch, logs=None):
         if self.frequency not in ("epoch", None) and self._global_step % int(self.frequency) == 0:
             self._measure()
+        self._batch_started = time.perf_counter()  # after the measurement: its time is not training time
 
     def on_train_batch_end(self, batch, logs=None):
         self._global_step += 1
+        if self._batch_started is not None:
+            seconds = time.perf_counter() - self._batch_started
+            self._training_seconds += seconds
+            self._batch_seconds = self._batch_seconds[-(_SPEED_WINDOW - 1):] + [seconds]
+            self._batch_started = None
+
+    def epoch_seconds(self) -> float:
+        """Seconds one epoch of ``fit`` takes (median of the latest training batches, measurements excluded;
+        NaN before the first batch): the unit of a measurement's ``epoch_equivalents``."""
+        steps = (self.params or {}).get("steps") if isinstance(self.params, dict) else None
+        if not self._batch_seconds or not steps:
+            return float("nan")
+        return float(np.median(self._batch_seconds)) * int(steps)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs.update(self._pending_logs)
+            if self.budget is not None:
+                logs.update(self._budget_logged())
 
     def on_train_end(self, logs=None):
         try:
@@ -182,8 +210,11 @@ class MeasuringCallback(keras.callbacks.Callback, metaclass=abc.ABCMeta):
     def _logged_keys(self) -> list:
         """Every key this callback adds to the epoch's logs (with ``log_prefix``), known before training."""
 
+    def _budget_logged(self) -> dict:
+        return {self.key(f"{self._log_name}_{name}"): value for name, value in self.budget_logs().items()}
+
     def _claims(self) -> list:
-        claims = list(self._logged_keys())
+        claims = list(self._logged_keys()) + (list(self._budget_logged()) if self.budget is not None else [])
         if self.save_dir:
             claims.append("file " + os.path.abspath(self._log.npz_path))
         return claims
@@ -239,7 +270,11 @@ class MeasuringCallback(keras.callbacks.Callback, metaclass=abc.ABCMeta):
             self._forget_from(self._epoch)
             self._first_measurement_of_run = False
         epoch = self._epoch + 1 if final else self._epoch  # the final one follows the last epoch
+        if not final and self._over_budget():
+            return
         measurement = self._take_measurement(epoch, final)
+        self._measuring_seconds += measurement.seconds
+        measurement.values["epoch_equivalents"] = measurement.seconds / self.epoch_seconds()
         if measurement.error:
             self._warn_failure(measurement)
         elif self._progress_mode():
@@ -254,6 +289,27 @@ class MeasuringCallback(keras.callbacks.Callback, metaclass=abc.ABCMeta):
                 self._log.write(self.history, self._log_top_k())
             except OSError as error:
                 self._warn_once("save", f"could not write {self._log.npz_path} ({error}); training goes on.")
+
+    def _over_budget(self) -> bool:
+        """Whether ``frequency=OverheadBudget(...)`` skips this scheduled measurement (logged as NaN)."""
+        if self.budget is None or not self.history:
+            return False
+        if self.budget.allows(self._measuring_seconds, self.history[-1].seconds, self._training_seconds):
+            return False
+        self._skipped += 1
+        if not self._pending_logs:  # NaN for an epoch without any measurement, not over an earlier one
+            self._pending_logs = dict.fromkeys(self._logged_keys(), float("nan"))
+        self._warn_once("budget", f"max_overhead={self.budget.max_overhead:g}: measuring took "
+                                  f"{self._measuring_seconds:.1f}s against {self._training_seconds:.1f}s of training, "
+                                  f"so the measurement at step {self._global_step} and the ones that would exceed the "
+                                  f"budget are skipped (logged as NaN; the logs' overhead and skipped count say how "
+                                  f"many). Raise max_overhead, or measure less often or on fewer examples.")
+        return True
+
+    def budget_logs(self) -> dict:
+        """The overhead so far (measuring over training seconds) and the scheduled measurements skipped."""
+        overhead = self._measuring_seconds / self._training_seconds if self._training_seconds else float("nan")
+        return {"overhead": overhead, "skipped": float(self._skipped)}
 
     @abc.abstractmethod
     def _take_measurement(self, epoch: int, final: bool) -> Measurement:

@@ -1,6 +1,7 @@
 """Algorithms on any :class:`tf_sharpest.operators.LinearOperator`: eigenpairs, trace, diagonal, spectral density."""
 
 from tf_sharpest.linalg._solvers import LanczosSolver, LOBPCGSolver, SolverResult
+from tf_sharpest.linalg._stderr import batch_rayleigh_quotients, sampling_stderr
 from tf_sharpest.linalg.density import MomentEstimate, SpectralDensity, spectral_density
 from tf_sharpest.linalg.lanczos import lanczos
 from tf_sharpest.linalg.lobpcg import lobpcg
@@ -10,3 +11,4 @@ from tf_sharpest.linalg.trace import DiagonalResult, TraceResult, diagonal, trac
 __all__ = ["lanczos", "lobpcg", "EigenResult", "trace", "diagonal", "TraceResult", "DiagonalResult",
            "spectral_density", "SpectralDensity", "MomentEstimate"]
 __all__ += ["LanczosSolver", "LOBPCGSolver", "SolverResult"]
+__all__ += ["sampling_stderr", "batch_rayleigh_quotients"]

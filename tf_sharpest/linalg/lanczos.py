@@ -11,7 +11,7 @@ from tf_sharpest.linalg.result import EigenResult
 from tf_sharpest.linalg.tridiagonal import lanczos_step, next_basis_vector
 from tf_sharpest.operators.base import LinearOperator, as_operator
 from tf_sharpest.utils._deprecation import renamed_argument
-from tf_sharpest.utils.checks import integer
+from tf_sharpest.utils.checks import integer, positive_float
 
 # Share of the warm-start vector drawn at random, so directions that were not
 # among the previous eigenvectors (a new sharp direction) can still be found.
@@ -20,7 +20,8 @@ WARM_START_NOISE = 0.01
 
 def lanczos(matvec, k: int = 5, *, dim: int | None = None, which: str = "largest", tol: float = 1e-4,
             max_matvecs: int | None = None, max_basis_size: int | None = None, initial_vectors=None,
-            seed: int | None = 0, dtype=None, verbose: int = 0, max_iterations: int | None = None) -> EigenResult:
+            seed: int | None = 0, dtype=None, verbose: int = 0, max_iterations: int | None = None,
+            eigenvalue_tol: float | None = None, relative: bool = False) -> EigenResult:
     """Top-``k`` (or bottom-``k``) eigenpairs of a symmetric operator.
 
     The Krylov basis is kept fully orthogonal (two Gram-Schmidt passes per step
@@ -64,6 +65,14 @@ def lanczos(matvec, k: int = 5, *, dim: int | None = None, which: str = "largest
         usually converges long before its budget.
       max_iterations: deprecated name of ``max_matvecs`` (it always counted
         matvecs); it still works, with a ``DeprecationWarning``, until 0.3.
+      eigenvalue_tol: stop instead when the error bound of every one of the
+        ``k`` eigenvalues (the result's ``error_bounds``) is at most this:
+        an absolute tolerance on the eigenvalues, or with ``relative=True`` a
+        fraction of each ``|lambda_i|``. ``tol`` is then not used. A bound is
+        ``min(||r||, ||r||^2 / gap)``, ``gap`` the distance to the nearest
+        other Ritz value less ``||r||`` (the residual bound always holds; the
+        gap bound uses the Ritz values as estimates of the rest of the spectrum).
+      relative: whether ``eigenvalue_tol`` is relative to each eigenvalue.
 
     Returns:
       An :class:`~tf_sharpest.linalg.EigenResult`.
@@ -72,6 +81,26 @@ def lanczos(matvec, k: int = 5, *, dim: int | None = None, which: str = "largest
       ValueError: for bad arguments, or an operator that returns non-finite values.
     """
     max_matvecs = renamed_argument("lanczos", "max_iterations", "max_matvecs", max_iterations, max_matvecs)
+    stop = None
+    if eigenvalue_tol is not None:
+        limit = positive_float("eigenvalue_tol", eigenvalue_tol)
+
+        def stop(values, bounds, vectors):  # noqa: ARG001 - the vectors serve other stops
+            return bool(np.all(bounds <= limit * (np.abs(values) if relative else 1.0)))
+    return run_lanczos(matvec, k, dim=dim, which=which, tol=tol, max_matvecs=max_matvecs,
+                       max_basis_size=max_basis_size, initial_vectors=initial_vectors, seed=seed, dtype=dtype,
+                       verbose=verbose, stop=stop)
+
+
+def run_lanczos(matvec, k: int, *, dim, which, tol, max_matvecs, max_basis_size, initial_vectors, seed, dtype,
+                verbose, stop=None) -> EigenResult:
+    """:func:`lanczos` with its stopping rule as a function.
+
+    ``stop(values [k], bounds [k], vectors)`` decides, after each step, whether
+    the ``k`` wanted Ritz pairs are good enough (``vectors()`` forms their
+    ``[dim, k]`` Ritz vectors, a cost of ``size * dim`` flops but no product);
+    ``None`` is the residual rule of ``tol``.
+    """
     if dim is None and callable(matvec) and not isinstance(matvec, LinearOperator):
         raise ValueError("A callable matvec needs the length of its vectors: call lanczos(fn, k, dim=n).")
     operator = as_operator(matvec, dim, dtype)
@@ -108,7 +137,13 @@ def lanczos(matvec, k: int = 5, *, dim: int | None = None, which: str = "largest
         wanted = _order(ritz_values, which)
         scale = max(float(np.max(np.abs(ritz_values))), np.finfo(float).tiny)
         residual_norms = step.beta * np.abs(ritz_vectors[size - 1, wanted[:k]])
-        converged = size >= k and bool(np.all(residual_norms <= tol * scale))
+        if size < k:
+            converged = False
+        elif stop is None:
+            converged = bool(np.all(residual_norms <= tol * scale))
+        else:
+            bounds = error_bounds(ritz_values, wanted[:k], residual_norms)
+            converged = bool(stop(ritz_values[wanted[:k]], bounds, _ritz_block(basis, size, ritz_vectors, wanted[:k])))
         spent = operator.num_matvecs - first_matvec
         if converged or size == n or spent >= max_matvecs:
             break
@@ -135,15 +170,43 @@ def lanczos(matvec, k: int = 5, *, dim: int | None = None, which: str = "largest
     if size < k:
         raise ValueError(f"Stopped after {size} basis vectors, fewer than k={k}; raise max_matvecs.")
     chosen = wanted[:k]
-    eigenvectors = tf.matmul(basis[:size], tf.constant(ritz_vectors[:, chosen], dtype), transpose_a=True)
+    eigenvectors = _ritz_block(basis, size, ritz_vectors, chosen)()
     return EigenResult(
         eigenvalues=ritz_values[chosen].astype(np.float64),
-        eigenvectors=eigenvectors.numpy(),
+        eigenvectors=eigenvectors,
         residual_norms=residual_norms.astype(np.float64),
         num_matvecs=operator.num_matvecs - first_matvec,
         converged=converged or size == n,
         num_restarts=restarts,
+        error_bounds=error_bounds(ritz_values, chosen, residual_norms),
     )
+
+
+def error_bounds(ritz_values: np.ndarray, chosen: np.ndarray, residual_norms: np.ndarray) -> np.ndarray:
+    """Bounds on ``|lambda_i - theta_i|`` for the chosen Ritz values: ``min(r, r^2 / gap)``.
+
+    ``|lambda - theta| <= ||r||`` always holds for some eigenvalue. The
+    tighter ``||r||^2 / gap`` (Kato-Temple) needs the gap to the rest of the
+    spectrum, estimated here by the distance to the nearest other Ritz value
+    less ``||r||``; where that is not positive only the residual bound is used.
+    """
+    bounds = np.array(residual_norms, dtype=np.float64)
+    for position, index in enumerate(chosen):
+        others = np.delete(ritz_values, index)
+        if others.size == 0:
+            continue
+        gap = float(np.min(np.abs(others - ritz_values[index]))) - bounds[position]
+        if gap > 0:
+            bounds[position] = min(bounds[position], bounds[position] ** 2 / gap)
+    return bounds
+
+
+def _ritz_block(basis, size: int, ritz_vectors: np.ndarray, chosen: np.ndarray):
+    """A function that forms the ``[dim, len(chosen)]`` Ritz vectors (NumPy) of the current basis."""
+    def form():
+        combination = tf.constant(ritz_vectors[:, chosen], basis.dtype)
+        return tf.matmul(basis[:size], combination, transpose_a=True).numpy()
+    return form
 
 
 def _order(values: np.ndarray, which: str) -> np.ndarray:

@@ -20,6 +20,11 @@ class EigenResult:
       num_matvecs: operator products spent.
       converged: whether every residual met the requested tolerance.
       num_restarts: how many times the search space was compressed.
+      error_bounds: ``[k]`` float64 bounds on each eigenvalue's error as an
+        eigenvalue of the operator (the solver's error, not the sample's);
+        ``None`` where the algorithm gives none.
+      stderr: ``[k]`` float64 standard errors of the eigenvalues due to the
+        sample (:func:`tf_sharpest.linalg.sampling_stderr`); ``None`` unless asked for.
     """
 
     eigenvalues: np.ndarray
@@ -28,3 +33,5 @@ class EigenResult:
     num_matvecs: int
     converged: bool
     num_restarts: int = 0
+    error_bounds: np.ndarray | None = None
+    stderr: np.ndarray | None = None
