@@ -39,6 +39,11 @@ solver with the block multiplied column by column, for comparison.
     python benchmarks/tracking_cost.py                  # about 20 minutes on 2 idle cores
     python benchmarks/tracking_cost.py --methods lanczos_cold lobpcg_warm --schedule 100
     python benchmarks/tracking_cost.py --methods lanczos_warm lobpcg_warm lobpcg_warm_columns ggn_lanczos_warm
+    python benchmarks/tracking_cost.py --methods lanczos_warm lanczos_sampling --full_reference 22500
+
+Every row also gives its largest solver error (against the tight reference) in units of the eigenvalue's
+sampling error (``sampling_stderr`` at the reference's eigenvectors): at most 0.66 keeps the total error
+``sqrt(solver^2 + sample^2)`` within 1.2 times the sampling error alone.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_sharpest import data, models
-from tf_sharpest.linalg import EigenResult, lanczos, lobpcg
+from tf_sharpest.linalg import EigenResult, LanczosSolver, lanczos, lobpcg, sampling_stderr
 from tf_sharpest.operators import GGNOperator, HessianOperator, LinearOperator
 from tf_sharpest.utils import even_batch_size, materialize
 
@@ -227,7 +232,7 @@ def lanczos_eigenvalue_stop(operator, k, tol, seed, initial_vectors=None, max_ma
     previous = None
     for budget in range(k, max_matvecs + 1):
         result = lanczos(cached, k=k, tol=CALLBACK_TOL, seed=seed, initial_vectors=initial_vectors,
-                         max_iterations=budget)
+                         max_matvecs=budget)
         values = result.eigenvalues
         settled = previous is not None and bool(np.all(np.abs(values - previous) <= tol * np.abs(values)))
         if result.converged or settled:
@@ -246,7 +251,14 @@ def _rayleigh_ritz_previous(ctx: Context) -> EigenResult:
                   block_size=ctx.k, max_iterations=ctx.k)
 
 
-DEFAULT_METHODS = ["lanczos_cold", "lanczos_warm", "lobpcg_warm", "lobpcg_warm_eig"]
+@register("lanczos_sampling", "Lanczos, warm, stopped at 0.66 of the sampling error (the callback's new default; "
+                              "its sampling error's products included)")
+def _lanczos_sampling(ctx: Context) -> EigenResult:
+    return LanczosSolver(eigenvalue_tol="sampling").solve(ctx.hessian, ctx.k, initial_vectors=ctx.previous,
+                                                          seed=ctx.seed)
+
+
+DEFAULT_METHODS = ["lanczos_cold", "lanczos_warm", "lanczos_sampling", "lobpcg_warm", "lobpcg_warm_eig"]
 
 
 class CachedProducts(LinearOperator):
@@ -282,6 +294,9 @@ class Row:
     reference: list
     epoch_equivalents: float = float("nan")  # training speed of the steps around this point
     epoch_equivalents_global: float = float("nan")  # training speed of the whole run
+    stderr: list = dataclasses.field(default_factory=list)  # sampling errors of the reference's λ1..λk
+    solver_error_in_stderr: float = float("nan")  # max_i |λi - reference_i| / stderr_i
+    full_lambda1: float = float("nan")  # λ1 on --full_reference examples at the same weights
 
 
 def parse_schedule(text: str) -> str:
@@ -330,6 +345,7 @@ class Tracker(keras.callbacks.Callback):
         self.step_times: list[tuple[int, float]] = []  # (step, seconds per example), measuring excluded
         self._step_start = None
         self.reference_extra_matvecs = []
+        self.full_operator = None
 
     def on_train_batch_begin(self, batch, logs=None):
         self._maybe_measure()
@@ -385,6 +401,16 @@ class Tracker(keras.callbacks.Callback):
             self.operator.set_data(sample)
         return self.operator
 
+    def _full_lambda1(self, seed: int) -> float:
+        """λ1 on ``--full_reference`` training examples at the current weights (tol 1e-4, untimed)."""
+        examples = materialize((self.x, self.y), self.args.full_reference, seed=seed + 1)
+        batch_size = even_batch_size(len(examples[1]), BATCH_SIZE)
+        if self.full_operator is None:
+            self.full_operator = HessianOperator(self.model, examples, loss=self.loss, batch_size=batch_size)
+        else:
+            self.full_operator.set_data(examples, batch_size)
+        return float(lanczos(self.full_operator, k=1, tol=1e-4, seed=seed).eigenvalues[0])
+
     def _measure(self, due: list[str]):
         step = self.step
         seed = 1000 + step
@@ -406,7 +432,7 @@ class Tracker(keras.callbacks.Callback):
         cold_seconds = time.perf_counter() - t
         cold_matvecs = hessian.num_matvecs - first
         first = hessian.num_matvecs
-        reference = lanczos(cached, k=TOP_K, tol=REFERENCE_TOL, seed=seed, max_iterations=400)
+        reference = lanczos(cached, k=TOP_K, tol=REFERENCE_TOL, seed=seed, max_matvecs=400)
         self.reference_extra_matvecs.append(hessian.num_matvecs - first)
         if not reference.converged:
             print(f"warning: the reference at step {step} did not converge (residuals {reference.residual_norms})")
@@ -414,6 +440,11 @@ class Tracker(keras.callbacks.Callback):
 
         def error(values):
             return float(np.max(np.abs(np.asarray(values) - ref) / np.abs(ref)))
+
+        # The sampling error of this point's eigenvalues (at the reference's eigenvectors) and, with
+        # --full_reference, λ1 on many more examples: neither is timed.
+        stderr = sampling_stderr(hessian, reference)
+        full_lambda1 = self._full_lambda1(seed) if self.args.full_reference else float("nan")
 
         print(f"step {step}: reference λ1..λ5 = {np.array2string(ref, precision=3)} "
               f"({cold_matvecs} + {self.reference_extra_matvecs[-1]} products)", flush=True)
@@ -439,16 +470,20 @@ class Tracker(keras.callbacks.Callback):
                     self.previous[(schedule, method.name)] = result.eigenvectors
                 self.rows.append(Row(schedule, step, step / self.steps_per_epoch, method.name, matvecs, seconds,
                                      error(result.eigenvalues), bool(result.converged),
-                                     [float(v) for v in result.eigenvalues], [float(v) for v in ref]))
+                                     [float(v) for v in result.eigenvalues], [float(v) for v in ref],
+                                     stderr=[float(v) for v in stderr],
+                                     solver_error_in_stderr=float(np.max(np.abs(result.eigenvalues - ref) / stderr)),
+                                     full_lambda1=full_lambda1))
                 print(f"  [{schedule}] {method.name:>22}: {matvecs:3d} matvecs {seconds:6.1f} s "
-                      f"error {self.rows[-1].error:.1e}", flush=True)
+                      f"error {self.rows[-1].error:.1e} ({self.rows[-1].solver_error_in_stderr:.2f} of the sampling "
+                      f"error)", flush=True)
             self.previous_reference[schedule] = reference.eigenvectors
 
 
 def summarize(rows: list[Row], schedules, methods) -> tuple[list, list]:
     header = ["schedule", "method", "measurements", "matvecs (median)", "seconds (median)",
               "seconds per matvec (median)", "epoch-equivalents (median)", "max rel. error λ1..λ5 (median / worst)",
-              "matvecs vs cold Lanczos", "all converged"]
+              "max solver error / sampling error λ1..λ5 (median / worst)", "matvecs vs cold Lanczos", "all converged"]
     table = []
     for schedule in schedules:
         cold = {r.step: r for r in rows if r.schedule == schedule and r.method == "lanczos_cold"}
@@ -464,6 +499,8 @@ def summarize(rows: list[Row], schedules, methods) -> tuple[list, list]:
                           f"{median([r.seconds / r.matvecs for r in chosen]):.2f}",
                           f"{median([r.epoch_equivalents for r in chosen]):.2f}",
                           f"{median([r.error for r in chosen]):.1e} / {max(r.error for r in chosen):.1e}",
+                          f"{median([r.solver_error_in_stderr for r in chosen]):.2f} / "
+                          f"{max(r.solver_error_in_stderr for r in chosen):.2f}",
                           f"{median(ratios):.2f}" if ratios else "-",
                           "yes" if all(r.converged for r in chosen) else "no"])
     return header, table
@@ -489,6 +526,9 @@ def main():
                         help="training steps left out of the training-speed timing (tracing)")
     parser.add_argument("--speed_window", type=int, default=50,
                         help="epoch-equivalents use the training steps within this many steps of the measurement")
+    parser.add_argument("--full_reference", type=int, default=0,
+                        help="also compute λ1 on this many training examples at each point (untimed), to compare "
+                             "the sample's λ1 and its sampling error with (0: off)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="write every row and the summary as JSON here")
     parser.add_argument("--smoke", action="store_true",
@@ -541,6 +581,15 @@ def main():
                          [[r.schedule, r.step, r.method, r.matvecs, f"{r.seconds:.1f}", f"{r.epoch_equivalents:.2f}",
                            f"{r.epoch_equivalents_global:.2f}", f"{r.error:.1e}", r.converged,
                            f"{r.eigenvalues[0]:.3f}"] for r in tracker.rows]))
+    points = {r.step: r for r in tracker.rows if r.method == "lanczos_cold"}
+    if args.full_reference:
+        print(f"\nThe sample's λ1 (tight solve on {args.num_samples} examples) against λ1 on {args.full_reference:,} "
+              "examples at the same weights, in sampling errors:\n")
+        print(markdown_table(["step", "λ1 (sample)", "sampling error", f"λ1 ({args.full_reference} examples)",
+                              "(sample - full) / sampling error"],
+                             [[s, f"{r.reference[0]:.3f}", f"{r.stderr[0]:.3f}", f"{r.full_lambda1:.3f}",
+                               f"{(r.reference[0] - r.full_lambda1) / r.stderr[0]:+.2f}"]
+                              for s, r in sorted(points.items())]))
     header, table = summarize(tracker.rows, args.schedule, methods)
     print("\nMedians after each schedule's first measurement (where every method starts cold):\n")
     print(markdown_table(header, table))

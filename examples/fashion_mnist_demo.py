@@ -89,6 +89,7 @@ def train(name, optimizer, splits, x, y, args):
     test_accuracy = model.evaluate(data.eval_dataset(splits.x_test, splits.y_test), verbose=0)[1]
     return {"history": history.history, "test_accuracy": float(test_accuracy),
             "eigenvalues": np.array([m.eigenvalues for m in lanczos.history]),
+            "stderr": np.array([m.values.get("stderr", np.full(args.top_k, np.nan)) for m in lanczos.history]),
             "trace": spectrum.history[-1].values, "density": spectrum.density,
             "landscape": final_landscape(model, lanczos, x[: args.num_samples], y[: args.num_samples])}
 
@@ -139,11 +140,15 @@ def plot(results, args, path):
     for ax, (name, result) in zip(np.atleast_1d(axes), results.items()):
         values = result["eigenvalues"]
         epochs = np.arange(len(values))
+        stderr = result.get("stderr", np.full(values.shape, np.nan))
         for i in range(values.shape[1]):
-            ax.plot(epochs, values[:, i], marker="o", label=f"$\\lambda_{i + 1}$")
+            line, = ax.plot(epochs, values[:, i], marker="o", label=f"$\\lambda_{i + 1}$")
+            # The band: +-2 standard errors due to the sample (LanczosCallback's lambda_i_stderr).
+            ax.fill_between(epochs, values[:, i] - 2 * stderr[:, i], values[:, i] + 2 * stderr[:, i],
+                            color=line.get_color(), alpha=0.2, linewidth=0)
         ax.axhline(2 / args.lr, color="gray", linestyle="--", label="$2/\\eta$")
         ax.set_title(name)
-        ax.set_xlabel("epoch (measured at its start; last point: after training)")
+        ax.set_xlabel("epoch (measured at its start; last point: after training); bands: ±2 sampling errors")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
     np.atleast_1d(axes)[0].set_ylabel("Hessian eigenvalue")

@@ -91,7 +91,7 @@ class LanczosSolver(_Solver):
     solver = LanczosSolver(tol=1e-4, max_matvecs=100)
     result = solver.solve(hessian, 5)
     later = solver.solve(hessian, 5, initial_vectors=result.eigenvectors)
-    LanczosCallback(data, solver=solver)
+    LanczosCallback((x_train, y_train), solver=solver)
     LanczosSolver(eigenvalue_tol=1e-3, relative=True)       # each eigenvalue to 0.1%
     enough = LanczosSolver(eigenvalue_tol="sampling").solve(hessian, 5)
     enough.eigenvalues, enough.stderr, enough.error_bounds  # error bounds <= 0.66 stderr
@@ -182,6 +182,7 @@ class LOBPCGSolver(_Solver):
 
     ```python
     solver = LOBPCGSolver(tol=1e-3)
+    previous = solver.solve(hessian, 5)
     result = solver.solve(hessian, 5, initial_vectors=previous.eigenvectors)
     result.fallbacks            # 1 if Lanczos had to finish the job
     ```
