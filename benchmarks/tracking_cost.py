@@ -393,7 +393,7 @@ class Tracker(keras.callbacks.Callback):
 
     def _hessian_on(self, sample) -> HessianOperator:
         if self.operator is None:
-            batch_size = even_batch_size(len(sample[1]), BATCH_SIZE)
+            batch_size = even_batch_size(len(sample[1]), self.args.product_batch_size)
             self.operator = HessianOperator(self.model, sample, loss=self.loss, batch_size=batch_size)
             self.operator.matvec(tf.zeros([self.operator.dim]))  # trace now, outside every timed method
             self.operator.matmat(tf.zeros([self.operator.dim, 1]))  # and the block product (one trace for every k)
@@ -404,7 +404,7 @@ class Tracker(keras.callbacks.Callback):
     def _full_lambda1(self, seed: int) -> float:
         """λ1 on ``--full_reference`` training examples at the current weights (tol 1e-4, untimed)."""
         examples = materialize((self.x, self.y), self.args.full_reference, seed=seed + 1)
-        batch_size = even_batch_size(len(examples[1]), BATCH_SIZE)
+        batch_size = even_batch_size(len(examples[1]), self.args.product_batch_size)
         if self.full_operator is None:
             self.full_operator = HessianOperator(self.model, examples, loss=self.loss, batch_size=batch_size)
         else:
@@ -416,7 +416,7 @@ class Tracker(keras.callbacks.Callback):
         seed = 1000 + step
         sample = materialize((self.x, self.y), self.args.num_samples, seed=seed)
         hessian = self._hessian_on(sample)
-        batch_size = even_batch_size(len(sample[1]), BATCH_SIZE)
+        batch_size = even_batch_size(len(sample[1]), self.args.product_batch_size)
 
         def context(schedule, method):
             return Context(hessian=hessian, model=self.model, sample=sample, loss=self.loss, batch_size=batch_size,
@@ -529,6 +529,9 @@ def main():
     parser.add_argument("--full_reference", type=int, default=0,
                         help="also compute λ1 on this many training examples at each point (untimed), to compare "
                              "the sample's λ1 and its sampling error with (0: off)")
+    parser.add_argument("--product_batch_size", type=int, default=BATCH_SIZE,
+                        help="largest batch of the curvature products (2,250 examples: 18 batches of 125); the "
+                             "sampling error comes from the spread over the batches")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="write every row and the summary as JSON here")
     parser.add_argument("--smoke", action="store_true",
@@ -564,7 +567,8 @@ def main():
     hvp = [r.seconds / r.matvecs for r in tracker.rows if r.method == "lanczos_cold" and r.step > 0]
     print(f"\nSimpleCNN-root ({model.count_params():,} parameters), {len(y):,} Fashion-MNIST training examples, "
           f"SGD lr={args.lr}, batch {BATCH_SIZE}, {args.epochs} epochs ({steps_per_epoch} steps each); top-{TOP_K} on "
-          f"{args.num_samples} samples per measurement (batches of {even_batch_size(args.num_samples, BATCH_SIZE)}).")
+          f"{args.num_samples} samples per measurement (batches of "
+          f"{even_batch_size(args.num_samples, args.product_batch_size)}).")
     product_cost = [r.seconds / r.matvecs / local_epoch[r.step] for r in tracker.rows
                     if r.method == "lanczos_cold" and r.step > 0]
     print(f"Training: {per_example * 1e3:.3f} ms per example over the run, so one epoch-equivalent "
