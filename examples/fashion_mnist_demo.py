@@ -148,13 +148,13 @@ def plot(results, args, path):
                             color=line.get_color(), alpha=0.2, linewidth=0)
         ax.axhline(2 / args.lr, color="gray", linestyle="--", label="$2/\\eta$")
         ax.set_title(name)
-        ax.set_xlabel("epoch (measured at its start; last point: after training); bands: ±2 sampling errors")
+        ax.set_xlabel("epoch (measured at its start; last point: after training)")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
     np.atleast_1d(axes)[0].set_ylabel("Hessian eigenvalue")
     np.atleast_1d(axes)[-1].legend(loc="best", fontsize=8)
     fig.suptitle(f"Top-{args.top_k} Hessian eigenvalues, SimpleCNN (F={args.n_filters}) on "
-                 f"{args.n_examples} Fashion-MNIST examples, lr={args.lr}")
+                 f"{args.n_examples} Fashion-MNIST examples, lr={args.lr}; bands: ±2 sampling errors")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
