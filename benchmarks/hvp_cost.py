@@ -1,7 +1,8 @@
 """What one Hessian-vector product costs, and how many Lanczos needs against ARPACK.
 
 Part 1: time of one HVP over a batch divided by one gradient over the same
-batch, for SimpleCNN with 32 and 100 filters (medians over interleaved repeats,
+batch (the operator's forward-over-reverse product, and double backprop
+beside it), for SimpleCNN with 32 and 100 filters (medians over interleaved repeats,
 in one run), and the same HVP graph traced with an open batch dimension; and
 the Gauss-Newton and empirical-Fisher products on the same batch beside them.
 Part 2: matvecs that ``tf_sharpest.linalg.lanczos`` and scipy's
@@ -23,6 +24,7 @@ import argparse
 
 import numpy as np
 import tensorflow as tf
+from _double_backprop import ReverseOverReverseHessian
 
 from tf_sharpest import models
 from tf_sharpest.linalg import lanczos
@@ -60,15 +62,14 @@ def hvp_ratio(preset, batch_size, repeats, seed=0):
     ggn = GGNOperator(model, (x, y), loss=loss_fn, batch_size=batch_size)
     fisher = EmpiricalFisherOperator(model, (x, y), loss=loss_fn, batch_size=batch_size)
     v = tf.constant(rng.standard_normal(operator.dim).astype("float32"))
+    reverse = ReverseOverReverseHessian(model, (x, y), loss=loss_fn, batch_size=batch_size)
     # What the operator ran before it traced equal batches for their fixed shape (and still runs
     # when the last batch is smaller): its per-batch graph with the batch dimension left open.
     flat = tf.TensorSpec([operator.dim], tf.float32)
-    open_batch_graph = tf.function(operator._accumulate_batch,
-                                   input_signature=[operator.sample.batch_spec, flat, flat, tf.TensorSpec([])])
+    open_batch_graph = tf.function(operator.batch_matvec, input_signature=[operator.sample.batch_spec, flat])
     batch = next(iter(operator.objective.batches()))
-    zeros, one = tf.zeros([operator.dim]), tf.constant(1.0)
     calls = {"gradient": lambda: gradient(x, y), "hvp": lambda: operator.matvec(v),
-             "hvp_open_batch": lambda: open_batch_graph(batch, v, zeros, one),
+             "hvp_reverse": lambda: reverse.matvec(v), "hvp_open_batch": lambda: open_batch_graph(batch, v),
              "ggn": lambda: ggn.matvec(v), "empirical_fisher": lambda: fisher.matvec(v)}
     return model.count_params(), interleaved_medians(calls, repeats)
 
@@ -156,12 +157,14 @@ def main():
         params, t = hvp_ratio(preset, args.batch_size, args.repeats)
         rows.append([f"simple_cnn('{preset}')", f"{params:,}", args.batch_size, f"{t['gradient'] * 1e3:.0f}",
                      f"{t['hvp'] * 1e3:.0f}", f"{t['hvp'] / t['gradient']:.2f}",
+                     f"{t['hvp_reverse'] * 1e3:.0f}", f"{t['hvp_reverse'] / t['gradient']:.2f}",
                      f"{t['hvp_open_batch'] * 1e3:.0f}", f"{t['hvp_open_batch'] / t['gradient']:.2f}",
                      f"{t['ggn'] * 1e3:.0f}", f"{t['ggn'] / t['hvp']:.2f}",
                      f"{t['empirical_fisher'] * 1e3:.0f}", f"{t['empirical_fisher'] / t['hvp']:.2f}"])
         print(f"{preset}: " + ", ".join(f"{name} {seconds:.3f}s" for name, seconds in t.items()), flush=True)
     if rows:
         print("\n" + markdown_table(["network", "parameters", "batch", "gradient ms", "HVP ms", "HVP / gradient",
+                                      "double-backprop HVP ms", "double backprop / gradient",
                                       "HVP, open batch dim, ms", "open / gradient", "GGN ms", "GGN / HVP",
                                       "EF ms", "EF / HVP"], rows))
 

@@ -67,24 +67,13 @@ def computation(name: str, model, x, y, batch_size: int):
     """A zero-argument callable running ``name`` once and waiting for its result."""
     import numpy as np
     import tensorflow as tf
+    from _double_backprop import ReverseOverReverseHessian
 
     from tf_sharpest import models
     from tf_sharpest.operators import EmpiricalFisherOperator, EmpiricalLoss, GGNOperator, HessianOperator
-    from tf_sharpest.operators._autodiff import dot, gradients
 
     loss = models.default_loss()
     data = (x, y)
-
-    class ReverseOverReverseHessian(HessianOperator):
-        """The Hessian product by double backprop, as HessianOperator computed it before."""
-
-        def _batch_product(self, batch, vectors):
-            with tf.GradientTape() as outer:
-                with tf.GradientTape() as inner:
-                    value = self.objective.batch_loss(batch)
-                grad_dot_v = dot(gradients(inner, value, self.variables), vectors)
-            return gradients(outer, grad_dot_v, self.variables)
-
     rng = np.random.default_rng(1)
     if name == "gradient":
         objective = EmpiricalLoss(model, data, loss=loss, batch_size=batch_size)

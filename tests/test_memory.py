@@ -165,3 +165,15 @@ def test_running_out_of_memory_says_what_to_pass(monkeypatch):
     with pytest.raises(tf.errors.ResourceExhaustedError,
                        match=r"batch of 5 examples ran out of device memory.*micro_batch_size=1.*OOM when"):
         operator.matvec(np.ones(operator.dim))
+
+
+def test_batch_matvec_is_one_batchs_curvature():
+    """The public per-batch product (benchmarks/hvp_cost.py traces it with an open batch dimension)."""
+    model, data = weighted_cnn_case()
+    operator = HessianOperator(model, data, loss=sparse_ce(), batch_size=5)
+    v = np.random.default_rng(9).standard_normal(operator.dim)
+    last = tuple(a[10:] for a in data)  # the sample's third batch, 3 examples
+    open_batch = tf.function(operator.batch_matvec, input_signature=[operator.sample.batch_spec,
+                                                                     tf.TensorSpec([operator.dim], tf.float64)])
+    assert_close(open_batch(operator.sample.batches[2], v).numpy(), weighted_explicit("hessian", model, last) @ v,
+                 rtol=1e-8)

@@ -178,6 +178,15 @@ class CurvatureOperator(LinearOperator):
                     for p, shape in zip(products, self.layout.shapes)]
         return accumulated + weight * tf.cast(self.layout.flatten(products), self.dtype)
 
+    def batch_matvec(self, batch, vector) -> tf.Tensor:
+        """``A_b v``: the curvature of one ``(x, y[, w])`` batch's mean loss (regularization included) times ``v``.
+
+        The per-batch product every ``matvec`` sums, untraced: call it eagerly or
+        inside your own ``tf.function`` (e.g. traced with an open batch dimension).
+        """
+        vector = tf.convert_to_tensor(vector, self.dtype)
+        return self._accumulate_batch(tuple(batch), vector, tf.zeros_like(vector), tf.constant(1, self.dtype))
+
     @property
     def num_replicas(self) -> int:
         """Replicas that share each product (1 without a multi-replica strategy)."""

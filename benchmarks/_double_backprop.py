@@ -1,0 +1,20 @@
+"""The Hessian product by double backprop (a tape around the gradient tape): what ``HessianOperator`` ran
+before it went forward-over-reverse, kept for the side-by-side comparisons in hvp_cost.py and memory_cost.py."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tf_sharpest.operators import HessianOperator
+from tf_sharpest.operators._autodiff import dot, gradients
+
+
+class ReverseOverReverseHessian(HessianOperator):
+    """``HessianOperator`` with its per-batch product (the documented extension point) by double backprop."""
+
+    def _batch_product(self, batch, vectors):
+        with tf.GradientTape() as outer:
+            with tf.GradientTape() as inner:
+                value = self.objective.batch_loss(batch)
+            grad_dot_v = dot(gradients(inner, value, self.variables), vectors)
+        return gradients(outer, grad_dot_v, self.variables)
