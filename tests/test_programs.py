@@ -134,7 +134,7 @@ def test_the_two_copies_of_the_programs_helpers_agree():
 #: registries, ``_common``'s argument types): their ``--help`` still imports TensorFlow. Every other program's
 #: does not; a new benchmark must be in one list or the other (test_every_benchmark_is_classified).
 BENCHMARKS_HELP_IMPORTS_TENSORFLOW = {"hvp_cost.py", "peers.py", "spectrum_peers.py", "tracking_cost.py",
-                                      "landscape_cost.py", "memory_cost.py"}
+                                      "landscape_cost.py", "memory_cost.py", "stderr_calibration.py"}
 
 
 def main_scripts(folder):
