@@ -6,7 +6,6 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tf_sharpest.operators import HessianOperator
-from tf_sharpest.operators._autodiff import dot, gradients
 
 
 class ReverseOverReverseHessian(HessianOperator):
@@ -16,5 +15,7 @@ class ReverseOverReverseHessian(HessianOperator):
         with tf.GradientTape() as outer:
             with tf.GradientTape() as inner:
                 value = self.objective.batch_loss(batch)
-            grad_dot_v = dot(gradients(inner, value, self.variables), vectors)
-        return gradients(outer, grad_dot_v, self.variables)
+            grads = inner.gradient(value, self.variables)
+            grad_dot_v = tf.add_n([tf.reduce_sum(g * tf.cast(v, g.dtype))
+                                   for g, v in zip(grads, vectors) if g is not None])
+        return outer.gradient(grad_dot_v, self.variables)  # None (no curvature) for unconnected variables
