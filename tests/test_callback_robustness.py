@@ -529,7 +529,7 @@ def test_the_lobpcg_fallback_returns_a_new_result_and_mutates_none(monkeypatch):
     unconverged = EigenResult(np.array([4.0]), np.eye(4, 1, dtype=np.float32), np.array([1.0]), 7, False)
     finished = EigenResult(np.array([5.0]), np.eye(4, 1, dtype=np.float32), np.array([0.0]), 5, True)
     monkeypatch.setattr(_solvers, "lobpcg", lambda *args, **kwargs: unconverged)
-    monkeypatch.setattr(_solvers, "lanczos", lambda *args, **kwargs: finished)
+    monkeypatch.setattr(_solvers, "run_lanczos", lambda *args, **kwargs: finished)
     before = (dataclasses.asdict(unconverged), dataclasses.asdict(finished))
     result = LOBPCGSolver(tol=1e-3).solve(matrix, 1)
     assert result.num_matvecs == 12 and result.fallbacks == 1 and result.converged
@@ -622,7 +622,8 @@ def test_two_callbacks_logging_the_same_keys_are_refused_at_the_start_of_fit(dat
     hessian = LanczosCallback((x, y), top_k=2, num_samples=16)
     ggn = LanczosCallback((x, y), top_k=3, num_samples=16, curvature="ggn")
     with pytest.raises(ValueError, match=r"LanczosCallback and LanczosCallback .* both log the same keys "
-                                         r"\['lambda_1', 'lambda_2', 'lanczos_matvecs'.*log_prefix="):
+                                         r"\['lambda_1', 'lambda_2', 'lambda_1_stderr', 'lambda_2_stderr', "
+                                         r"'lanczos_matvecs'.*log_prefix="):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[hessian, ggn])
     assert hessian.history == []
     assert all(np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables))
