@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from tf_sharpest.callbacks import LanczosCallback, MeasurementLog
-from tf_sharpest.callbacks.lanczos_callback import describe_error
+from tf_sharpest.callbacks._lanczos_callback import describe_error
 from tf_sharpest.hessian import top_eigenpairs
 from tf_sharpest.linalg import LanczosSolver, LOBPCGSolver
 from tf_sharpest.operators import Curvature
@@ -341,7 +341,7 @@ def test_a_block_solve_that_misses_tol_falls_back_to_lanczos_and_says_so(data):
 def test_fit_with_its_default_verbose_auto(data, capsys):
     """Keras hands callbacks fit's verbose='auto' unresolved: the callback must read it as a progress bar."""
     from tf_sharpest.callbacks import SpectrumCallback
-    from tf_sharpest.callbacks.progress import fit_verbosity
+    from tf_sharpest.callbacks._progress import fit_verbosity
 
     assert [fit_verbosity({"verbose": v}) for v in ("auto", 0, 1, 2, None)] == [1, 0, 1, 2, 0]
     x, y = data
@@ -353,7 +353,7 @@ def test_fit_with_its_default_verbose_auto(data, capsys):
 
 
 def test_a_multi_worker_strategy_gets_one_shared_seed(mirrored_strategy):
-    from tf_sharpest.callbacks.sampling import shared_seed
+    from tf_sharpest.callbacks._sampling import shared_seed
 
     class TwoWorkers:  # what MultiWorkerMirroredStrategy reports on each of two one-device workers
         num_replicas_in_sync = 2
@@ -684,7 +684,7 @@ def test_an_unconverged_measurement_is_flagged_logged_saved_and_warned_once(data
 # -- issue 22: files, empty data ----------------------------------------------------------------------------------
 
 def test_an_eigenvector_file_that_cannot_be_written_warns_and_fit_goes_on(data, tmp_path, monkeypatch):
-    import tf_sharpest.callbacks.lanczos_callback as module
+    import tf_sharpest.callbacks._lanczos_callback as module
 
     x, y = data
     os.makedirs(tmp_path / "eigenvectors_epoch0000.npz")  # the name is taken by a folder

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tf_sharpest.utils.checks import choice, integer, is_integer, positive_float, positive_int
+from tf_sharpest.utils._checks import choice, integer, is_integer, positive_float, positive_int
 
 
 def test_integer_accepts_python_and_numpy_integers_within_bounds():

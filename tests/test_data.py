@@ -13,8 +13,9 @@ import pytest
 import tensorflow as tf
 
 from tf_sharpest import data
-from tf_sharpest.data import cifar, idx
-from tf_sharpest.data.errors import CorruptDataError, DataNotFoundError
+from tf_sharpest.data import _cifar as cifar
+from tf_sharpest.data import _idx as idx
+from tf_sharpest.data import CorruptDataError, DataNotFoundError
 
 # --------------------------------------------------------------------------- the package
 
@@ -22,10 +23,10 @@ def test_load_is_the_function_and_no_function_shadows_a_submodule():
     import importlib
     import pkgutil
 
-    assert callable(data.load) and data.load is importlib.import_module("tf_sharpest.data.loading").load
-    assert data.augment is importlib.import_module("tf_sharpest.data.augmentation").augment
+    assert callable(data.load) and data.load is importlib.import_module("tf_sharpest.data._loading").load
+    assert data.augment is importlib.import_module("tf_sharpest.data._augmentation").augment
     submodules = {m.name for m in pkgutil.iter_modules(data.__path__)}
-    assert {"loading", "augmentation"} <= submodules and not submodules & set(data.__all__)
+    assert {"_loading", "_augmentation"} <= submodules and not submodules & set(data.__all__)
     assert callable(data.load) and callable(data.augment)  # importing the submodules rebinds nothing
 
 
@@ -319,7 +320,7 @@ def test_tfds_source_with_mock_data(tmp_path, no_system_fmnist):
 
 
 def test_auto_reads_local_files_without_asking_tfds(tmp_path, monkeypatch, no_system_fmnist):
-    from tf_sharpest.data import loading
+    from tf_sharpest.data import _loading as loading
 
     asked = []
 
@@ -357,7 +358,7 @@ def test_auto_asks_tfds_quietly_when_there_are_no_local_files(tmp_path, caplog, 
 
 def test_tfds_attempts_per_source(tmp_path, monkeypatch, small_cifar):
     pytest.importorskip("tensorflow_datasets")
-    from tf_sharpest.data import loading
+    from tf_sharpest.data import _loading as loading
 
     attempts = []
 

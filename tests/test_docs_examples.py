@@ -62,7 +62,8 @@ def code_blocks(text: str) -> list[tuple[int, str]]:
 
 
 def public_modules() -> list:
-    """Every module of tf_sharpest whose dotted name has no private part."""
+    """Every module of tf_sharpest whose dotted name has no private part: the top level, its packages and
+    ``tf_sharpest.hessian``."""
     modules = [tf_sharpest]
     for info in pkgutil.walk_packages(tf_sharpest.__path__, prefix="tf_sharpest."):
         if not any(part.startswith("_") for part in info.name.split(".")):
@@ -71,11 +72,13 @@ def public_modules() -> list:
 
 
 def documented_objects(module) -> list[tuple[str, object]]:
-    """``(qualified name, object)`` for the module and the public objects defined in it (with class members)."""
+    """``(qualified name, object)`` for the module and the public objects it exports (with class members).
+
+    A package's public names are its ``__all__``, wherever they are defined (its modules are private), and each
+    is named by its one public home, ``tf_sharpest.<package>.<name>``."""
     found = [(module.__name__, module)]
-    for name, value in sorted(vars(module).items()):
-        if name.startswith("_") or getattr(value, "__module__", None) != module.__name__:
-            continue
+    for name in sorted(getattr(module, "__all__", [])):
+        value = getattr(module, name)
         if not (inspect.isclass(value) or inspect.isfunction(value)):
             continue
         found.append((f"{module.__name__}.{name}", value))
@@ -135,7 +138,7 @@ def write_idx(path: str, array: np.ndarray) -> None:
 
 def write_small_fashion_mnist(folder: str) -> None:
     """Fashion-MNIST in its IDX format, with ``FMNIST_COUNTS`` random images and labels."""
-    from tf_sharpest.data import idx
+    from tf_sharpest.data import _idx as idx
 
     rng = np.random.default_rng(0)
     os.makedirs(folder, exist_ok=True)
@@ -257,17 +260,20 @@ _SPECTRUM_RUN = {}
 
 
 def fitted_spectrum_callback(tmp_path_factory):
-    """A SpectrumCallback after a 10-epoch fit, measured only after training; saved under <folder>/runs/sgd."""
+    """A 2-epoch fit with a SpectrumCallback (a density at every epoch) and a LanczosCallback, both
+    saving under <folder>/runs/sgd (the files load_density and plot_spectrogram read)."""
     if not _SPECTRUM_RUN:
-        from tf_sharpest.callbacks import SpectrumCallback
+        from tf_sharpest.callbacks import LanczosCallback, SpectrumCallback
 
         folder = tmp_path_factory.mktemp("spectrum")
+        save_dir = str(folder / "runs" / "sgd")
         x, y = images(NUM_EXAMPLES, 1)
         model = tiny_model()
-        callback = SpectrumCallback((x, y), num_samples=NUM_EXAMPLES, frequency=None, num_probes=3, num_steps=20,
-                                    save_dir=str(folder / "runs" / "sgd"), tensorboard_dir=None, seed=0,
+        callback = SpectrumCallback((x, y), num_samples=NUM_EXAMPLES, trace_matvecs=4, density_every=1,
+                                    num_probes=3, num_steps=20, save_dir=save_dir, tensorboard_dir=None, seed=0,
                                     verbose=0)
-        model.fit(x, y, epochs=10, batch_size=32, verbose=0, callbacks=[callback])
+        lanczos = LanczosCallback((x, y), top_k=2, num_samples=NUM_EXAMPLES, save_dir=save_dir, seed=0, verbose=0)
+        model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[callback, lanczos])
         _SPECTRUM_RUN.update(folder=folder, callback=callback)
     return _SPECTRUM_RUN
 
@@ -307,32 +313,29 @@ for _package in PACKAGES:
 #: Names an example needs that differ from the shared ones, by the id of the object it documents.
 OVERRIDES = {
     # The preconditioner is read from an adaptive optimizer that has taken a step.
-    "tf_sharpest.operators.preconditioned.PreconditionedOperator": {"model": _adam_model},
+    "tf_sharpest.operators.PreconditionedOperator": {"model": _adam_model},
     # ``result`` there is a spectral density.
-    "tf_sharpest.linalg.density.SpectralDensity.density": {"result": _density},
-    "tf_sharpest.linalg.density.SpectralDensity.moment": {"result": _density},
-    "tf_sharpest.linalg.density.SpectralDensity.plot": {"result": _density},
+    "tf_sharpest.linalg.SpectralDensity.density": {"result": _density},
+    "tf_sharpest.linalg.SpectralDensity.moment": {"result": _density},
+    "tf_sharpest.linalg.SpectralDensity.plot": {"result": _density},
     # ``callback`` is a LanczosCallback after a fit; ``splits`` a Splits.
-    "tf_sharpest.callbacks.measurement_log.MeasurementLog": {"callback": _fitted_lanczos_callback},
-    "tf_sharpest.data.splits.Splits": {"splits": _splits},
+    "tf_sharpest.callbacks.MeasurementLog": {"callback": _fitted_lanczos_callback},
+    "tf_sharpest.data.Splits": {"splits": _splits},
     # Batches of 128 need more than the shared 64 examples.
-    "tf_sharpest.analysis.sharpness.BatchSharpnessMeter": {"x": lambda ns: ns["x_train"],
+    "tf_sharpest.analysis.BatchSharpnessMeter": {"x": lambda ns: ns["x_train"],
                                                            "y": lambda ns: ns["y_train"]},
-    # ``spectrum`` is a SpectrumCallback after a fit (the same run load_density reads the files of).
-    "tf_sharpest.callbacks.spectrum_callback.histogram_buckets": {
-        "spectrum": lambda ns: fitted_spectrum_callback(ns.request.getfixturevalue("tmp_path_factory"))["callback"]},
 }
 #: Examples that read files written by an earlier run: the folder to run them in.
 RUN_IN = {
-    "tf_sharpest.callbacks.spectrum_callback.load_density":
-        lambda request: fitted_spectrum_callback(request.getfixturevalue("tmp_path_factory"))["folder"],
+    owner: lambda request: fitted_spectrum_callback(request.getfixturevalue("tmp_path_factory"))["folder"]
+    for owner in ("tf_sharpest.callbacks.load_density", "tf_sharpest.analysis.plot_spectrogram")
 }
 
 
 @pytest.fixture
 def small_fashion_mnist(tmp_path_factory, monkeypatch):
     """``data.load("fashion_mnist")`` reads a small copy written here, never the installed data set."""
-    from tf_sharpest.data import idx
+    from tf_sharpest.data import _idx as idx
 
     folder = str(tmp_path_factory.getbasetemp() / "fashion-mnist")
     if not os.path.isdir(folder):
@@ -717,7 +720,7 @@ def test_the_figures_check_catches_an_old_quote():
 def test_examples_are_found():
     """The collection sees the docstring examples (a broken pattern would pass vacuously)."""
     ids = {example_id for example_id, _, _ in DOCSTRING_EXAMPLES}
-    assert "tf_sharpest.hessian.top_eigenpairs[0]" in ids and "tf_sharpest.optimizers.nsgd.NSGD[0]" in ids
+    assert "tf_sharpest.hessian.top_eigenpairs[0]" in ids and "tf_sharpest.optimizers.NSGD[0]" in ids
     assert len(ids) >= 25
     assert {"index.md", "eigenvalues.md", "callback.md", "nsgd.md", "spectrum.md"} <= set(docs_pages())
 

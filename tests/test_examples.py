@@ -147,7 +147,7 @@ def test_resnet_on_cifar_files(tmp_path, monkeypatch):
     from absl import flags
 
     sys.path.insert(0, EXAMPLES)
-    from tf_sharpest.data import cifar
+    from tf_sharpest.data import _cifar as cifar
 
     import paper_training
 
@@ -417,7 +417,7 @@ def run_in_process(argv):
 
 def test_rerunning_a_complete_run_leaves_it_unless_overwrite(tmp_path, monkeypatch, capsys):
     from tf_sharpest import data
-    from tf_sharpest.data import cifar
+    from tf_sharpest.data import _cifar as cifar
 
     monkeypatch.setattr(cifar, "CIFAR10_BATCH_EXAMPLES", None)
     write_fake_cifar(str(tmp_path / "data"))

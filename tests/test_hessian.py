@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from tf_sharpest.hessian import top_eigenpairs
 from tf_sharpest.operators import HessianOperator
-from tf_sharpest.utils.batches import even_batch_size
+from tf_sharpest.utils._batches import even_batch_size
 
 from references import batchnorm_dropout_model, classification_data, explicit_hessian, sparse_ce, tiny_cnn, tiny_mlp
 

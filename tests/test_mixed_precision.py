@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from tf_sharpest.callbacks import LanczosCallback
 from tf_sharpest.operators import optimizer_preconditioner
-from tf_sharpest.operators.preconditioned import optimizer_preconditioner_supports
+from tf_sharpest.operators._preconditioned import optimizer_preconditioner_supports
 from tf_sharpest.optimizers import NSGD
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

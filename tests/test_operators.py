@@ -335,7 +335,7 @@ def endless_dataset():
 def test_a_dataset_that_never_ends_is_refused_within_the_bound(monkeypatch):
     from tf_sharpest.hessian import top_eigenpairs
     from tf_sharpest.operators import Sample
-    from tf_sharpest.operators import sample as sample_module
+    from tf_sharpest.operators import _sample as sample_module
 
     with pytest.raises(ValueError, match="has not ended after 25 batches.*dataset.take"):
         Sample.from_data(endless_dataset(), max_batches=25)
@@ -491,7 +491,7 @@ def endless_empty_batches(limit=3000):
 
 def test_a_stream_of_empty_batches_is_refused_within_the_bound(monkeypatch):
     from tf_sharpest.operators import Sample
-    from tf_sharpest.operators import sample as sample_module
+    from tf_sharpest.operators import _sample as sample_module
 
     with pytest.raises(ValueError, match="has not ended after 25 batches"):
         Sample.from_data(endless_empty_batches(), max_batches=25)

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from tf_sharpest.callbacks import SpectrumCallback
-from tf_sharpest.callbacks.spectrum_callback import histogram_buckets, load_density
+from tf_sharpest.callbacks._spectrum_callback import histogram_buckets, load_density
 from tf_sharpest.operators import Curvature
 
 from references import (
@@ -191,7 +191,7 @@ def test_tensorboard_dir_auto_is_deprecated_and_walks_no_stack(data, tmp_path):
     board = keras.callbacks.TensorBoard(str(tmp_path / "board"))
     compiled_cnn().fit(x, y, batch_size=20, epochs=1, verbose=0, callbacks=[callback, board])
     assert callback.tensorboard_dir is None and not os.path.exists(tmp_path / "board" / "spectrum")
-    import tf_sharpest.callbacks.spectrum_callback as module
+    import tf_sharpest.callbacks._spectrum_callback as module
 
     assert not hasattr(module, "_fit_callbacks") and not hasattr(module, "_CALLER_DEPTH")
 

@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 
 from tf_sharpest.linalg import DiagonalResult, TraceResult, diagonal, trace
-from tf_sharpest.linalg.probes import PROBE_BLOCK, rademacher
+from tf_sharpest.linalg._probes import PROBE_BLOCK, rademacher
 from tf_sharpest.operators import FunctionOperator, HessianOperator, LinearOperator, MatrixOperator
 
 from references import classification_data, explicit_hessian, sparse_ce, symmetric_matrix, tiny_cnn

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_sharpest.linalg.tridiagonal import lanczos_step, next_basis_vector, orthogonalize, tridiagonalize
+from tf_sharpest.linalg._tridiagonal import lanczos_step, next_basis_vector, orthogonalize, tridiagonalize
 from tf_sharpest.operators import FunctionOperator, MatrixOperator
 
 from references import symmetric_matrix

@@ -16,10 +16,10 @@ import warnings
 import keras
 
 from tf_sharpest.linalg import _options
+from tf_sharpest.linalg._lanczos import lanczos
+from tf_sharpest.linalg._result import EigenResult
 from tf_sharpest.linalg._stderr import sampling_stderr
-from tf_sharpest.linalg.lanczos import lanczos
-from tf_sharpest.linalg.result import EigenResult
-from tf_sharpest.operators.factory import curvature_operator
+from tf_sharpest.operators._factory import curvature_operator
 from tf_sharpest.utils._deprecation import REMOVED_IN, renamed_argument
 
 __all__ = ["top_eigenpairs"]

@@ -26,16 +26,6 @@ EXPERIMENTS = os.path.join(ROOT, "experiments")
 #: The packages that have a reference page, whose ``__all__`` names short references resolve to.
 PACKAGES = ("operators", "linalg", "hessian", "analysis", "callbacks", "optimizers", "models", "data", "utils")
 
-#: Package names whose function shares its name with a submodule (``tf_sharpest.linalg.lanczos`` is both):
-#: the reference pages render the function from its module, under this identifier.
-SHADOWED = {
-    "tf_sharpest.linalg.lanczos": "tf_sharpest.linalg.lanczos.lanczos",
-    "tf_sharpest.linalg.lobpcg": "tf_sharpest.linalg.lobpcg.lobpcg",
-    "tf_sharpest.linalg.trace": "tf_sharpest.linalg.trace.trace",
-    "tf_sharpest.models.simple_cnn": "tf_sharpest.models.simple_cnn.simple_cnn",
-    "tf_sharpest.models.resnet": "tf_sharpest.models.resnet.resnet",
-}
-
 _ROLE = re.compile(r":(?:class|func|meth|attr|mod|data|obj|exc):<code>(~?)([^<]+)</code>")
 _LITERAL_BLOCK = re.compile(r"::</p>")
 
@@ -68,14 +58,13 @@ _NAMES: dict | None = None
 def _identifier(target: str) -> str | None:
     global _NAMES
     if target.startswith("tf_sharpest."):
-        return SHADOWED.get(target, target)
+        return target
     if _NAMES is None:
         _NAMES = _short_names()
     head, _, rest = target.partition(".")
     if head not in _NAMES:
         return None
-    identifier = _NAMES[head] + (f".{rest}" if rest else "")
-    return SHADOWED.get(identifier, identifier)
+    return _NAMES[head] + (f".{rest}" if rest else "")
 
 
 def _replace_role(match: re.Match) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from tf_sharpest.utils.checks import positive_int
+from tf_sharpest.utils._checks import positive_int
 
 #: The normalizations :func:`random_directions` knows.
 NORMALIZATIONS = ("filter", None)

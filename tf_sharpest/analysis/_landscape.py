@@ -23,11 +23,11 @@ import numpy as np
 import tensorflow as tf
 
 from tf_sharpest._keras_compat import compiled_metrics_copy
-from tf_sharpest.operators.blocks import resolve_variables
-from tf_sharpest.operators.model_loss import ModelLoss, unpack
-from tf_sharpest.operators.sample import Sample
-from tf_sharpest.operators.strategy import ReplicaPlan, resolve_strategy
-from tf_sharpest.utils.flat import FlatLayout
+from tf_sharpest.operators._blocks import resolve_variables
+from tf_sharpest.operators._model_loss import ModelLoss, unpack
+from tf_sharpest.operators._sample import Sample
+from tf_sharpest.operators._strategy import ReplicaPlan, resolve_strategy
+from tf_sharpest.utils._flat import FlatLayout
 
 #: Most directions of one landscape: a line (1) or a plane (2).
 MAX_DIRECTIONS = 2

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from tf_sharpest.linalg.density import SpectralDensity
+from tf_sharpest.linalg._density import SpectralDensity
 
 # SpectrumCallback's density files: density_epoch0010.npz.
 _DENSITY_FILE = re.compile(r"density_epoch(\d+)\.npz$")

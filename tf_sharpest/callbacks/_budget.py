@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from tf_sharpest.utils.checks import positive_float
+from tf_sharpest.utils._checks import positive_float
 
 
 @dataclasses.dataclass(frozen=True)

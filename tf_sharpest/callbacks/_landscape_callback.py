@@ -19,11 +19,11 @@ from tf_sharpest.analysis import (
     read_densities,
 )
 from tf_sharpest.analysis._plots import figure_png
-from tf_sharpest.callbacks.measurement_log import MeasurementLog
+from tf_sharpest.callbacks._measurement_log import MeasurementLog
 from tf_sharpest.hessian import top_eigenpairs
-from tf_sharpest.operators.sample import Sample
-from tf_sharpest.utils.checks import positive_int
-from tf_sharpest.utils.files import atomic_path
+from tf_sharpest.operators._sample import Sample
+from tf_sharpest.utils._checks import positive_int
+from tf_sharpest.utils._files import atomic_path
 
 #: Subfolder of ``tensorboard_dir`` the images go to (a run of its own in TensorBoard).
 TENSORBOARD_SUBDIR = "landscape"

@@ -10,8 +10,8 @@ import warnings
 
 from tf_sharpest.linalg._solvers import LanczosSolver, LOBPCGSolver
 from tf_sharpest.operators._spec import Curvature
+from tf_sharpest.utils._checks import positive_int
 from tf_sharpest.utils._deprecation import REMOVED_IN
-from tf_sharpest.utils.checks import positive_int
 
 _OWNER = "LanczosCallback"
 SOLVER_KEYWORDS = ("tol", "max_iterations", "warm_start", "method")

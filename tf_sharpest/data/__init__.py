@@ -12,19 +12,17 @@ model.fit(train, validation_data=data.eval_dataset(d.x_valid, d.y_valid), epochs
 Labels are integers: pair with ``tf_sharpest.models.default_loss()``
 (sparse categorical cross-entropy on logits).
 
-Modules: :mod:`~tf_sharpest.data.loading` (``load`` and its sources),
-:mod:`~tf_sharpest.data.idx` (IDX files), :mod:`~tf_sharpest.data.cifar` (CIFAR-10 python batches),
-:mod:`~tf_sharpest.data.splits` (split and preprocessing),
-:mod:`~tf_sharpest.data.augmentation` (``tf.data`` augmentation),
-:mod:`~tf_sharpest.data.errors`.
+Everything public is importable from here: :func:`load` and its sources
+(``SOURCES``, ``DATASETS``), the IDX and CIFAR-10 readers, :class:`Splits` with
+its preprocessing, and the ``tf.data`` pipelines with augmentation.
 """
 
-from tf_sharpest.data.augmentation import augment, eval_dataset, train_dataset
-from tf_sharpest.data.cifar import read_cifar10, read_cifar10_batch
-from tf_sharpest.data.errors import CorruptDataError, DataNotFoundError
-from tf_sharpest.data.idx import read_fashion_mnist, read_idx
-from tf_sharpest.data.loading import DATASETS, SOURCES, load
-from tf_sharpest.data.splits import Splits, preprocess, split_train_valid
+from tf_sharpest.data._augmentation import augment, eval_dataset, train_dataset
+from tf_sharpest.data._cifar import read_cifar10, read_cifar10_batch
+from tf_sharpest.data._errors import CorruptDataError, DataNotFoundError
+from tf_sharpest.data._idx import read_fashion_mnist, read_idx
+from tf_sharpest.data._loading import DATASETS, SOURCES, load
+from tf_sharpest.data._splits import Splits, preprocess, split_train_valid
 
 __all__ = [
     "DATASETS",

@@ -1,4 +1,4 @@
-"""The solvers' shared argument checks, in one place (built on :mod:`tf_sharpest.utils.checks`).
+"""The solvers' shared argument checks, in one place (built on ``tf_sharpest.utils._checks``).
 
 Every public function of :mod:`tf_sharpest.linalg` (and
 :func:`tf_sharpest.hessian.top_eigenpairs`) validates its arguments through
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tf_sharpest.utils.checks import choice, integer, is_integer, positive_float, positive_int
+from tf_sharpest.utils._checks import choice, integer, is_integer, positive_float, positive_int
 
 WHICH_CHOICES = ("largest", "smallest")
 TRACE_METHODS = ("hutch++", "hutchinson", "xtrace", "exact")

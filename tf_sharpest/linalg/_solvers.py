@@ -13,11 +13,11 @@ import dataclasses
 
 import numpy as np
 
+from tf_sharpest.linalg._lanczos import run_lanczos
+from tf_sharpest.linalg._lobpcg import lobpcg
+from tf_sharpest.linalg._result import EigenResult
 from tf_sharpest.linalg._stderr import has_batches, sampling_stderr
-from tf_sharpest.linalg.lanczos import run_lanczos
-from tf_sharpest.linalg.lobpcg import lobpcg
-from tf_sharpest.linalg.result import EigenResult
-from tf_sharpest.utils.checks import positive_float, positive_int
+from tf_sharpest.utils._checks import positive_float, positive_int
 
 __all__ = ["LanczosSolver", "LOBPCGSolver", "SolverResult"]
 

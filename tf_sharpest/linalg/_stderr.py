@@ -31,9 +31,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tf_sharpest.linalg.result import EigenResult
-from tf_sharpest.operators.preconditioned import PreconditionedOperator
-from tf_sharpest.operators.sample import Sample
+from tf_sharpest.linalg._result import EigenResult
+from tf_sharpest.operators._preconditioned import PreconditionedOperator
+from tf_sharpest.operators._sample import Sample
 
 __all__ = ["batch_rayleigh_quotients", "sampling_stderr"]
 

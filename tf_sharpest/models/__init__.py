@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import keras
 
-from tf_sharpest.models.resnet import RESNET_PRESETS, resnet, resnet_conv_initializer
-from tf_sharpest.models.simple_cnn import SIMPLE_CNN_PRESETS, simple_cnn
+from tf_sharpest.models._resnet import RESNET_PRESETS, resnet, resnet_conv_initializer
+from tf_sharpest.models._simple_cnn import SIMPLE_CNN_PRESETS, simple_cnn
 
 __all__ = [
     "RESNET_PRESETS",

@@ -8,22 +8,22 @@ lazily (``a + b``, ``a - b``, ``c * a``) and convert to SciPy's and
 TensorFlow's linear operators (``to_scipy()``, ``to_tf()``).
 """
 
+from tf_sharpest.operators._base import FunctionOperator, LinearOperator, MatrixOperator, as_operator
+from tf_sharpest.operators._blocks import resolve_variables
 from tf_sharpest.operators._combination import LinearCombination
+from tf_sharpest.operators._curvature import CurvatureOperator
+from tf_sharpest.operators._empirical_loss import EmpiricalLoss
+from tf_sharpest.operators._factory import CURVATURES, curvature_operator
+from tf_sharpest.operators._fisher import EmpiricalFisherOperator
+from tf_sharpest.operators._ggn import GGNOperator
+from tf_sharpest.operators._hessian import HessianOperator
+from tf_sharpest.operators._model_loss import ModelLoss
+from tf_sharpest.operators._output_curvature import OutputCurvatureOperator
+from tf_sharpest.operators._preconditioned import PreconditionedOperator, optimizer_preconditioner
+from tf_sharpest.operators._sample import Sample
 from tf_sharpest.operators._spec import Curvature
 from tf_sharpest.operators._tf_operator import TFLinearOperator
 from tf_sharpest.operators._traced import TracedFunctions
-from tf_sharpest.operators.base import FunctionOperator, LinearOperator, MatrixOperator, as_operator
-from tf_sharpest.operators.blocks import resolve_variables
-from tf_sharpest.operators.curvature import CurvatureOperator
-from tf_sharpest.operators.empirical_loss import EmpiricalLoss
-from tf_sharpest.operators.factory import CURVATURES, curvature_operator
-from tf_sharpest.operators.fisher import EmpiricalFisherOperator
-from tf_sharpest.operators.ggn import GGNOperator
-from tf_sharpest.operators.hessian import HessianOperator
-from tf_sharpest.operators.model_loss import ModelLoss
-from tf_sharpest.operators.output_curvature import OutputCurvatureOperator
-from tf_sharpest.operators.preconditioned import PreconditionedOperator, optimizer_preconditioner
-from tf_sharpest.operators.sample import Sample
 
 __all__ = ["LinearOperator", "MatrixOperator", "FunctionOperator", "as_operator", "CurvatureOperator",
            "EmpiricalLoss", "ModelLoss", "Sample", "HessianOperator", "GGNOperator", "EmpiricalFisherOperator",

@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
-from tf_sharpest.operators.base import LinearOperator
+from tf_sharpest.operators._base import LinearOperator
 
 
 class LinearCombination(LinearOperator):
@@ -21,7 +21,8 @@ class LinearCombination(LinearOperator):
     Example:
 
     ```python
-    damped = ggn + 0.1 * MatrixOperator(np.eye(ggn.dim))   # G + 0.1 I
+    ggn = GGNOperator(model, (x, y))
+    damped = ggn + 0.1 * MatrixOperator(np.eye(ggn.dim, dtype="float32"))   # G + 0.1 I
     difference = hessian - ggn                              # the Hessian's non-Gauss-Newton part
     difference.matvec(v)
     ```

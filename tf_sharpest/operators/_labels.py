@@ -13,8 +13,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_sharpest.operators.model_loss import ModelLoss, _single_compiled_loss
-from tf_sharpest.operators.sample import Sample
+from tf_sharpest.operators._model_loss import ModelLoss, _single_compiled_loss
+from tf_sharpest.operators._sample import Sample
 
 _SPARSE = "sparse_categorical_crossentropy"
 _CATEGORICAL = "categorical_crossentropy"

@@ -7,16 +7,16 @@ import dataclasses
 import keras
 
 from tf_sharpest._keras_compat import unwrap_optimizer
-from tf_sharpest.operators.base import LinearOperator
-from tf_sharpest.operators.blocks import resolve_variables
-from tf_sharpest.operators.curvature import _refuse_batch_dependent_layers
-from tf_sharpest.operators.factory import check_curvature, curvature_operator
-from tf_sharpest.operators.preconditioned import (
+from tf_sharpest.operators._base import LinearOperator
+from tf_sharpest.operators._blocks import resolve_variables
+from tf_sharpest.operators._curvature import _refuse_batch_dependent_layers
+from tf_sharpest.operators._factory import check_curvature, curvature_operator
+from tf_sharpest.operators._preconditioned import (
     PreconditionedOperator,
     optimizer_preconditioner,
     optimizer_preconditioner_supports,
 )
-from tf_sharpest.utils.checks import positive_int
+from tf_sharpest.utils._checks import positive_int
 
 __all__ = ["Curvature"]
 
@@ -36,8 +36,8 @@ class Curvature:
     ```python
     ggn_of_head = Curvature("ggn", variables=model.layers[-1])
     operator = ggn_of_head(model, (x, y))          # a GGNOperator on the last layer's parameters
-    LanczosCallback(data, curvature=ggn_of_head, log_prefix="head_")
-    LanczosCallback(data, curvature=Curvature(preconditioned=True), log_prefix="adam_")
+    LanczosCallback((x, y), curvature=ggn_of_head, log_prefix="head_")
+    LanczosCallback((x, y), curvature=Curvature(preconditioned=True), log_prefix="adam_")
     ```
 
     Args:

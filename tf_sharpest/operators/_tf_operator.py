@@ -12,7 +12,8 @@ class TFLinearOperator(tf.linalg.LinearOperator):
 
     ```python
     tf_operator = hessian.to_tf()
-    tf_operator.matmul(block)       # [dim, k], the operator's block product
+    block = np.random.default_rng(0).standard_normal((hessian.dim, 3)).astype("float32")
+    tf_operator.matmul(block)       # [dim, 3], the operator's block product
     tf_operator.to_dense()          # [dim, dim], dim products: small operators only
     ```
 

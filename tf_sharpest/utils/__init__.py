@@ -19,8 +19,8 @@ assert even_batch_size(2250, 128) == 125  # 18 equal batches
 ```
 """
 
-from tf_sharpest.utils.batches import even_batch_size, materialize
-from tf_sharpest.utils.files import atomic_path
-from tf_sharpest.utils.flat import FlatLayout
+from tf_sharpest.utils._batches import even_batch_size, materialize
+from tf_sharpest.utils._files import atomic_path
+from tf_sharpest.utils._flat import FlatLayout
 
 __all__ = ["FlatLayout", "atomic_path", "even_batch_size", "materialize"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tf_sharpest.operators._autodiff import gradients
-from tf_sharpest.operators.curvature import CurvatureOperator
+from tf_sharpest.operators._curvature import CurvatureOperator
 
 #: Columns of a block product in flight at once (``tf.map_fn``'s ``parallel_iterations``).
 BLOCK_PARALLEL_ITERATIONS = 10

@@ -23,9 +23,9 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from tf_sharpest.linalg.probes import refuse_non_finite
-from tf_sharpest.operators.base import LinearOperator
-from tf_sharpest.utils.checks import integer
+from tf_sharpest.linalg._probes import refuse_non_finite
+from tf_sharpest.operators._base import LinearOperator
+from tf_sharpest.utils._checks import integer
 
 # A residual below this many machine epsilons times ||A q|| is rounding noise:
 # the basis already spans an invariant subspace of the operator.

@@ -7,11 +7,11 @@ import tensorflow as tf
 
 from tf_sharpest.linalg import _options
 from tf_sharpest.linalg._progress import progress
-from tf_sharpest.linalg.result import EigenResult
-from tf_sharpest.linalg.tridiagonal import lanczos_step, next_basis_vector
-from tf_sharpest.operators.base import LinearOperator, as_operator
+from tf_sharpest.linalg._result import EigenResult
+from tf_sharpest.linalg._tridiagonal import lanczos_step, next_basis_vector
+from tf_sharpest.operators._base import LinearOperator, as_operator
+from tf_sharpest.utils._checks import integer, positive_float
 from tf_sharpest.utils._deprecation import renamed_argument
-from tf_sharpest.utils.checks import integer, positive_float
 
 # Share of the warm-start vector drawn at random, so directions that were not
 # among the previous eigenvectors (a new sharp direction) can still be found.

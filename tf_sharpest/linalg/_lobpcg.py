@@ -19,12 +19,12 @@ import numpy as np
 import tensorflow as tf
 
 from tf_sharpest.linalg import _options
+from tf_sharpest.linalg._probes import refuse_non_finite
 from tf_sharpest.linalg._progress import progress
-from tf_sharpest.linalg.probes import refuse_non_finite
-from tf_sharpest.linalg.result import EigenResult
-from tf_sharpest.operators.base import LinearOperator, as_operator
+from tf_sharpest.linalg._result import EigenResult
+from tf_sharpest.operators._base import LinearOperator, as_operator
+from tf_sharpest.utils._checks import choice, integer
 from tf_sharpest.utils._deprecation import renamed_argument
-from tf_sharpest.utils.checks import choice, integer
 
 STOP_CHOICES = ("residual", "eigenvalues")
 # Random directions added to the warm start by default, so that a direction that

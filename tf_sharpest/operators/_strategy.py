@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tf_sharpest.operators.sample import Sample
+from tf_sharpest.operators._sample import Sample
 
 
 def resolve_strategy(model, strategy=None) -> tf.distribute.Strategy:

@@ -29,12 +29,12 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from tf_sharpest.operators._base import LinearOperator
+from tf_sharpest.operators._empirical_loss import EmpiricalLoss
+from tf_sharpest.operators._sample import Sample
+from tf_sharpest.operators._strategy import ReplicaPlan, resolve_strategy
 from tf_sharpest.operators._traced import TracedFunctions
-from tf_sharpest.operators.base import LinearOperator
-from tf_sharpest.operators.empirical_loss import EmpiricalLoss
-from tf_sharpest.operators.sample import Sample
-from tf_sharpest.operators.strategy import ReplicaPlan, resolve_strategy
-from tf_sharpest.utils.checks import positive_int
+from tf_sharpest.utils._checks import positive_int
 
 __all__ = ["CurvatureOperator"]
 

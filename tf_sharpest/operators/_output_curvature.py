@@ -28,8 +28,8 @@ import abc
 import tensorflow as tf
 
 from tf_sharpest.operators._autodiff import dot, gradients
-from tf_sharpest.operators.curvature import CurvatureOperator
-from tf_sharpest.operators.model_loss import unpack
+from tf_sharpest.operators._curvature import CurvatureOperator
+from tf_sharpest.operators._model_loss import unpack
 
 ZERO = tf.UnconnectedGradients.ZERO
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from tf_sharpest.operators.curvature import CurvatureOperator
-from tf_sharpest.operators.fisher import EmpiricalFisherOperator
-from tf_sharpest.operators.ggn import GGNOperator
-from tf_sharpest.operators.hessian import HessianOperator
+from tf_sharpest.operators._curvature import CurvatureOperator
+from tf_sharpest.operators._fisher import EmpiricalFisherOperator
+from tf_sharpest.operators._ggn import GGNOperator
+from tf_sharpest.operators._hessian import HessianOperator
 
 #: The curvature operators that ``curvature=`` names.
 CURVATURES = {"hessian": HessianOperator, "ggn": GGNOperator, "empirical_fisher": EmpiricalFisherOperator}

@@ -8,9 +8,10 @@ import os
 
 import numpy as np
 
-from tf_sharpest.data import cifar, idx
-from tf_sharpest.data.errors import CorruptDataError, DataNotFoundError
-from tf_sharpest.data.splits import Splits, preprocess, split_train_valid
+from tf_sharpest.data import _cifar as cifar
+from tf_sharpest.data import _idx as idx
+from tf_sharpest.data._errors import CorruptDataError, DataNotFoundError
+from tf_sharpest.data._splits import Splits, preprocess, split_train_valid
 
 __all__ = ["DATASETS", "SOURCES", "load"]
 
@@ -200,7 +201,7 @@ def load(name: str, *, data_dir=None, data_seed: int = 777, source: str = "auto"
       download: allow TFDS to download (``"auto"``: as the last resort).
 
     Returns:
-      :class:`~tf_sharpest.data.splits.Splits` with ``x_train, y_train,
+      :class:`~tf_sharpest.data.Splits` with ``x_train, y_train,
       x_valid, y_valid, x_test, y_test`` (float32 NHWC images, int64 labels),
       also unpackable as that 6-tuple, plus ``source``, ``mean`` and ``std``.
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tf_sharpest.operators.strategy import is_multi_worker
-from tf_sharpest.utils.batches import count_examples, materialize
+from tf_sharpest.operators._strategy import is_multi_worker
+from tf_sharpest.utils._batches import count_examples, materialize
 
 # A dataset is sampled through a shuffle buffer of this many examples at most
 # (and at least one sample's worth): large enough to mix a stream that is not

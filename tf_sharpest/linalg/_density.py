@@ -18,9 +18,9 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from tf_sharpest.linalg.probes import as_symmetric_operator, check_symmetric, rademacher
-from tf_sharpest.linalg.tridiagonal import tridiagonalize
-from tf_sharpest.utils.checks import integer
+from tf_sharpest.linalg._probes import as_symmetric_operator, check_symmetric, rademacher
+from tf_sharpest.linalg._tridiagonal import tridiagonalize
+from tf_sharpest.utils._checks import integer
 
 # Most points of a default plotting grid (each one is a float64 and a row of the kernel sum).
 MAX_PLOT_POINTS = 10**6

@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from tf_sharpest.utils.files import atomic_path
+from tf_sharpest.utils._files import atomic_path
 
 _VALUE_PREFIX = "values."
 

@@ -13,7 +13,7 @@ import tensorflow as tf
 from tf_sharpest import _keras_compat
 from tf_sharpest.optimizers._steering import DirectionConsumer
 from tf_sharpest.utils._deprecation import REMOVED_IN, renamed_argument
-from tf_sharpest.utils.flat import FlatLayout
+from tf_sharpest.utils._flat import FlatLayout
 
 NUDGE_CHOICES = ("velocity", "gradient")
 

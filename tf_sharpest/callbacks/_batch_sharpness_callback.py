@@ -6,10 +6,10 @@ import time
 
 import numpy as np
 
-from tf_sharpest.analysis.sharpness import BatchSharpnessMeter
-from tf_sharpest.callbacks.measurement_log import Measurement
-from tf_sharpest.callbacks.measuring_callback import MEASUREMENT_ERRORS, MeasuringCallback, describe_error
-from tf_sharpest.utils.checks import positive_int
+from tf_sharpest.analysis._sharpness import BatchSharpnessMeter
+from tf_sharpest.callbacks._measurement_log import Measurement
+from tf_sharpest.callbacks._measuring import MEASUREMENT_ERRORS, MeasuringCallback, describe_error
+from tf_sharpest.utils._checks import positive_int
 
 #: The keys a measurement logs (each prefixed with ``log_prefix``).
 KEYS = ("batch_sharpness", "batch_sharpness_stderr")

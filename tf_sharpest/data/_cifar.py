@@ -19,7 +19,7 @@ import zlib
 
 import numpy as np
 
-from tf_sharpest.data.errors import CorruptDataError, DataNotFoundError
+from tf_sharpest.data._errors import CorruptDataError, DataNotFoundError
 
 __all__ = [
     "CIFAR10_BATCH_EXAMPLES",

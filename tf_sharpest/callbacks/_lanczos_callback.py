@@ -10,6 +10,8 @@ import numpy as np
 import tensorflow as tf
 
 from tf_sharpest._keras_compat import unwrap_optimizer
+from tf_sharpest.callbacks._batch_sharpness_callback import KEYS as SHARPNESS_KEYS
+from tf_sharpest.callbacks._batch_sharpness_callback import meter_for
 from tf_sharpest.callbacks._legacy import (
     CURVATURE_KEYWORDS,
     OTHER_KEYWORDS,
@@ -19,17 +21,15 @@ from tf_sharpest.callbacks._legacy import (
     legacy_sharpness,
     legacy_solver,
 )
-from tf_sharpest.callbacks.batch_sharpness_callback import KEYS as SHARPNESS_KEYS
-from tf_sharpest.callbacks.batch_sharpness_callback import meter_for
-from tf_sharpest.callbacks.measurement_log import Measurement
-from tf_sharpest.callbacks.measuring_callback import MEASUREMENT_ERRORS, MeasuringCallback, describe_error
+from tf_sharpest.callbacks._measurement_log import Measurement
+from tf_sharpest.callbacks._measuring import MEASUREMENT_ERRORS, MeasuringCallback, describe_error
 from tf_sharpest.linalg._solvers import LanczosSolver, LOBPCGSolver, relative_residual
 from tf_sharpest.linalg._stderr import has_batches, sampling_stderr
+from tf_sharpest.operators._preconditioned import PreconditionedOperator
 from tf_sharpest.operators._spec import Curvature
-from tf_sharpest.operators.preconditioned import PreconditionedOperator
 from tf_sharpest.optimizers._steering import DirectionConsumer
-from tf_sharpest.utils.checks import positive_int
-from tf_sharpest.utils.files import atomic_path
+from tf_sharpest.utils._checks import positive_int
+from tf_sharpest.utils._files import atomic_path
 
 _OWNER = "LanczosCallback"
 

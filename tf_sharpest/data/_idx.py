@@ -13,7 +13,7 @@ import zlib
 
 import numpy as np
 
-from tf_sharpest.data.errors import CorruptDataError, DataNotFoundError
+from tf_sharpest.data._errors import CorruptDataError, DataNotFoundError
 
 __all__ = [
     "FASHION_MNIST_COUNTS",

@@ -11,13 +11,13 @@ import numpy as np
 import tensorflow as tf
 
 from tf_sharpest.callbacks._legacy import as_curvature, deprecated
-from tf_sharpest.callbacks.measurement_log import Measurement
-from tf_sharpest.callbacks.measuring_callback import MEASUREMENT_ERRORS, MeasuringCallback, describe_error
-from tf_sharpest.linalg.density import SpectralDensity, spectral_density
-from tf_sharpest.linalg.trace import MIN_MATVECS, TRACE_METHODS, trace
+from tf_sharpest.callbacks._measurement_log import Measurement
+from tf_sharpest.callbacks._measuring import MEASUREMENT_ERRORS, MeasuringCallback, describe_error
+from tf_sharpest.linalg._density import SpectralDensity, spectral_density
+from tf_sharpest.linalg._trace import MIN_MATVECS, TRACE_METHODS, trace
 from tf_sharpest.operators._spec import Curvature
-from tf_sharpest.utils.checks import positive_int
-from tf_sharpest.utils.files import atomic_path
+from tf_sharpest.utils._checks import positive_int
+from tf_sharpest.utils._files import atomic_path
 
 #: Subfolder of a TensorBoard log dir that the callback's summaries go to (a run of its own in TensorBoard).
 TENSORBOARD_SUBDIR = "spectrum"
@@ -411,7 +411,7 @@ def load_density(path: str | os.PathLike) -> SpectralDensity:
     Example:
 
     ```python
-    density = load_density("runs/sgd/density_epoch0010.npz")
+    density = load_density("runs/sgd/density_epoch0000.npz")   # the density before training
     density.moment(1, normalized=False)     # the trace, with its standard error
     ```
     """

@@ -1,7 +1,7 @@
 """The one interface every curvature operator offers and every algorithm takes.
 
 An operator is a symmetric linear map on flat vectors (see
-:mod:`tf_sharpest.utils.flat`). Algorithms (eigensolvers, trace, diagonal and
+:class:`tf_sharpest.utils.FlatLayout`). Algorithms (eigensolvers, trace, diagonal and
 spectral density estimators) only ever call ``matvec``/``matmat`` and read
 ``dim`` and ``dtype``, so every curvature operator (Hessian, GGN, empirical
 Fisher, blocks, preconditioned) plugs into all of them alike. Operators add,

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow as tf
 
-from tf_sharpest.operators.base import LinearOperator, as_operator
+from tf_sharpest.operators._base import LinearOperator, as_operator
 
 # Probes per ``matmat`` call: bounds the extra memory to this many vectors of
 # length dim per product, while still letting operators batch the products.

@@ -15,12 +15,12 @@ import numpy as np
 import tensorflow as tf
 
 from tf_sharpest.operators._autodiff import gradients
+from tf_sharpest.operators._blocks import resolve_variables
 from tf_sharpest.operators._labels import check_labels
+from tf_sharpest.operators._model_loss import ModelLoss
+from tf_sharpest.operators._sample import Sample
 from tf_sharpest.operators._traced import TracedFunctions
-from tf_sharpest.operators.blocks import resolve_variables
-from tf_sharpest.operators.model_loss import ModelLoss
-from tf_sharpest.operators.sample import Sample
-from tf_sharpest.utils.flat import FlatLayout
+from tf_sharpest.utils._flat import FlatLayout
 
 
 class EmpiricalLoss:

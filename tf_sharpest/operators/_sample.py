@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_sharpest.utils.batches import as_batched_dataset, count_examples
+from tf_sharpest.utils._batches import as_batched_dataset, count_examples
 
 #: Most batches read from a dataset of unknown cardinality (e.g. built with
 #: ``from_generator``) before it is refused as possibly endless. Pass

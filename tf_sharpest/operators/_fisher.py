@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tf_sharpest.operators.output_curvature import OutputCurvatureOperator
+from tf_sharpest.operators._output_curvature import OutputCurvatureOperator
 
 
 class EmpiricalFisherOperator(OutputCurvatureOperator):

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from tf_sharpest.analysis._landscape import LandscapeEvaluator
-from tf_sharpest.operators.empirical_loss import EmpiricalLoss
+from tf_sharpest.operators._empirical_loss import EmpiricalLoss
 
 
 def loss_along(objective: EmpiricalLoss, direction, scales: Sequence[float]) -> np.ndarray:

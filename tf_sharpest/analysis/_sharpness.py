@@ -23,9 +23,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_sharpest.operators.hessian import HessianOperator
-from tf_sharpest.utils.batches import num_examples_of
-from tf_sharpest.utils.checks import positive_int
+from tf_sharpest.operators._hessian import HessianOperator
+from tf_sharpest.utils._batches import num_examples_of
+from tf_sharpest.utils._checks import positive_int
 
 
 @dataclasses.dataclass(frozen=True)

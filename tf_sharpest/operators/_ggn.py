@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from tf_sharpest.operators._autodiff import dot
-from tf_sharpest.operators.output_curvature import OutputCurvatureOperator
+from tf_sharpest.operators._output_curvature import OutputCurvatureOperator
 
 
 class GGNOperator(OutputCurvatureOperator):

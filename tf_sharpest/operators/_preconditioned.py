@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_sharpest._keras_compat import optimizer_slots, unwrap_optimizer, variable_index
-from tf_sharpest.operators.base import LinearOperator
+from tf_sharpest.operators._base import LinearOperator
 
 
 class PreconditionedOperator(LinearOperator):

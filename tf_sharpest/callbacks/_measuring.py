@@ -24,14 +24,14 @@ import numpy as np
 import tensorflow as tf
 
 from tf_sharpest.callbacks._budget import OverheadBudget
-from tf_sharpest.callbacks.measurement_log import Measurement, MeasurementLog
-from tf_sharpest.callbacks.progress import fit_verbosity
-from tf_sharpest.callbacks.sampling import SampleSource, shared_seed
+from tf_sharpest.callbacks._measurement_log import Measurement, MeasurementLog
+from tf_sharpest.callbacks._progress import fit_verbosity
+from tf_sharpest.callbacks._sampling import SampleSource, shared_seed
+from tf_sharpest.operators._sample import Sample
 from tf_sharpest.operators._spec import Curvature
-from tf_sharpest.operators.sample import Sample
-from tf_sharpest.operators.strategy import is_chief
-from tf_sharpest.utils.batches import even_batch_size, num_examples_of
-from tf_sharpest.utils.checks import positive_int
+from tf_sharpest.operators._strategy import is_chief
+from tf_sharpest.utils._batches import even_batch_size, num_examples_of
+from tf_sharpest.utils._checks import positive_int
 
 # Errors a measurement may raise that must not stop training: bad data or
 # diverged weights (ValueError), numerical failures, and TensorFlow op errors.

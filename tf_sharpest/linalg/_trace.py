@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from tf_sharpest.linalg import _options
 from tf_sharpest.linalg._options import DIAGONAL_METHODS, MIN_MATVECS, TRACE_METHODS  # noqa: F401  (importable here)
-from tf_sharpest.linalg.probes import (
+from tf_sharpest.linalg._probes import (
     apply,
     as_symmetric_operator,
     block_sizes,
@@ -36,8 +36,8 @@ from tf_sharpest.linalg.probes import (
     representable,
     symmetry_tolerance,
 )
-from tf_sharpest.operators.base import LinearOperator
-from tf_sharpest.utils.checks import choice
+from tf_sharpest.operators._base import LinearOperator
+from tf_sharpest.utils._checks import choice
 
 # Below this ratio of R's smallest to largest singular value, XTrace's sketch
 # is treated as rank deficient and downdated by SVD instead of by R^{-T}.
