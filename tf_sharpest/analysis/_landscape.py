@@ -27,6 +27,7 @@ from tf_sharpest.operators._blocks import resolve_variables
 from tf_sharpest.operators._model_loss import ModelLoss, unpack
 from tf_sharpest.operators._sample import Sample
 from tf_sharpest.operators._strategy import ReplicaPlan, resolve_strategy
+from tf_sharpest.operators._traced import TracedFunctions
 from tf_sharpest.utils._flat import FlatLayout
 
 #: Most directions of one landscape: a line (1) or a plane (2).
@@ -129,7 +130,9 @@ class LandscapeEvaluator:
       metrics: also evaluate the compiled metrics.
 
     Attributes:
-      num_traces: how often the per-batch graph has been traced (its tf.function's tracing count).
+      traced_functions: the per-batch graph (``"landscape"``; ``"landscape_replicas"`` under a strategy with
+        several replicas) as :class:`~tf_sharpest.operators.TracedFunctions`, the operators' cache: one trace
+        per batch signature, for any grid.
     """
 
     def __init__(self, model: keras.Model, data, *, loss=None, batch_size: int | None = None,
@@ -148,13 +151,8 @@ class LandscapeEvaluator:
         self._moved = {id(v): i for i, v in enumerate(self.variables)}
         self._metrics = compiled_metrics_copy(model) if metrics else None
         self._metric_dtypes = []
-        self._graph = None
+        self.traced_functions = TracedFunctions()
         self._plan = ReplicaPlan(self.sample, self.strategy) if self.num_replicas > 1 else None
-
-    @property
-    def num_traces(self) -> int:
-        """How often the per-batch graph has been traced (0 before the first evaluation)."""
-        return 0 if self._graph is None else int(self._graph[1].experimental_get_tracing_count())
 
     @property
     def num_replicas(self) -> int:
@@ -243,7 +241,7 @@ class LandscapeEvaluator:
         if self.num_replicas > 1:
             losses, states = self._distributed(directions, coefficients, points)
         else:
-            step = self._function()
+            step = self._concrete_step()
             losses, states = tf.zeros([points], self.dtype), self._initial_states(points)
             for batch, weight in self.sample.weighted_batches(self.dtype):
                 losses, states = step(batch, weight, directions, coefficients, losses, states)
@@ -292,25 +290,21 @@ class LandscapeEvaluator:
             lambda index, *_: index < points, body, (tf.constant(0), loss_array, state_arrays))
         return loss_array.stack(), [array.stack() for array in state_arrays]
 
-    def _function(self):
-        spec = self.sample.trace_spec
-        if self._graph is None or self._graph[0] != spec:
-            signature = [spec, tf.TensorSpec([], self.dtype), tf.TensorSpec([None, self.layout.dim], self.dtype),
-                         tf.TensorSpec([None, None], self.dtype), tf.TensorSpec([None], self.dtype),
-                         [tf.TensorSpec([None] + list(v.shape), dtype) for v, dtype in self._metric_specs()]]
-            self._graph = (spec, tf.function(self._accumulate, input_signature=signature))
-        return self._graph[1]
+    def _concrete_step(self):
+        """The per-batch graph for this sample's batch signature: any number of points and directions."""
+        return self.traced_functions.concrete(
+            "landscape", self._accumulate, self.sample.trace_spec, tf.TensorSpec([], self.dtype),
+            tf.TensorSpec([None, self.layout.dim], self.dtype), tf.TensorSpec([None, None], self.dtype),
+            tf.TensorSpec([None], self.dtype),
+            [tf.TensorSpec([None] + list(v.shape), dtype) for v, dtype in self._metric_specs()])
 
     def _distributed(self, directions, coefficients, points):
         """Each replica accumulates its shard; losses are summed, metric states reduced as Keras aggregates them."""
         plan = self._plan
-        if self._graph is None:
-            def run(batch, weight, directions, coefficients, losses, states):
-                return self.strategy.run(self._accumulate, args=(batch, weight, directions, coefficients, losses,
-                                                                 states))
+        def run(batch, weight, directions, coefficients, losses, states):
+            return self.strategy.run(self._accumulate, args=(batch, weight, directions, coefficients, losses, states))
 
-            self._graph = (None, tf.function(run, reduce_retracing=True))
-        step = self._graph[1]
+        step = self.traced_functions.function("landscape_replicas", run, reduce_retracing=True)
         distribute = self.strategy.experimental_distribute_values_from_function
         losses = plan.zeros([points], self.dtype)
         initial = self._initial_states(points)
