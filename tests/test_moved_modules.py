@@ -1,5 +1,6 @@
-"""Issue 26: each public name has one home, its package; the modules inside the packages are private, and the
-module paths of 0.1 still import, with a DeprecationWarning, until 0.3."""
+"""Issue 26: the package's shape. Each public name has one home, its package; the modules inside the packages are
+private, and the module paths of 0.1 still import, with a DeprecationWarning, until 0.3; no import runs back up
+the layers that ``tf_sharpest/__init__.py`` states."""
 
 import ast
 import importlib.util
@@ -31,6 +32,45 @@ def test_every_module_inside_a_package_is_private():
         if name != "__init__.py" and not name.startswith("_") and relative not in PUBLIC_FILES:
             public.append(relative)
     assert not public, f"name these modules _name.py and export their public names from the package: {public}"
+
+
+#: The layers of tf_sharpest/__init__.py's docstring, lowest first: a module imports only from its own layer or
+#: lower ones.
+LAYERS = {"utils": 0, "_keras_compat": 0, "_moved": 0, "operators": 1, "linalg": 2, "hessian": 3, "analysis": 3,
+          "optimizers": 4, "callbacks": 4, "models": 5, "data": 5}
+
+
+def upward_imports(path, own):
+    """``(line, module)`` of each import in ``path`` from a higher layer than ``own``."""
+    found = []
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+        modules = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                   else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+        for module in modules:
+            parts = module.split(".")
+            if parts[0] == "tf_sharpest" and len(parts) > 1 and LAYERS[parts[1]] > LAYERS[own]:
+                found.append((node.lineno, module))
+    return found
+
+
+def test_no_import_runs_back_up_the_layers():
+    assert "``utils`` → ``operators``" in importlib.import_module("tf_sharpest").__doc__  # the order stated there
+    upward = []
+    for path in python_files("tf_sharpest"):
+        relative = os.path.relpath(path, LIBRARY)
+        if relative == "__init__.py":
+            continue
+        own = relative.split(os.sep)[0].removesuffix(".py")
+        upward += [f"tf_sharpest/{relative}:{line} ({own}) imports {module}"
+                   for line, module in upward_imports(path, own)]
+    assert not upward, "\n".join(upward)
+
+
+def test_the_layer_check_catches_an_upward_import(tmp_path):
+    path = tmp_path / "module.py"
+    path.write_text("import numpy\nfrom tf_sharpest.operators import Sample\n"
+                    "from tf_sharpest.callbacks import LanczosCallback\n")
+    assert upward_imports(str(path), "linalg") == [(3, "tf_sharpest.callbacks")]
 
 
 def test_every_old_path_leads_to_an_existing_private_module():
