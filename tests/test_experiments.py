@@ -156,12 +156,13 @@ def test_lr_batch_size_smoke(tmp_path):
         assert row[10] == f"{np.mean([r['final']['train_loss'] for _, r, _ in seeds]):.3f}" + row[10][5:]
         val = [r["logs"]["val_accuracy"] for _, r, _ in seeds]
         assert row[11].startswith(f"{np.mean([v[-1] for v in val]):.3f}")
-        assert row[12].startswith(f"{np.mean([max(v) for v in val]):.3f}") and row[13] == "0"
+        assert row[12].startswith(f"{np.mean([max(v) for v in val]):.3f}") and row[14] == "0"
+        assert row[13] == f"{sum(int(np.argmax(w)) == len(w) - 1 for w in windows)}/{len(seeds)}"
     # The claim, seed by seed: along the batch sweep (32, 64) the smoothed peak rises in k of the 2 seeds.
     rising = sum(max(np.convolve(per_setting[("0.05", "32")][s][2][:, 0], np.ones(3) / 3, "valid"))
                  < max(np.convolve(per_setting[("0.05", "64")][s][2][:, 0], np.ones(3) / 3, "valid")) for s in (0, 1))
     (line,) = [line for line in table.splitlines() if line.startswith("- smoothed peak of lambda_1:")]
-    assert f"batch 32 < batch 64 in {rising}/2 seeds" in line
+    assert f"batch 32 < batch 64 in {rising}/2 seeds (difference " in line
 
 
 @pytest.mark.needs_fmnist
@@ -198,6 +199,9 @@ def test_nudged_sgd_smoke(tmp_path):
     lower_loss = later_half_loss(ours) < later_half_loss(sgd)
     (against,) = [r for r in table_rows(table.split("\n\n")[1]) if r[0] == "0.1"]
     assert against[1] == f"{int(higher)}/1" and against[3] == f"{int(lower_loss)}/1"
+    (paired,) = table_rows(table.split("\n\n")[2])  # one seed: the difference alone, no interval
+    difference = 100 * (float(ours[-1]["test_accuracy"]) - float(sgd[-1]["test_accuracy"]))
+    assert paired[:2] == ["0.1", "1"] and paired[3] == f"{difference:+.1f} (one seed)"
 
 
 @pytest.mark.needs_fmnist
@@ -302,3 +306,169 @@ def test_edge_of_stability_smoke_recomputes_its_measurements(tmp_path):
     assert float(rows[("momentum", "32")]["threshold 2(1+b)/eta"]) == pytest.approx(2 * 1.9 / 0.005)
     assert float(rows[("adam", "full")]["threshold 38/eta"]) == pytest.approx(38 / 0.001)
     assert float(row["val_accuracy_best"]) == max(sgd["logs"]["val_accuracy"])
+
+
+# -- figures and statistics on small synthetic runs (issue 27) ---------------------------------------------------
+
+def _run(lr, batch_size, seed, lambdas, *, gamma=None, losses=None, test_accuracy=None):
+    """A run as experiments.results.load_results returns it: config, logs and one measurement per epoch start."""
+    lambdas = np.asarray(lambdas, float).reshape(len(lambdas), -1)
+    n = len(lambdas) - 1
+    losses = losses if losses is not None else list(np.linspace(1.0, 0.5, n))
+    return {"config": {"lr": lr, "batch_size": batch_size, "gamma": gamma, "seed": seed, "top_k": lambdas.shape[1],
+                       "augment": False, "scale": {}},
+            "logs": {"loss": losses, "val_accuracy": list(np.linspace(0.5, 0.7, n)),
+                     "test_accuracy": test_accuracy if test_accuracy is not None else list(np.linspace(0.5, 0.7, n))},
+            "final": {"train_loss": losses[-1], "diverged": False, "distance_from_init": 1.0},
+            "measurements": [Measurement(e, 10 * e, row, 5, 0.1, 1.0) for e, row in enumerate(lambdas)]}
+
+
+def _lines(ax):
+    return {line.get_label(): line for line in ax.get_lines()}
+
+
+def test_paired_difference_by_hand():
+    first, second = [0.7634, 0.7342, 0.7514], [0.7198, 0.7471, 0.7375]  # study 3, gamma=0.01 against SGD
+    d = [0.0436, -0.0129, 0.0139]
+    mean = sum(d) / 3
+    sd = np.sqrt(sum((x - mean) ** 2 for x in d) / 2)
+    t_975_2 = 4.302652729911275  # Student's t, 97.5% quantile, 2 degrees of freedom (printed tables: 4.303)
+    got = statistics.paired_difference(first, second)
+    assert got["n"] == 3
+    np.testing.assert_allclose([got["mean"], got["sd"], got["t"]], [mean, sd, mean / (sd / np.sqrt(3))], rtol=1e-9)
+    np.testing.assert_allclose([got["low"], got["high"]], [mean - t_975_2 * sd / np.sqrt(3),
+                                                           mean + t_975_2 * sd / np.sqrt(3)], rtol=1e-9)
+    assert got["t"] == pytest.approx(0.911, abs=1e-3)  # the issue's t = 0.91
+    assert statistics.paired_cell(first, second, "+.1f", 100) == "+1.5 [-5.5, +8.5], t = 0.91"
+    assert statistics.paired_cell([1.0], [0.5]) == "+0.500 (one seed)"
+    with pytest.raises(ValueError, match="one value per seed"):
+        statistics.paired_difference([1.0, 2.0], [1.0])
+
+
+def test_seed_mean_is_arithmetic_and_peak_in_last_window():
+    x, mean = statistics.seed_mean([([0, 1, 2], [1.0, 100.0, 4.0]), ([0, 1], [3.0, 1.0])])
+    np.testing.assert_array_equal(x, [0, 1])
+    np.testing.assert_allclose(mean, [2.0, 50.5])  # the geometric mean would be sqrt(3) and 10
+    assert statistics.peak_in_last_window([1.0, 2.0, 3.0, 4.0, 5.0])  # still rising: no peak seen
+    assert not statistics.peak_in_last_window([1.0, 5.0, 6.0, 5.0, 1.0, 1.0])
+    assert statistics.peak_in_last_window([1.0, 2.0])  # fewer than a window: nothing but the end
+
+
+def test_lr_batch_size_figure_mean_threshold_and_last_window():
+    from experiments import figures
+    from experiments.lr_batch_size import plot
+    from experiments.results import by_setting
+
+    curves = ((0.01, ([1.0, 100.0, 150.0, 120.0], [9.0, 200.0, 170.0, 160.0])),
+              (0.1, ([2.0, 30.0, 20.0, 10.0], [4.0, 10.0, 12.0, 14.0])))
+    lr_runs = [_run(lr, 128, seed, [[v, v / 2] for v in values])
+               for lr, values_by_seed in curves for seed, values in enumerate(values_by_seed)]
+    batch_runs = [_run(0.05, b, 0, [[v, v / 2] for v in values])
+                  for b, values in ((32, [1.0, 20.0, 15.0, 5.0, 4.0]), (128, [1.0, 30.0, 45.0, 60.0, 70.0]))]
+    sweeps = {"lr": by_setting(lr_runs, "lr", "batch_size"), "batch": by_setting(batch_runs, "batch_size", "lr")}
+    plt = figures.pyplot()
+    fig = plot.draw_figure(plt, sweeps)
+    lines = _lines(fig.axes[0])  # lambda_1 across lr
+    np.testing.assert_allclose(lines["$\\eta$ = 0.01"].get_ydata(), [5.0, 150.0, 160.0, 140.0])  # arithmetic
+    np.testing.assert_allclose(lines["$2/\\eta$ = 200"].get_ydata(), [200, 200])
+    np.testing.assert_allclose(lines["$2/\\eta$ = 20"].get_ydata(), [20, 20])
+    np.testing.assert_allclose(_lines(fig.axes[1])["$\\eta$ = 0.1"].get_ydata(), [1.5, 10.0, 8.0, 6.0])  # lambda_2
+    batch_lines = _lines(fig.axes[2])
+    np.testing.assert_allclose(batch_lines["$2/\\eta$ = 40"].get_ydata(), [40, 40])
+    assert sum(label.startswith("$2/") for label in batch_lines) == 1  # one eta, one line
+    plt.close(fig)
+    # Batch 128's smoothed peak (window means 25.3, 45, 58.3) is its last window: flagged; batch 32's (12, 13.3, 8)
+    # is not.
+    summaries = [plot.run_summary(r) for r in batch_runs]
+    assert [s["peak_in_last_window_1"] for s in summaries] == [False, True]
+    # Paired differences over seeds: lr 0.1 minus lr 0.01, smoothed peak of lambda_1, by hand.
+    groups = {(0.1,): [plot.run_summary(r) for r in lr_runs[2:]], (0.01,): [plot.run_summary(r) for r in lr_runs[:2]]}
+    peaks_01 = [np.mean([30.0, 20.0, 10.0]), np.mean([10.0, 12.0, 14.0])]
+    peaks_001 = [np.mean([100.0, 150.0, 120.0]), np.mean([200.0, 170.0, 160.0])]
+    (check,) = plot.pairwise_checks(groups, "smoothed_peak_1", "lr")
+    assert check == (f"lr 0.1 < lr 0.01 in 2/2 seeds (difference "
+                     f"{statistics.paired_cell(peaks_01, peaks_001, '+.1f')})")
+    d = np.subtract(peaks_01, peaks_001)
+    assert check.split("(difference ")[1].startswith(f"{d.mean():+.1f} [")
+
+
+def test_nudged_sgd_figure_thresholds_and_paired_table():
+    from experiments import figures
+    from experiments.nudged_sgd import plot
+
+    runs = []
+    for gamma, by_seed in ((0.1, ([10.0, 500.0, 600.0], [10.0, 300.0, 700.0])), (1.0, ([10.0, 150.0, 200.0],
+                                                                                       [10.0, 250.0, 210.0]))):
+        for seed, values in enumerate(by_seed):
+            losses = [1.0, 0.6] if gamma == 0.1 else [1.0, 0.7]
+            test = [0.60 + 0.01 * seed, 0.70 + (0.02 if gamma == 0.1 else 0.0) + 0.03 * seed]
+            runs.append(_run(0.01, 128, seed, values, gamma=gamma, losses=losses, test_accuracy=test))
+    groups = plot.by_gamma(runs)
+    plt = figures.pyplot()
+    fig = plot.draw_figure(plt, groups)
+    lines = _lines(fig.axes[0])
+    np.testing.assert_allclose(lines["$\\gamma$ = 0.1"].get_ydata(), [10.0, 400.0, 650.0])
+    np.testing.assert_allclose(lines["$2/(\\gamma\\eta)$ = 2000"].get_ydata(), [2000, 2000])
+    np.testing.assert_allclose(lines["$2/(\\gamma\\eta)$ = 200"].get_ydata(), [200, 200])
+    assert fig.axes[0].get_ylim()[1] >= 2000  # within 3x of the largest value: on the axis
+    plt.close(fig)
+    # Matched training loss: gamma=0.1 reaches 0.7 (SGD's best) at epoch 2, SGD at epoch 2.
+    ours, sgd = runs[0], runs[2]
+    assert plot.at_matched_loss(ours, sgd) == (ours["logs"]["test_accuracy"][1], sgd["logs"]["test_accuracy"][1],
+                                               0.7, 2, 2)
+    table = plot.paired_against_sgd(groups, early_epoch=1)
+    (row,) = table_rows(table)
+    assert row[:2] == ["0.1", "2"]
+    # Final test accuracy: +2 points in both seeds -> mean +2.0, sd 0: the interval is the point itself.
+    assert row[3] == "+2.0 [+2.0, +2.0], t = inf"
+    later = [np.mean([500.0, 600.0]) - np.mean([150.0, 200.0]), np.mean([300.0, 700.0]) - np.mean([250.0, 210.0])]
+    assert row[7] == statistics.paired_cell(later, [0.0, 0.0], "+.0f")
+
+
+def test_edge_of_stability_minibatch_figure_keeps_small_values_and_shows_lambda_full():
+    from experiments import figures
+    from experiments.edge_of_stability import plot
+
+    def run(seed, sharpness):
+        records = [{"step": 10 * e, "epoch": e, "lambda_full": 5.0 + 10 * e, "lambda_512": 5.2 + 10 * e,
+                    "batch_sharpness": s} for e, s in enumerate(sharpness)]
+        return {"config": {"part": "sgd", "optimizer": "sgd", "lr": 0.05, "momentum": 0.0, "batch_size": 32,
+                           "seed": seed, "n_train": 3000, "sample_sizes": [512]}, "records": records}
+
+    groups = plot.group([run(0, [-0.5, 0.02, 20.0, 30.0]), run(1, [-1.5, 0.04, 22.0, 30.0])])
+    plt = figures.pyplot()
+    fig = plot.minibatch_figure(plt, groups, "SGD")
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "symlog"
+    lines = _lines(ax)
+    sharpness = lines["batch sharpness"]
+    np.testing.assert_allclose(sharpness.get_ydata(), [-1.0, 0.03, 21.0, 30.0])  # mean over seeds, none dropped
+    assert ax.get_ylim()[0] <= -1.5  # the most negative seed is inside the axes
+    full = lines["$\\lambda_1$, every example"]
+    assert full.get_zorder() > max(line.get_zorder() for line in ax.get_lines() if line is not full)
+    assert lines["$\\lambda_1$, 512-sample"].get_linestyle() == "--"
+    np.testing.assert_allclose(lines["2/$\\eta$ = 40"].get_ydata(), [40, 40])
+    assert fig.axes[-1].get_yscale() == "symlog"
+    plt.close(fig)
+
+
+def test_sgd_step_losses_figure_is_a_readable_grid():
+    from experiments import figures
+    from experiments.sgd_step import plot
+
+    def record(epoch):
+        return {"epoch": epoch, "loss": 1.0, "multipliers": [0.25, 0.5, 1.0, 2.0, 4.0],
+                "along_eigenvectors": [[0.9, 0.8, 0.9, 1.2, 2.0], [0.99, 0.98, 0.97, 0.99, 1.1]],
+                "along_random": [[1.0] * 5] * 3, "full_step": [0.9, 0.8, 0.85, 1.1, 3.0],
+                "eigenvalues": [40.0, 10.0], "alignment": [0.9, 0.1], "gradient_norm": 1.0}
+
+    plt = figures.pyplot()
+    fig = plot.step_losses_figure(plt, [record(e) for e in (0, 1, 2, 4, 8)], 0.05)
+    width, height = fig.get_size_inches()
+    assert width / height < 2  # was 18 x 3.9 inches: a 1980 x 429 strip at 110 dpi
+    panels = [ax for ax in fig.axes if ax.axison]
+    assert len(panels) == 5 and all(ax.get_yscale() == "symlog" for ax in panels)
+    assert panels[0].get_title().startswith("after 0 epoch(s)") and "2.00, 0.50" in panels[0].get_title()
+    (legend_cell,) = [ax for ax in fig.axes if not ax.axison]
+    assert legend_cell.get_legend() is not None
+    plt.close(fig)

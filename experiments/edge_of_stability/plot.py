@@ -139,14 +139,25 @@ def _mean_curve(runs: list[dict], key: str, x: str = "step"):
     return xs, values
 
 
-def plot_band(ax, xs, values, color, label, style="-"):
+def plot_band(ax, xs, values, color, label, style="-", zorder=2.0, lw=1.8):
     """Mean over seeds (line) and each seed (thin lines), so spikes and the spread both show."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a point no seed measured (Adam's step 0) stays NaN
         mean = np.nanmean(values, axis=0)
     for row in values:
-        ax.plot(xs, row, style, color=color, lw=0.6, alpha=0.35)
-    ax.plot(xs, mean, style, color=color, lw=1.8, marker="o", ms=2.5, label=label)
+        ax.plot(xs, row, style, color=color, lw=0.6, alpha=0.35, zorder=zorder - 0.5)
+    ax.plot(xs, mean, style, color=color, lw=lw, marker="o", ms=2.5, label=label, zorder=zorder)
+
+
+#: Below this magnitude the curvature axes of the mini-batch figures are linear (symlog): a batch sharpness
+#: near zero or negative (early training) is drawn where it is instead of vanishing from a log axis.
+LINEAR_BELOW = 1.0
+
+#: How each mini-batch quantity is drawn: (line style, zorder, width). The full-data lambda_1 is the reference
+#: the others are compared with, so it is drawn last (on top), solid and thickest; the sample lambda_1s, which
+#: lie within a few per cent of it, are dashed underneath so that it stays visible.
+STYLES = {"lambda_full": ("-", 6.0, 2.6), "batch_sharpness": ("-", 4.0, 1.8)}
+SAMPLE_STYLES = (("--", 3.0, 1.3), (":", 2.5, 1.3))
 
 
 def plot_gd(plt, groups, path: str, caption: str) -> None:
@@ -174,23 +185,37 @@ def plot_gd(plt, groups, path: str, caption: str) -> None:
 
 def plot_minibatch(plt, groups, path: str, caption: str, title: str) -> None:
     """One panel per batch size: the four quantities against the thresholds; and their ratio per batch size."""
+    save_figure(minibatch_figure(plt, groups, title), path,
+                caption + f"; curvature axes symlog, linear within ±{LINEAR_BELOW:g} (no value is cut off)")
+
+
+def minibatch_figure(plt, groups, title: str):
+    """The mini-batch figure (see :func:`plot_minibatch`), not yet saved."""
+    from matplotlib.ticker import NullFormatter, SymmetricalLogLocator
+
     settings = list(groups.values())
     fig, axes = plt.subplots(1, len(settings) + 1, figsize=(4.6 * (len(settings) + 1), 4.6), squeeze=False)
     axes = axes[0]
     quantities = sgd_quantities(settings[0][0]["config"])
     colors = dict(zip([k for k, _ in quantities], COLORS))
+    samples = iter(SAMPLE_STYLES)
+    styles = {key: STYLES.get(key) or next(samples, ("-.", 2.0, 1.2)) for key, _ in quantities}
     for ax, runs in zip(axes, settings):
         c = runs[0]["config"]
         for key, label in quantities:
             xs, values = _mean_curve(runs, key, "epoch")
             if np.isfinite(values).any():
-                plot_band(ax, xs, values, colors[key], label)
+                style, zorder, width = styles[key]
+                plot_band(ax, xs, values, colors[key], label, style, zorder, width)
         for (name, value), style in zip(thresholds(c).items(), ("--", ":", "-.")):
-            ax.axhline(value, color="gray", ls=style, lw=1.2, label=f"{pretty(name)} = {value:g}")
-        # Log scale for thresholds a factor 19 apart (momentum); the first epochs' tiny values are cut off.
-        ax.set(yscale="log", ylim=(min(thresholds(c).values()) / 10, None), xlabel="epochs", ylabel="curvature",
+            ax.axhline(value, color="gray", ls=style, lw=1.2, label=f"{pretty(name)} = {value:g}", zorder=1)
+        # Thresholds a factor 19 apart (momentum) need a logarithmic axis, but the batch sharpness can be tiny or
+        # negative early on: symlog is logarithmic above LINEAR_BELOW and linear below, so nothing is dropped.
+        ax.set_yscale("symlog", linthresh=LINEAR_BELOW, linscale=0.5)
+        ax.set(xlabel="epochs", ylabel=f"curvature (symlog, linear within ±{LINEAR_BELOW:g})",
                title=f"{title}, batch {c['batch_size']}, $\\eta$ = {c['lr']:g}")
         ax.yaxis.set_major_formatter(_formatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     ax = axes[-1]
@@ -207,16 +232,16 @@ def plot_minibatch(plt, groups, path: str, caption: str, title: str) -> None:
     for name, value in thresholds(settings[0][0]["config"]).items():
         ax.axhline(value / main[1], color="gray", ls="--" if name == main[0] else ":", lw=1)
     ax.set_xticks(range(len(settings)), [f"batch {b}" for b in batch_sizes])
-    ax.set(yscale="log", ylabel=f"later-half mean / {pretty(main[0])}",
+    ratio_linear = LINEAR_BELOW / main[1]
+    ax.set_yscale("symlog", linthresh=ratio_linear, linscale=0.5)
+    ax.yaxis.set_major_locator(SymmetricalLogLocator(linthresh=ratio_linear, base=10, subs=(1.0, 2.0, 5.0)))
+    ax.set(ylabel=f"later-half mean / {pretty(main[0])} (symlog)",
            title=f"Later-half mean relative to {pretty(main[0])}")
-    from matplotlib.ticker import LogLocator, NullFormatter
-
-    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.yaxis.set_major_formatter(_formatter())
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
-    save_figure(fig, path, caption)
+    return fig
 
 
 def plot_adam(plt, groups, path: str, caption: str) -> None:

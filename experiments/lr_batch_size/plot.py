@@ -4,8 +4,11 @@ Per run, lambda_k is summarised by statistics no single spike decides: the
 peak of its 3-point running mean (and the epoch at the centre of that
 window) and its mean over the later half of training; the table gives their
 mean ± standard deviation over seeds, the raw peak beside them, the final
-and best validation accuracy, and whether the claimed order holds seed by
-seed.
+and best validation accuracy, in how many seeds the smoothed peak is the
+run's last window (the curve was still rising: no peak was seen), and
+whether the claimed order holds seed by seed, with the paired difference
+and its 95% t-interval over seeds. The figure's thick line is the
+arithmetic mean over seeds (the tables' statistic), with 2/eta dashed.
 
     python -m experiments.lr_batch_size.plot [--out RUNS] [--figures FOLDER]
 """
@@ -36,6 +39,7 @@ def run_summary(result: dict) -> dict:
         summary[f"peak_{k + 1}"] = statistics.peak(curve)[1]
         summary[f"later_half_{k + 1}"] = statistics.later_half_mean(epochs, curve)
         summary[f"final_{k + 1}"] = float(curve[-1])
+        summary[f"peak_in_last_window_{k + 1}"] = statistics.peak_in_last_window(curve)
     accuracy = np.asarray(result["logs"].get("val_accuracy", [np.nan]), float)
     summary["val_final"], summary["val_best"] = float(accuracy[-1]), float(np.nanmax(accuracy))
     summary["train_loss"] = result["final"]["train_loss"]
@@ -52,8 +56,44 @@ def pairwise_checks(groups: dict, key: str, name: str) -> list[str]:
     for i in range(len(per_setting) - 1):
         seeds = sorted(set(per_setting[i]) & set(per_setting[i + 1]))
         lower = sum(per_setting[i][seed] < per_setting[i + 1][seed] for seed in seeds)
-        checks.append(f"{labels[i]} < {labels[i + 1]} in {lower}/{len(seeds)} seeds")
+        difference = statistics.paired_cell([per_setting[i][seed] for seed in seeds],
+                                            [per_setting[i + 1][seed] for seed in seeds], "+.1f")
+        checks.append(f"{labels[i]} < {labels[i + 1]} in {lower}/{len(seeds)} seeds (difference {difference})")
     return checks
+
+
+def draw_figure(plt, sweeps: dict):
+    """The 2 x 2 figure: lambda_1 and lambda_2 across each sweep; per setting every seed (thin), the arithmetic
+    mean over seeds (thick, as in the table) and 2/eta (dashed, same colour)."""
+    fig, axes = plt.subplots(2, 2, figsize=(10.5, 8))
+    for row, (sweep, title) in enumerate([("lr", "learning rate"), ("batch", "batch size")]):
+        groups = sweeps[sweep]
+        colors = plt.cm.plasma(np.linspace(0, 0.8, len(groups)))
+        for k in range(2):
+            ax = axes[row, k]
+            drawn = set()
+            for color, runs in zip(colors, groups.values()):
+                c = runs[0]["config"]
+                curves = [(e, v[:, k]) for e, v in (eigenvalue_curve(r) for r in runs)]
+                for x, y in curves:
+                    ax.plot(x, y, color=color, alpha=0.3, lw=0.7)
+                label = f"$\\eta$ = {c['lr']:g}" if sweep == "lr" else f"batch {c['batch_size']}"
+                ax.plot(*statistics.seed_mean(curves), marker="o", ms=3, lw=1.8, color=color, label=label)
+                if c["lr"] not in drawn:  # the batch sweep shares one eta: one line
+                    drawn.add(c["lr"])
+                    ax.axhline(2 / c["lr"], color=color if sweep == "lr" else "gray", ls="--", lw=1,
+                               label=f"$2/\\eta$ = {2 / c['lr']:g}")
+            ax.set_yscale("log")
+            ax.set_xlabel("epochs of training")
+            ax.set_ylabel(f"$\\lambda_{k + 1}$")
+            c = next(iter(groups.values()))[0]["config"]
+            fixed = f"batch {c['batch_size']}" if sweep == "lr" else f"$\\eta$ = {c['lr']:g}"
+            ax.set_title(f"$\\lambda_{k + 1}$ across {title} (SGD, {fixed})")
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=7, ncol=2)
+    seeds = max(len(runs) for groups in sweeps.values() for runs in groups.values())
+    fig.suptitle(f"arithmetic mean of {seeds} seed(s) (thick), each seed (thin), $2/\\eta$ (dashed)")
+    return fig
 
 
 def main(argv=None) -> str:
@@ -63,33 +103,8 @@ def main(argv=None) -> str:
               "batch": by_setting(load_results(os.path.join(args.out, "batch_sweep")), "batch_size", "lr")}
     first = next(iter(sweeps["lr"].values()))[0]
     scale = Scale(**first["config"]["scale"])
-    seeds = max(len(runs) for groups in sweeps.values() for runs in groups.values())
     plt = figures.pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(10.5, 8))
-    for row, (sweep, title) in enumerate([("lr", "learning rate"), ("batch", "batch size")]):
-        groups = sweeps[sweep]
-        colors = plt.cm.plasma(np.linspace(0, 0.8, len(groups)))
-        for k in range(2):
-            ax = axes[row, k]
-            for color, runs in zip(colors, groups.values()):
-                c = runs[0]["config"]
-                curves = [eigenvalue_curve(r) for r in runs]
-                n = min(len(e) for e, _ in curves)
-                stacked = np.array([v[:n, k] for _, v in curves])
-                for _, v in curves:
-                    ax.plot(curves[0][0][: len(v)], v[:, k], color=color, alpha=0.3, lw=0.7)
-                label = f"$\\eta$ = {c['lr']:g}" if sweep == "lr" else f"batch {c['batch_size']}"
-                ax.plot(curves[0][0][:n], np.exp(np.mean(np.log(stacked), axis=0)), marker="o", ms=3, lw=1.8,
-                        color=color, label=label)
-            ax.set_yscale("log")
-            ax.set_xlabel("epochs of training")
-            ax.set_ylabel(f"$\\lambda_{k + 1}$")
-            c = first["config"] if sweep == "lr" else next(iter(groups.values()))[0]["config"]
-            fixed = f"batch {c['batch_size']}" if sweep == "lr" else f"$\\eta$ = {c['lr']:g}"
-            ax.set_title(f"$\\lambda_{k + 1}$ across {title} (SGD, {fixed})")
-            ax.grid(alpha=0.3, which="both")
-            ax.legend(fontsize=8)
-    fig.suptitle(f"geometric mean of {seeds} seed(s) (thick), each seed (thin)")
+    fig = draw_figure(plt, sweeps)
     path = os.path.join(args.figures, "lr_batch_size.png")
     figures.save_figure(fig, path, f"Measured at the start of each epoch and after the last. {scale.describe()}"
                         f"{', augmented' if first['config'].get('augment') else ''}.")
@@ -107,10 +122,12 @@ def main(argv=None) -> str:
                          column("smoothed_peak_epoch_1"), column("later_half_1"), column("peak_1"),
                          column("smoothed_peak_2"), column("later_half_2"), column("train_loss", ".3f"),
                          column("val_final", ".3f"), column("val_best", ".3f"),
+                         f"{sum(s['peak_in_last_window_1'] for s in summaries)}/{len(summaries)}",
                          sum(s["diverged"] for s in summaries)])
     table = markdown_table(["sweep", "lr", "batch", "seeds", "lambda_1 smoothed peak", "at epoch",
                             "lambda_1 later half", "lambda_1 raw peak", "lambda_2 smoothed peak",
-                            "lambda_2 later half", "final train loss", "val acc final", "val acc best", "diverged"],
+                            "lambda_2 later half", "final train loss", "val acc final", "val acc best",
+                            "lambda_1 smoothed peak in the last window", "diverged"],
                            rows)
     # The claims, seed by seed: a larger lr (a smaller batch) gives a lower peak, so each setting is compared
     # with its neighbour (an lr that has not peaked yet shows up as a failed comparison, not as a lower peak).

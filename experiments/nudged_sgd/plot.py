@@ -3,7 +3,14 @@
 Each entry is the mean over seeds with every seed's value beside it; the
 sharpness is also given as its mean over the later half of training (± the
 standard deviation over seeds), which no single spike decides, and the
-accuracy both at the end and at its best epoch.
+accuracy both at the end and at its best epoch. Against SGD (gamma=1) run
+with the same seed, each gamma gets the count of seeds where it is ahead and
+the paired difference with its 95% t-interval over seeds, for accuracy at a
+fixed epoch and at a matched training loss (the first epoch at which both
+runs of a pair reached the lower loss level they share), so that a faster
+optimizer is not credited with generalizing better merely for having
+trained further. The figure's thick line is the arithmetic mean over seeds,
+with each gamma's threshold 2/(gamma eta) dashed in its colour.
 
     python -m experiments.nudged_sgd.plot [--out RUNS] [--figures FOLDER] [--early_epoch 2]
 """
@@ -64,19 +71,50 @@ def against_sgd(groups: dict, early_epoch: int) -> str:
     return markdown_table(["gamma, seeds where, against SGD with the same seed:"] + [c[2] for c in claims], rows)
 
 
-def by_gamma(results: list[dict]) -> dict[float, list[dict]]:
-    """Runs per gamma (ascending), each list sorted by seed."""
-    return {gamma: runs for (gamma,), runs in by_setting(results, "gamma").items()}
+def at_matched_loss(ours: dict, theirs: dict) -> tuple[float, float, float, int, int]:
+    """Test accuracy of two runs at a matched training loss: ``(ours, theirs, level, our epoch, their epoch)``.
+
+    The level is the lower training loss (mean over an epoch) that both runs reached, the higher of their two
+    minima; each run is read at the first epoch (from 1) whose loss is at or below it.
+    """
+    losses = [np.asarray(r["logs"]["loss"], float) for r in (ours, theirs)]
+    level = max(float(np.nanmin(loss)) for loss in losses)
+    epochs = [int(np.flatnonzero(loss <= level)[0]) for loss in losses]
+    accuracy = [r["logs"]["test_accuracy"][e] for r, e in zip((ours, theirs), epochs)]
+    return accuracy[0], accuracy[1], level, epochs[0] + 1, epochs[1] + 1
 
 
-def main(argv=None) -> str:
-    parser = figures.plot_parser(__doc__, STUDY)
-    parser.add_argument("--early_epoch", type=int, default=2, help="epoch of the early validation accuracy")
-    args = parser.parse_args(argv)
-    groups = by_gamma(load_results(args.out))
-    first = next(iter(groups.values()))[0]
-    scale = Scale(**first["config"]["scale"])
-    plt = figures.pyplot()
+def paired_against_sgd(groups: dict, early_epoch: int) -> str:
+    """Per gamma, the paired differences from SGD with the same seed: mean [95% t-interval], t."""
+    if 1.0 not in groups:
+        return ""
+    sgd = {r["config"]["seed"]: r for r in groups[1.0]}
+    rows = []
+    for gamma, runs in groups.items():
+        if gamma == 1.0:
+            continue
+        pairs = [(r, sgd[r["config"]["seed"]]) for r in runs if r["config"]["seed"] in sgd]
+        rows_of = [(table_row(a, early_epoch), table_row(b, early_epoch)) for a, b in pairs]
+        matched = [at_matched_loss(a, b) for a, b in pairs]
+
+        def cell(key, fmt=".2f", scale=1.0, rows_of=rows_of):
+            return statistics.paired_cell([x[key] for x, _ in rows_of], [y[key] for _, y in rows_of], "+" + fmt,
+                                          scale)
+
+        rows.append([f"{gamma:g}", len(pairs), cell("test_at_best_val", ".1f", 100), cell("test_final", ".1f", 100),
+                     statistics.paired_cell([m[0] for m in matched], [m[1] for m in matched], "+.1f", 100),
+                     " / ".join(f"{m[2]:.3f} ({m[3]} vs {m[4]})" for m in matched),
+                     cell("train_loss_later_half", ".3f"), cell("lambda_1_later_half", ".0f")])
+    return markdown_table(
+        ["gamma, minus SGD with the same seed", "pairs", "test acc. at best-val epoch (points)",
+         "final test acc. (points)", "test acc. at matched train loss (points)",
+         "matched train-loss level (epoch: gamma vs SGD), per seed", "train loss later half", "lambda_1 later half"],
+        rows)
+
+
+def draw_figure(plt, groups: dict):
+    """The 2 x 2 figure: lambda_1, ||H_K||, training loss and validation accuracy per gamma; every seed thin, the
+    arithmetic mean over seeds thick, and on the lambda_1 panel each gamma's 2/(gamma eta) dashed."""
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     colors = plt.cm.coolwarm(np.linspace(0, 1, len(groups)))
     panels = [
@@ -96,19 +134,46 @@ def main(argv=None) -> str:
                 y = y[:, 0] if y.ndim == 2 else y
                 curves.append((x, y))
                 ax.plot(x, y, color=color, alpha=0.35, lw=0.8)
-            n = min(len(y) for _, y in curves)
-            mean = np.mean([y[:n] for _, y in curves], axis=0)
             label = f"$\\gamma$ = {gamma:g}" + (" (SGD)" if gamma == 1 else "")
-            ax.plot(curves[0][0][:n], mean, color=color, marker="o", ms=3, lw=1.8, label=label)
+            ax.plot(*statistics.seed_mean(curves), color=color, marker="o", ms=3, lw=1.8, label=label)
         if log:
             ax.set_yscale("log")
         ax.set_xlabel("epochs of training")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3, which="both")
-    axes[0, 0].legend(fontsize=8)
-    c = first["config"]
+    # The thresholds: drawn in each gamma's colour; one far above every measured value would squash the curves,
+    # so the axis stops at 3 times the largest value and the legend says which thresholds lie above it.
+    ax = axes[0, 0]
+    bottom, top = ax.get_ylim()
+    lr = next(iter(groups.values()))[0]["config"]["lr"]
+    for color, gamma in zip(colors, groups):
+        threshold = 2 / (gamma * lr)
+        above = threshold > 3 * top
+        ax.axhline(threshold, color=color, ls="--", lw=1,
+                   label=f"$2/(\\gamma\\eta)$ = {threshold:g}" + (" (above the axis)" if above else ""))
+    shown = [2 / (g * lr) for g in groups if 2 / (g * lr) <= 3 * top]
+    ax.set_ylim(bottom, max([top, *(1.3 * t for t in shown)]))
+    ax.legend(fontsize=7, ncol=2)
+    c = next(iter(groups.values()))[0]["config"]
     fig.suptitle(f"Nudged SGD, $\\eta$ = {c['lr']:g}, batch {c['batch_size']}, K = {c['top_k']}: "
-                 f"mean of {max(len(r) for r in groups.values())} seed(s) (thick), each seed (thin)")
+                 f"arithmetic mean of {max(len(r) for r in groups.values())} seed(s) (thick), each seed (thin), "
+                 "$2/(\\gamma\\eta)$ (dashed)")
+    return fig
+
+
+def by_gamma(results: list[dict]) -> dict[float, list[dict]]:
+    """Runs per gamma (ascending), each list sorted by seed."""
+    return {gamma: runs for (gamma,), runs in by_setting(results, "gamma").items()}
+
+
+def main(argv=None) -> str:
+    parser = figures.plot_parser(__doc__, STUDY)
+    parser.add_argument("--early_epoch", type=int, default=2, help="epoch of the early validation accuracy")
+    args = parser.parse_args(argv)
+    groups = by_gamma(load_results(args.out))
+    first = next(iter(groups.values()))[0]
+    scale = Scale(**first["config"]["scale"])
+    fig = draw_figure(figures.pyplot(), groups)
     path = os.path.join(args.figures, "nudged_sgd.png")
     figures.save_figure(fig, path, f"Eigenvalues at the start of each epoch and after the last. {scale.describe()}"
                         f"{', augmented' if first['config'].get('augment') else ''}.")
@@ -127,7 +192,8 @@ def main(argv=None) -> str:
          f"val. acc. after epoch {args.early_epoch}",
          f"final train loss ({first['final']['train_eval_examples']:,} ex.)", "final lambda_1", "final ||H_K||",
          "distance from init", "lambda_1 later half", "||H_K|| later half", "train loss later half"], rows)
-    return figures.write_table("\n\n".join(filter(None, [table, against_sgd(groups, args.early_epoch)])),
+    return figures.write_table("\n\n".join(filter(None, [table, against_sgd(groups, args.early_epoch),
+                                                        paired_against_sgd(groups, args.early_epoch)])),
                                args.figures, path)
 
 

@@ -40,6 +40,48 @@ def quadratic_prediction(record: dict, learning_rate: float) -> np.ndarray:
     return -step * g_i ** 2 * (1 - step * lam / 2)
 
 
+def step_losses_figure(plt, records: list[dict], lr: float, columns: int = 3):
+    """Loss change after partial steps, one panel per analysed epoch, ``columns`` panels a row (a readable grid,
+    not a strip); the legend, the same for every panel, gets the first free cell (or goes below the grid)."""
+    rows = -(-len(records) // columns)
+    free = rows * columns - len(records)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.4 * columns, 3.9 * rows + (0 if free else 0.9)),
+                             squeeze=False, sharey=True)
+    cells = axes.ravel()
+    largest = max(np.max(np.abs(np.concatenate([c.ravel() for c in loss_changes(r).values()]))) for r in records)
+    linthresh = 10.0 ** np.floor(np.log10(max(largest, 1e-12) * 1e-3))  # three decades shown linearly near 0
+    for ax, record in zip(cells, records):
+        changes, mult = loss_changes(record), np.asarray(record["multipliers"])
+        k = changes["eigenvectors"].shape[0]
+        colors = plt.cm.viridis(np.linspace(0, 0.85, k))
+        for i in range(k):
+            ax.plot(mult, changes["eigenvectors"][i], marker="o", ms=3, color=colors[i], lw=2.2 if i == 0 else 1,
+                    label=f"along $e_{{{i + 1}}}$")
+        r = changes["random"]
+        ax.fill_between(mult, r.min(axis=0), r.max(axis=0), color="gray", alpha=0.35,
+                        label=f"along {r.shape[0]} random directions")
+        ax.plot(mult, changes["full"], color="black", linestyle="--", marker="s", ms=3, label="full step $g$")
+        ax.axhline(0, color="red", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("symlog", linthresh=linthresh)
+        ax.set_xlabel("$\\gamma'$ (step = $\\gamma' \\eta$ times the SGD step's part)", fontsize=9)
+        etas = ", ".join(f"{lr * v:.2f}" for v in record["eigenvalues"])
+        ax.set_title(f"after {record['epoch']} epoch(s); loss {record['loss']:.3f}\n"
+                     f"$\\eta\\lambda_{{1..{k}}}$ = {etas}", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"loss change (symlog, linear within ±{linthresh:g})", fontsize=9)
+    handles, labels = cells[0].get_legend_handles_labels()
+    for ax in cells[len(records):]:
+        ax.axis("off")
+    if free:
+        cells[len(records)].legend(handles, labels, loc="center", fontsize=9)
+    else:
+        fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=9, bbox_to_anchor=(0.5, 0.04))
+    fig.suptitle(f"Loss change after a partial SGD step, SGD $\\eta$ = {lr:g} (full gradient of the sample)")
+    return fig
+
+
 def main(argv=None) -> str:
     parser = figures.plot_parser(__doc__, STUDY)
     args = parser.parse_args(argv)
@@ -52,29 +94,7 @@ def main(argv=None) -> str:
         scale = Scale(**json.load(f)["config"]["scale"])
     lr, records = analysis["learning_rate"], analysis["records"]
     plt = figures.pyplot()
-    fig, axes = plt.subplots(1, len(records), figsize=(3.6 * len(records), 3.9), squeeze=False, sharey=True)
-    largest = max(np.max(np.abs(np.concatenate([c.ravel() for c in loss_changes(r).values()]))) for r in records)
-    linthresh = 10.0 ** np.floor(np.log10(max(largest, 1e-12) * 1e-3))  # three decades shown linearly near 0
-    for ax, record in zip(axes[0], records):
-        changes, mult = loss_changes(record), np.asarray(record["multipliers"])
-        k = changes["eigenvectors"].shape[0]
-        colors = plt.cm.viridis(np.linspace(0, 0.85, k))
-        for i in range(k):
-            ax.plot(mult, changes["eigenvectors"][i], marker="o", ms=3, color=colors[i], lw=2.2 if i == 0 else 1,
-                    label=f"along $e_{{{i + 1}}}$ ($\\eta\\lambda$={lr * record['eigenvalues'][i]:.2f})")
-        r = changes["random"]
-        ax.fill_between(mult, r.min(axis=0), r.max(axis=0), color="gray", alpha=0.35,
-                        label=f"along {r.shape[0]} random directions")
-        ax.plot(mult, changes["full"], color="black", linestyle="--", marker="s", ms=3, label="full step $g$")
-        ax.axhline(0, color="red", lw=0.8)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("symlog", linthresh=linthresh)
-        ax.set_xlabel("$\\gamma'$ (step = $\\gamma' \\eta$ times the SGD step's part)")
-        ax.set_title(f"after {record['epoch']} epoch(s); loss {record['loss']:.3f}", fontsize=9)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=6, loc="upper left")  # small steps lower the loss: the upper left is empty
-    axes[0, 0].set_ylabel("loss change (symlog)")
-    fig.suptitle(f"Loss change after a partial SGD step, SGD $\\eta$ = {lr:g} (full gradient of the sample)")
+    fig = step_losses_figure(plt, records, lr)
     step_path = os.path.join(args.figures, "step_losses.png")
     figures.save_figure(fig, step_path, f"{scale.describe()}; the step, its gradient and its loss all on the same "
                                        f"{scale.num_samples:,} training examples.")
