@@ -109,6 +109,18 @@ def test_spectrum_shape_smoke(tmp_path):
         (row,) = [r for r in rows if r[0] == f"{lr:g}"]
         assert row == [f"{lr:g}", f"{lambda_1[0]:.2f}", f"{lambda_1.max():.2f}", str(np.argmax(lambda_1)),
                        f"{lambda_1[-1]:.2f}", f"{2 / lr:g}", "yes" if lambda_1.max() < 2 / lr else "**no**"]
+    # The compact copy that gets committed recomputes the same table (what experiments.verify does).
+    from experiments import keep_runs
+
+    (tmp_path / "runs" / "lr0.01" / "model.weights.h5").write_bytes(b"weights")  # never kept
+    kept = keep_runs.main(["spectrum_shape", "--src", str(tmp_path / "runs"), "--dest", str(tmp_path / "kept")])
+    assert sorted(kept) == sorted(os.path.join(f"lr{lr:g}", name) for lr in (0.01, 0.1)
+                                  for name in ("history.csv", "lanczos.csv", "lanczos.npz", "result.json"))
+    assert plot.spectrum_table(plot.load_sorted(str(tmp_path / "kept"))) == table
+    with pytest.raises(SystemExit, match="over the limit"):
+        keep_runs.main(["spectrum_shape", "--src", str(tmp_path / "runs"), "--dest", str(tmp_path / "no"),
+                        "--limit", "100"])
+    assert not (tmp_path / "no").exists()
 
 
 def by_hand_mean_sd(values):
@@ -232,6 +244,10 @@ def test_sgd_step_smoke_agrees_with_a_quadratic_model_for_short_steps(tmp_path):
         assert row[4] == f"{record['along_eigenvectors'][0][one] - record['loss']:+.2e}"
         assert row[6] == f"{record['full_step'][one] - record['loss']:+.2e}"
         assert row[8:10] == [f"{record['alignment'][0]:.3f}", f"{max(record['alignment']):.3f}"]
+    from experiments import keep_runs
+
+    keep_runs.keep(str(tmp_path / "runs"), str(tmp_path / "kept"))
+    assert plot.step_table(plot.load_analysis(str(tmp_path / "kept"))[0]) == table
 
 
 def test_edge_of_stability_statistics_on_known_numbers():

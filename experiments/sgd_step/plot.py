@@ -17,6 +17,9 @@ from experiments.scale import Scale
 
 STUDY = "sgd_step"
 
+#: The committed raw run (``python -m experiments.keep_runs sgd_step``) the RESULTS.md table is recomputed from.
+COMMITTED = os.path.join(figures.default_figures(STUDY), "runs")
+
 
 def loss_changes(record: dict) -> dict:
     """Loss after each partial step minus the loss before, per kind of direction (``[.., multipliers]``)."""
@@ -82,22 +85,51 @@ def step_losses_figure(plt, records: list[dict], lr: float, columns: int = 3):
     return fig
 
 
-def main(argv=None) -> str:
-    parser = figures.plot_parser(__doc__, STUDY)
-    args = parser.parse_args(argv)
-    found = sorted(glob.glob(os.path.join(args.out, "*", "step_analysis.json")))
+def step_table(analysis: dict) -> str:
+    """The study's table: per analysed epoch, lambda_1, the loss changes along e_1, g and random directions, and
+    the gradient's alignment."""
+    lr, records = analysis["learning_rate"], analysis["records"]
+    rows = []
+    for record in records:
+        changes, mult = loss_changes(record), list(record["multipliers"])
+        at = {m: mult.index(m) for m in (0.5, 1.0, 2.0) if m in mult}
+        e1 = changes["eigenvectors"][0]
+        rows.append([record["epoch"], f"{record['eigenvalues'][0]:.2f}", f"{lr * record['eigenvalues'][0]:.2f}",
+                     *[f"{e1[at[m]]:+.2e}" if m in at else "" for m in (0.5, 1.0, 2.0)],
+                     f"{changes['full'][at[1.0]]:+.2e}" if 1.0 in at else "",
+                     f"{np.mean(changes['random'][:, at[1.0]]):+.1e}" if 1.0 in at else "",
+                     f"{record['alignment'][0]:.3f}", f"{max(record['alignment']):.3f}",
+                     f"{np.mean(record['random_alignment']):.1e}", f"{record['expected_random_alignment']:.1e}"])
+    table = markdown_table(
+        ["epoch", "lambda_1", "eta lambda_1", "dL along e_1, 0.5 eta", "... 1 eta", "... 2 eta", "dL full step",
+         "dL random, 1 eta", "abs cos(g, e_1)", "max_i abs cos(g, e_i)", "abs cos(g, r) drawn", "E abs cos(g, r)"],
+        rows)
+    return table
+
+
+def load_analysis(out: str) -> tuple[dict, Scale]:
+    """The run's ``step_analysis.json`` under ``out`` and its scale."""
+    found = sorted(glob.glob(os.path.join(out, "*", "step_analysis.json")))
     if not found:
-        raise SystemExit(f"no step_analysis.json under {args.out}: run experiments.sgd_step.run first.")
+        raise SystemExit(f"no step_analysis.json under {out}: run experiments.sgd_step.run first.")
     with open(found[0]) as f:
         analysis = json.load(f)
     with open(os.path.join(os.path.dirname(found[0]), "result.json")) as f:
-        scale = Scale(**json.load(f)["config"]["scale"])
+        config = json.load(f)["config"]
+    return {**analysis, "seed": config["seed"]}, Scale(**config["scale"])
+
+
+def main(argv=None) -> str:
+    parser = figures.plot_parser(__doc__, STUDY)
+    args = parser.parse_args(argv)
+    analysis, scale = load_analysis(args.out)
     lr, records = analysis["learning_rate"], analysis["records"]
     plt = figures.pyplot()
     fig = step_losses_figure(plt, records, lr)
     step_path = os.path.join(args.figures, "step_losses.png")
-    figures.save_figure(fig, step_path, f"{scale.describe()}; the step, its gradient and its loss all on the same "
-                                       f"{scale.num_samples:,} training examples.")
+    figures.save_figure(fig, step_path, f"One run (seed {analysis['seed']}). {scale.describe()}; the step, "
+                                       f"its gradient and its loss all on the same {scale.num_samples:,} training "
+                                       "examples.")
 
     fig, ax = plt.subplots(figsize=(8.5, 4))
     k = len(records[0]["alignment"])
@@ -120,22 +152,13 @@ def main(argv=None) -> str:
     align_path = os.path.join(args.figures, "alignment.png")
     figures.save_figure(fig, align_path, scale.describe())
 
-    rows = []
-    for record in records:
-        changes, mult = loss_changes(record), list(record["multipliers"])
-        at = {m: mult.index(m) for m in (0.5, 1.0, 2.0) if m in mult}
-        e1 = changes["eigenvectors"][0]
-        rows.append([record["epoch"], f"{record['eigenvalues'][0]:.2f}", f"{lr * record['eigenvalues'][0]:.2f}",
-                     *[f"{e1[at[m]]:+.2e}" if m in at else "" for m in (0.5, 1.0, 2.0)],
-                     f"{changes['full'][at[1.0]]:+.2e}" if 1.0 in at else "",
-                     f"{np.mean(changes['random'][:, at[1.0]]):+.1e}" if 1.0 in at else "",
-                     f"{record['alignment'][0]:.3f}", f"{max(record['alignment']):.3f}",
-                     f"{np.mean(record['random_alignment']):.1e}", f"{record['expected_random_alignment']:.1e}"])
-    table = markdown_table(
-        ["epoch", "lambda_1", "eta lambda_1", "dL along e_1, 0.5 eta", "... 1 eta", "... 2 eta", "dL full step",
-         "dL random, 1 eta", "abs cos(g, e_1)", "max_i abs cos(g, e_i)", "abs cos(g, r) drawn", "E abs cos(g, r)"],
-        rows)
+    table = step_table(analysis)
     return figures.write_table(table, args.figures, step_path, align_path)
+
+
+#: RESULTS.md tables recomputed from the committed run by ``python -m experiments.verify``.
+TABLES = {"sgd_step.steps": lambda: step_table(load_analysis(COMMITTED)[0])}
+
 
 if __name__ == "__main__":
     main()

@@ -17,6 +17,9 @@ from experiments.statistics import peak
 
 STUDY = "spectrum_shape"
 
+#: The committed raw runs (``python -m experiments.keep_runs spectrum_shape``) the RESULTS.md table comes from.
+COMMITTED = os.path.join(figures.default_figures(STUDY), "runs")
+
 
 def summarize(result: dict) -> dict:
     """Peak of lambda_1 (value, epoch), its final value, and 2/eta."""
@@ -28,10 +31,27 @@ def summarize(result: dict) -> dict:
             "below_two_over_lr": bool(top < 2.0 / lr), "last_epoch": float(epochs[-1])}
 
 
+def spectrum_table(results: list[dict]) -> str:
+    """The study's table: per learning rate, lambda_1 at initialisation, its peak (value, epoch), its final value
+    and whether the peak lies below 2/eta (one seed per learning rate)."""
+    rows = []
+    for result in results:
+        s = summarize(result)
+        rows.append([f"{s['lr']:g}", f"{s['first']:.2f}", f"{s['peak']:.2f}", f"{s['peak_epoch']:g}",
+                     f"{s['final']:.2f}", f"{s['two_over_lr']:g}", "yes" if s["below_two_over_lr"] else "**no**"])
+    table = markdown_table(["lr", "lambda_1 at init", "peak lambda_1", "peak epoch", "final lambda_1",
+                                   "2/eta", "peak < 2/eta"], rows)
+    return table
+
+
+def load_sorted(out: str) -> list[dict]:
+    return sorted(load_results(out), key=lambda r: r["config"]["lr"])
+
+
 def main(argv=None) -> str:
     parser = figures.plot_parser(__doc__, STUDY)
     args = parser.parse_args(argv)
-    results = sorted(load_results(args.out), key=lambda r: r["config"]["lr"])
+    results = load_sorted(args.out)
     scale = Scale(**results[0]["config"]["scale"])
     plt = figures.pyplot()
     fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.2), squeeze=False)
@@ -50,15 +70,15 @@ def main(argv=None) -> str:
         ax.legend(fontsize=7, ncol=2, loc="lower right")
     path = os.path.join(args.figures, "spectrum.png")
     figures.save_figure(fig, path, f"Top-{values.shape[1]} eigenvalues at the start of each epoch and after the "
-                                  f"last. {scale.describe()}.")
-    rows = []
-    for result in results:
-        s = summarize(result)
-        rows.append([f"{s['lr']:g}", f"{s['first']:.2f}", f"{s['peak']:.2f}", f"{s['peak_epoch']:g}",
-                     f"{s['final']:.2f}", f"{s['two_over_lr']:g}", "yes" if s["below_two_over_lr"] else "**no**"])
-    table = markdown_table(["lr", "lambda_1 at init", "peak lambda_1", "peak epoch", "final lambda_1",
-                                   "2/eta", "peak < 2/eta"], rows)
+                                  f"last. One seed ({results[0]['config']['seed']}) per learning rate. "
+                                  f"{scale.describe()}.")
+    table = spectrum_table(results)
     return figures.write_table(table, args.figures, path)
+
+
+#: RESULTS.md tables recomputed from the committed runs by ``python -m experiments.verify``.
+TABLES = {"spectrum_shape.runs": lambda: spectrum_table(load_sorted(COMMITTED))}
+
 
 if __name__ == "__main__":
     main()
