@@ -10,10 +10,17 @@ import tensorflow as tf
 
 from tf_sharpest.callbacks import LanczosCallback, MeasurementLog, OverheadBudget
 from tf_sharpest.hessian import top_eigenpairs
-from tf_sharpest.linalg import LanczosSolver, batch_rayleigh_quotients, lanczos, sampling_stderr
+from tf_sharpest.linalg import BatchProjections, LanczosSolver, batch_rayleigh_quotients, lanczos, sampling_stderr
 from tf_sharpest.operators import HessianOperator, MatrixOperator
 
-from references import classification_data, explicit_hessian, sparse_ce, tiny_cnn, tiny_mlp
+from references import (
+    classification_data,
+    explicit_hessian,
+    linear_softmax_regression,
+    sparse_ce,
+    tiny_cnn,
+    tiny_mlp,
+)
 
 
 def teacher_data(n, scale=3.0, seed=1):
@@ -58,6 +65,78 @@ def test_unequal_batches_are_weighted_by_their_examples():
     w = np.array([0.4, 0.4, 0.2])
     expected = np.sqrt(3 / 2 * np.sum(w**2 * (r - w @ r) ** 2))
     np.testing.assert_allclose(sampling_stderr(hessian, v[:, None]), [expected], rtol=1e-8)
+
+
+# -- the sampling error from the solver's own products (BatchProjections) ------------------------------------------
+
+def softmax_regression(n=38, d=6, classes=4, l2=0.03125, batch_size=8, seed=0, **kwargs):
+    """A float64 linear softmax regression, its Hessian operator, and each batch's closed-form Hessian (no autodiff).
+
+    l2 is a power of 2: Keras holds it in float32, and 0.03 would differ from the reference by 1e-9.
+    """
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((d,), dtype="float64"),
+                              keras.layers.Dense(classes, kernel_regularizer=keras.regularizers.L2(l2),
+                                                 dtype="float64")])
+    x, y = classification_data((d,), n=n, classes=classes, seed=seed + 1)
+    x[:, 0] *= 3.0  # one wide feature: a top eigenvalue apart from the rest
+    kernel, bias = (v.numpy() for v in model.trainable_variables)
+    hessian = HessianOperator(model, (x, y), loss=sparse_ce(), batch_size=batch_size, **kwargs)
+    cuts = list(range(0, n, batch_size)) + [n]
+    batches = [linear_softmax_regression(x[a:b], y[a:b], kernel, bias, l2=l2)[0] for a, b in zip(cuts, cuts[1:])]
+    weights = np.diff(cuts) / n
+    return hessian, np.array(batches), weights
+
+
+def explicit_stderr(batches, weights, vectors):
+    r = np.einsum("ik,bij,jk->bk", vectors, batches, vectors)
+    return np.sqrt(len(weights) / (len(weights) - 1) * (weights**2) @ (r - weights @ r) ** 2)
+
+
+def test_batch_projections_give_each_batchs_rayleigh_quotients_through_a_restart():
+    hessian, batches, weights = softmax_regression()  # batches of 8, 8, 8, 8, 6
+    rng = np.random.default_rng(0)
+    basis_rows = np.linalg.qr(rng.standard_normal((hessian.dim, 6)))[0].T  # [6, dim] orthonormal
+    basis = tf.Variable(np.zeros((8, hessian.dim)))
+    projections = BatchProjections(hessian, 8)
+    for j in range(4):
+        with projections.step(basis, j):  # as in lanczos: the vector is stored inside the step, then multiplied
+            basis[j].assign(basis_rows[j])
+            hessian.matvec(basis_rows[j])
+    # A thick restart keeps 3 combinations of the 4 vectors, then the basis grows by two more.
+    combination = np.linalg.qr(rng.standard_normal((4, 3)))[0]
+    kept = combination.T @ basis_rows[:4]
+    basis[:3].assign(kept)
+    projections.restart(combination)
+    rows = np.concatenate([kept, basis_rows[4:6]])
+    for j in (3, 4):
+        with projections.step(basis, j):
+            basis[j].assign(rows[j])
+            hessian.matvec(rows[j])
+    y = np.linalg.qr(rng.standard_normal((5, 2)))[0]
+    vectors = rows.T @ y
+    expected = np.einsum("ik,bij,jk->bk", vectors, batches, vectors)
+    np.testing.assert_allclose(projections.quotients(y), expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(projections.quotients(y), batch_rayleigh_quotients(hessian, vectors)[0], rtol=1e-10)
+    np.testing.assert_allclose(projections.stderr(y), explicit_stderr(batches, weights, vectors), rtol=1e-10)
+
+
+@pytest.mark.parametrize("micro_batch_size", [None, 3])
+def test_lanczos_stderr_costs_no_product_and_matches_the_explicit_batches(micro_batch_size):
+    hessian, batches, weights = softmax_regression(micro_batch_size=micro_batch_size)
+    before = hessian.num_matvecs
+    # max_basis_size=8 for 3 pairs of a 28-dimensional operator: several thick restarts.
+    result = lanczos(hessian, 3, tol=1e-10, max_basis_size=8, seed=0, stderr=True)
+    spent = hessian.num_matvecs - before
+    assert result.num_restarts >= 2 and result.converged
+    plain = lanczos(hessian, 3, tol=1e-10, max_basis_size=8, seed=0)
+    assert result.num_matvecs == spent == plain.num_matvecs  # no product for the error bars
+    np.testing.assert_allclose(result.eigenvalues, plain.eigenvalues, rtol=1e-12)
+    exact = np.linalg.eigvalsh(np.tensordot(weights, batches, 1))[::-1][:3]
+    np.testing.assert_allclose(result.eigenvalues, exact, rtol=1e-9)
+    expected = explicit_stderr(batches, weights, result.eigenvectors)
+    np.testing.assert_allclose(result.stderr, expected, rtol=1e-6)
+    np.testing.assert_allclose(result.stderr, sampling_stderr(hessian, result), rtol=1e-6)
 
 
 def test_an_operator_without_batches_is_refused_with_what_to_do():
@@ -115,6 +194,10 @@ def test_the_sampling_stop_is_within_its_fraction_of_the_sampling_error():
     # The sampling errors of the exact eigenvectors are those of the found ones.
     np.testing.assert_allclose(result.stderr, sampling_stderr(hessian, exact_vectors[:, ::-1][:, :3]), rtol=0.05)
     assert result.num_matvecs < lanczos(hessian, 3, tol=1e-6, seed=0).num_matvecs
+    # Whatever the stop, a solve on a curvature operator carries its error bars, at no product.
+    residual_stop = LanczosSolver(tol=1e-4).solve(hessian, 3, seed=0)
+    assert residual_stop.num_matvecs == lanczos(hessian, 3, tol=1e-4, seed=0).num_matvecs
+    np.testing.assert_allclose(residual_stop.stderr, sampling_stderr(hessian, residual_stop), rtol=1e-8)
 
 
 def test_solver_options_are_checked_and_serialized():

@@ -18,7 +18,6 @@ import keras
 from tf_sharpest.linalg import _options
 from tf_sharpest.linalg._lanczos import lanczos
 from tf_sharpest.linalg._result import EigenResult
-from tf_sharpest.linalg._stderr import sampling_stderr
 from tf_sharpest.operators._factory import curvature_operator
 from tf_sharpest.utils._deprecation import REMOVED_IN, renamed_argument
 
@@ -55,7 +54,8 @@ def top_eigenpairs(model: keras.Model, data, k: int = 5, *, curvature: str = "he
     ``max_iterations`` is the deprecated name of ``max_matvecs`` (a ``DeprecationWarning``; removed in 0.3).
     ``stderr=True`` also measures each eigenvalue's standard error due to the
     sample (the result's ``stderr``; :func:`tf_sharpest.linalg.sampling_stderr`,
-    ``k`` more products; NaN when ``data`` is a single batch).
+    from the solve's own products on one device, ``k`` more products under a
+    multi-replica strategy; NaN when ``data`` is a single batch).
     Eigenvectors use the flat layout of the chosen variables
     (``model.trainable_variables`` by default).
     """
@@ -67,9 +67,7 @@ def top_eigenpairs(model: keras.Model, data, k: int = 5, *, curvature: str = "he
     operator = curvature_operator(curvature, model, data, loss=loss, batch_size=batch_size, training=training,
                                   variables=variables)
     result = lanczos(operator, k=k, which=which, tol=tol, max_matvecs=max_matvecs, seed=seed,
-                     initial_vectors=initial_vectors, verbose=verbose)
-    if stderr:
-        result.stderr = sampling_stderr(operator, result)
+                     initial_vectors=initial_vectors, verbose=verbose, stderr=stderr)
     return result
 
 

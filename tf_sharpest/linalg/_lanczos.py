@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import tensorflow as tf
 
 from tf_sharpest.linalg import _options
 from tf_sharpest.linalg._progress import progress
 from tf_sharpest.linalg._result import EigenResult
+from tf_sharpest.linalg._stderr import BatchProjections, has_batches, sampling_stderr
 from tf_sharpest.linalg._tridiagonal import lanczos_step, next_basis_vector
 from tf_sharpest.operators._base import LinearOperator, as_operator
 from tf_sharpest.utils._checks import integer, positive_float
@@ -21,7 +24,7 @@ WARM_START_NOISE = 0.01
 def lanczos(matvec, k: int = 5, *, dim: int | None = None, which: str = "largest", tol: float = 1e-4,
             max_matvecs: int | None = None, max_basis_size: int | None = None, initial_vectors=None,
             seed: int | None = 0, dtype=None, verbose: int = 0, max_iterations: int | None = None,
-            eigenvalue_tol: float | None = None, relative: bool = False) -> EigenResult:
+            eigenvalue_tol: float | None = None, relative: bool = False, stderr: bool = False) -> EigenResult:
     """Top-``k`` (or bottom-``k``) eigenpairs of a symmetric operator.
 
     The Krylov basis is kept fully orthogonal (two Gram-Schmidt passes per step
@@ -73,6 +76,12 @@ def lanczos(matvec, k: int = 5, *, dim: int | None = None, which: str = "largest
         other Ritz value less ``||r||`` (the residual bound always holds; the
         gap bound uses the Ritz values as estimates of the rest of the spectrum).
       relative: whether ``eigenvalue_tol`` is relative to each eigenvalue.
+      stderr: also give each eigenvalue's standard error due to the sample
+        (the result's ``stderr``, :func:`tf_sharpest.linalg.sampling_stderr`),
+        for a curvature operator over a sample of several batches. On one
+        device it costs no product: each product's per-batch parts are
+        projected on the basis as they come (:class:`~tf_sharpest.linalg.BatchProjections`);
+        otherwise (a preconditioned operator, several replicas) ``k`` more products.
 
     Returns:
       An :class:`~tf_sharpest.linalg.EigenResult`.
@@ -85,21 +94,35 @@ def lanczos(matvec, k: int = 5, *, dim: int | None = None, which: str = "largest
     if eigenvalue_tol is not None:
         limit = positive_float("eigenvalue_tol", eigenvalue_tol)
 
-        def stop(values, bounds, vectors):  # noqa: ARG001 - the vectors serve other stops
+        def stop(values, bounds, vectors, stderr):  # noqa: ARG001 - the vectors and stderr serve other stops
             return bool(np.all(bounds <= limit * (np.abs(values) if relative else 1.0)))
-    return run_lanczos(matvec, k, dim=dim, which=which, tol=tol, max_matvecs=max_matvecs,
-                       max_basis_size=max_basis_size, initial_vectors=initial_vectors, seed=seed, dtype=dtype,
-                       verbose=verbose, stop=stop)
+    if stderr and not has_batches(matvec):
+        raise ValueError(f"stderr=True needs a curvature operator over a sample (HessianOperator, GGNOperator, ...); "
+                         f"got {type(matvec).__name__}, which has no per-batch products. Build the operator from "
+                         "the data, or leave stderr=False.")
+    projections = stderr and BatchProjections.supports(matvec)
+    result = run_lanczos(matvec, k, dim=dim, which=which, tol=tol, max_matvecs=max_matvecs,
+                         max_basis_size=max_basis_size, initial_vectors=initial_vectors, seed=seed, dtype=dtype,
+                         verbose=verbose, stop=stop, batch_projections=projections)
+    if stderr and not projections:  # no per-batch parts during the products: k more products
+        before = matvec.num_matvecs
+        result.stderr = sampling_stderr(matvec, result)
+        result.num_matvecs += matvec.num_matvecs - before
+    return result
 
 
 def run_lanczos(matvec, k: int, *, dim, which, tol, max_matvecs, max_basis_size, initial_vectors, seed, dtype,
-                verbose, stop=None) -> EigenResult:
+                verbose, stop=None, batch_projections: bool = False) -> EigenResult:
     """:func:`lanczos` with its stopping rule as a function.
 
-    ``stop(values [k], bounds [k], vectors)`` decides, after each step, whether
-    the ``k`` wanted Ritz pairs are good enough (``vectors()`` forms their
-    ``[dim, k]`` Ritz vectors, a cost of ``size * dim`` flops but no product);
-    ``None`` is the residual rule of ``tol``.
+    ``stop(values [k], bounds [k], vectors, stderr)`` decides, after each
+    step, whether the ``k`` wanted Ritz pairs are good enough (``vectors()``
+    forms their ``[dim, k]`` Ritz vectors, a cost of ``size * dim`` flops but no
+    product; ``stderr()`` their ``[k]`` sampling errors from the per-batch
+    projected matrices, no product, or None without ``batch_projections``);
+    ``None`` is the residual rule of ``tol``. ``batch_projections=True``
+    collects those matrices during the products (:class:`BatchProjections`: a
+    curvature operator on one device) and sets the result's ``stderr``.
     """
     if dim is None and callable(matvec) and not isinstance(matvec, LinearOperator):
         raise ValueError("A callable matvec needs the length of its vectors: call lanczos(fn, k, dim=n).")
@@ -120,13 +143,15 @@ def run_lanczos(matvec, k: int, *, dim, which, tol, max_matvecs, max_basis_size,
     dtype = operator.dtype
     basis = tf.Variable(tf.zeros([basis_size, n], dtype), trainable=False)
     projected = np.zeros((basis_size, basis_size))
+    projections = BatchProjections(operator, basis_size) if batch_projections else None
     vector = tf.constant(_start_vector(n, rng, guesses), dtype)
     first_matvec = operator.num_matvecs
     progbar = progress(verbose, max_matvecs, tol)
 
     size, restarts = 0, 0
     while True:
-        step = lanczos_step(operator, basis, size, vector, first_matvec=first_matvec)
+        with projections.step(basis, size) if projections else contextlib.nullcontext():
+            step = lanczos_step(operator, basis, size, vector, first_matvec=first_matvec)
         # The projected matrix takes the explicit projections, not just alpha and
         # beta, so it stays exact after thick restarts (where it is not tridiagonal).
         projected[: size + 1, size] = step.coefficients
@@ -143,7 +168,8 @@ def run_lanczos(matvec, k: int, *, dim, which, tol, max_matvecs, max_basis_size,
             converged = bool(np.all(residual_norms <= tol * scale))
         else:
             bounds = error_bounds(ritz_values, wanted[:k], residual_norms)
-            converged = bool(stop(ritz_values[wanted[:k]], bounds, _ritz_block(basis, size, ritz_vectors, wanted[:k])))
+            converged = bool(stop(ritz_values[wanted[:k]], bounds, _ritz_block(basis, size, ritz_vectors, wanted[:k]),
+                                  _ritz_stderr(projections, ritz_vectors[:, wanted[:k]])))
         spent = operator.num_matvecs - first_matvec
         if converged or size == n or spent >= max_matvecs:
             break
@@ -157,6 +183,8 @@ def run_lanczos(matvec, k: int, *, dim, which, tol, max_matvecs, max_basis_size,
             chosen = wanted[:keep]
             combination = tf.constant(ritz_vectors[:, chosen].T, dtype)
             basis[:keep].assign(tf.matmul(combination, basis[:size]))
+            if projections:
+                projections.restart(ritz_vectors[:, chosen])
             projected[:] = 0.0
             projected[np.arange(keep), np.arange(keep)] = ritz_values[chosen]
             coupling = beta * ritz_vectors[size - 1, chosen]
@@ -179,7 +207,13 @@ def run_lanczos(matvec, k: int, *, dim, which, tol, max_matvecs, max_basis_size,
         converged=converged or size == n,
         num_restarts=restarts,
         error_bounds=error_bounds(ritz_values, chosen, residual_norms),
+        stderr=projections.stderr(ritz_vectors[:, chosen]) if projections else None,
     )
+
+
+def _ritz_stderr(projections: BatchProjections | None, coefficients: np.ndarray):
+    """A function that gives the sampling errors of the Ritz vectors ``Q @ coefficients`` (None: not collected)."""
+    return lambda: None if projections is None else projections.stderr(coefficients)
 
 
 def error_bounds(ritz_values: np.ndarray, chosen: np.ndarray, residual_norms: np.ndarray) -> np.ndarray:

@@ -20,22 +20,35 @@ crossing eigenvalues the spread can differ from this estimate.
 ``lambda_1`` over disjoint samples, and ``benchmarks/stderr_calibration.py``
 on a real network.
 
-The cost is one block product per batch for all ``k`` vectors, i.e. ``k``
-products on the sample, plus one forward pass per batch (the operator is moved
-to each batch with ``set_data``, which evaluates the loss) and one over the
-sample to move it back.
+Two ways to get the per-batch quotients:
+
+* :func:`batch_rayleigh_quotients` multiplies given vectors on each batch: one
+  block product per batch for all ``k`` vectors, i.e. ``k`` products on the
+  sample, plus one forward pass per batch (the operator is moved to each batch
+  with ``set_data``, which evaluates the loss) and one over the sample to move
+  it back.
+* :class:`BatchProjections` costs no product: a Ritz vector of Lanczos is a
+  combination ``v = Q y`` of its basis ``Q``, so ``v^T A_b v = y^T (Q^T A_b Q)
+  y``, and the per-batch projected matrices ``Q^T A_b Q`` are collected during
+  the solver's own products (each product's per-batch parts, handed over by
+  :meth:`~tf_sharpest.operators.CurvatureOperator.observing_batches`, are
+  projected on the basis). :func:`tf_sharpest.linalg.lanczos` with
+  ``stderr=True`` and :class:`~tf_sharpest.linalg.LanczosSolver` use it.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import tensorflow as tf
 
 from tf_sharpest.linalg._result import EigenResult
+from tf_sharpest.operators._curvature import CurvatureOperator
 from tf_sharpest.operators._preconditioned import PreconditionedOperator
 from tf_sharpest.operators._sample import Sample
 
-__all__ = ["batch_rayleigh_quotients", "sampling_stderr"]
+__all__ = ["BatchProjections", "batch_rayleigh_quotients", "sampling_stderr"]
 
 
 def batch_rayleigh_quotients(operator, vectors) -> tuple[np.ndarray, np.ndarray]:
@@ -134,3 +147,82 @@ def sampling_stderr(operator, result) -> np.ndarray:
     vectors = result.eigenvectors if isinstance(result, EigenResult) else result
     quotients, weights = batch_rayleigh_quotients(operator, vectors)
     return stderr_of_mean(quotients, weights)
+
+
+class BatchProjections:
+    """Each batch's projected matrix ``S_b = Q^T (w_b A_b) Q`` of a Lanczos basis ``Q``, at no extra product.
+
+    A Lanczos solver opens :meth:`step` around the product of each new basis
+    vector ``q_j = basis[j]``: every batch's part ``w_b A_b q_j`` of that
+    product (:meth:`~tf_sharpest.operators.CurvatureOperator.observing_batches`)
+    is projected on ``basis[:j + 1]``, which fills column ``j`` of every
+    ``S_b`` (row ``j`` by symmetry, since each ``A_b`` is symmetric). A thick
+    restart that keeps ``Q C`` calls :meth:`restart` with ``C``. Then for any
+    Ritz vector ``v = Q y`` the batch's Rayleigh quotient is
+    ``v^T A_b v = y^T S_b y / w_b`` (:meth:`quotients`), and :meth:`stderr` is
+    :func:`sampling_stderr` of those vectors, without multiplying them again.
+    The matrices are kept in float64; each projection costs
+    ``(j + 1) * dim`` flops per batch, no product.
+
+    Example:
+
+    ```python
+    hessian = tf_sharpest.operators.HessianOperator(model, (x[:2250], y[:2250]), batch_size=125)
+    result = tf_sharpest.linalg.lanczos(hessian, 5, stderr=True)   # BatchProjections inside
+    result.stderr            # == sampling_stderr(hessian, result), without its 5 products
+    ```
+
+    Args:
+      operator: a :class:`~tf_sharpest.operators.CurvatureOperator` on one
+        device (see :meth:`supports`); its sample must not change while in use.
+      max_size: the most basis vectors held at once.
+    """
+
+    def __init__(self, operator, max_size: int):
+        if not self.supports(operator):
+            raise ValueError(f"BatchProjections needs a curvature operator whose products are summed over its "
+                             f"batches on one device; got {type(operator).__name__}. Use sampling_stderr instead.")
+        self.operator = operator
+        self.weights = np.asarray(operator.sample.weights, dtype=np.float64)
+        self.matrices = np.zeros((len(self.weights), max_size, max_size))
+        self._basis = self._rows = None
+        self._column = 0
+
+    @staticmethod
+    def supports(operator) -> bool:
+        """Whether ``operator`` hands out its per-batch parts: a curvature operator on one device."""
+        return isinstance(operator, CurvatureOperator) and operator.num_replicas == 1
+
+    @contextlib.contextmanager
+    def step(self, basis, size: int):
+        """Around the product of ``basis[size]``: fills column (and row) ``size`` of every ``S_b``."""
+        # basis[size] is written inside the block (by the solver, before its product): read at the first part.
+        self._basis, self._rows, self._column = basis, None, size
+        self.matrices[:, : size + 1, size] = 0.0
+        with self.operator.observing_batches(self._observe):
+            yield
+        self.matrices[:, size, :size] = self.matrices[:, :size, size]
+        self._basis = self._rows = None
+
+    def _observe(self, batch: int, part) -> None:
+        if self._rows is None:
+            self._rows = tf.convert_to_tensor(self._basis[: self._column + 1])
+        projection = tf.linalg.matvec(self._rows, tf.cast(part, self._rows.dtype))
+        self.matrices[batch, : self._column + 1, self._column] += projection.numpy().astype(np.float64)
+
+    def restart(self, combination: np.ndarray) -> None:
+        """The basis ``Q[:size]`` became ``Q[:size] @ combination`` (``C``, ``[size, keep]``): ``S_b -> C^T S_b C``."""
+        size, keep = combination.shape
+        rotated = np.einsum("ik,bij,jl->bkl", combination, self.matrices[:, :size, :size], combination)
+        self.matrices[:] = 0.0
+        self.matrices[:, :keep, :keep] = (rotated + np.swapaxes(rotated, 1, 2)) / 2
+
+    def quotients(self, coefficients: np.ndarray) -> np.ndarray:
+        """``[num_batches, k]``: each batch's Rayleigh quotients of the Ritz vectors ``Q[:size] @ coefficients``."""
+        size = coefficients.shape[0]
+        weighted = np.einsum("ik,bij,jk->bk", coefficients, self.matrices[:, :size, :size], coefficients)
+        return weighted / self.weights[:, None]
+
+    def stderr(self, coefficients: np.ndarray) -> np.ndarray:
+        """``[k]``: the sampling errors of the Ritz vectors ``Q[:size] @ coefficients`` (NaN for one batch)."""
+        return stderr_of_mean(self.quotients(coefficients), self.weights)

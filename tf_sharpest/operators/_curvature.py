@@ -220,9 +220,44 @@ class CurvatureOperator(LinearOperator):
             graph = self.traced_functions.concrete(name, accumulate, sample.trace_spec, operand_spec, operand_spec,
                                                    tf.TensorSpec([], self.dtype))
             accumulated = tf.zeros_like(operand)
-            for batch, weight in sample.weighted_batches(self.dtype):
-                accumulated = graph(batch, operand, accumulated, weight)
+            if self._batch_observer is None:
+                for batch, weight in sample.weighted_batches(self.dtype):
+                    accumulated = graph(batch, operand, accumulated, weight)
+                return accumulated
+            observer, owners = self._batch_observer
+            for owner, (batch, weight) in zip(owners, sample.weighted_batches(self.dtype)):
+                part = graph(batch, operand, tf.zeros_like(operand), weight)  # w_b A_b v, the same sum in order
+                observer(owner, part)
+                accumulated = accumulated + part
             return accumulated
+
+    _batch_observer = None  # (observer, the sample's batch index of each product batch) within observing_batches
+
+    @contextlib.contextmanager
+    def observing_batches(self, observer):
+        """Within the block, every product also hands each batch's part ``w_b A_b v`` to ``observer(b, part)``.
+
+        ``b`` is the index of the sample's batch (``w_b`` its share of the
+        examples); with ``micro_batch_size`` each micro-batch's part comes
+        separately, with the index of the batch it was cut from. The products
+        are unchanged and cost nothing more: an algorithm reads per-batch
+        quantities this way, e.g. the sampling error of eigenvalues during the
+        eigensolver's own products (:func:`tf_sharpest.linalg.lanczos` with ``stderr=True``).
+        One device only (a multi-replica strategy sums its batches on the replicas).
+        """
+        if self.num_replicas > 1:
+            raise ValueError("observing_batches needs the products on one device; under a strategy with "
+                             f"{self.num_replicas} replicas the batches are summed on the replicas.")
+        sample, pieces = self.sample, self.product_sample
+        if pieces is sample:
+            owners = tuple(range(sample.num_batches))
+        else:  # Sample.micro_batches cuts each batch, in order, into pieces of at most micro_batch_size
+            owners = tuple(b for b, size in enumerate(sample.sizes) for _ in range(-(-size // self.micro_batch_size)))
+        self._batch_observer = (observer, owners)
+        try:
+            yield
+        finally:
+            del self._batch_observer
 
     @contextlib.contextmanager
     def _explain_out_of_memory(self):
