@@ -139,6 +139,23 @@ def test_lanczos_stderr_costs_no_product_and_matches_the_explicit_batches(micro_
     np.testing.assert_allclose(result.stderr, sampling_stderr(hessian, result), rtol=1e-6)
 
 
+def test_products_that_bypass_the_batches_fall_back_to_k_products():
+    """A curvature operator whose matvec does not go through the per-batch accumulation hands out no parts: the
+    projections are incomplete, and the error bars come from sampling_stderr (k more products, counted)."""
+    hessian, batches, weights = softmax_regression()
+    matrix = tf.constant(np.tensordot(weights, batches, 1))
+
+    class Bypassing(HessianOperator):
+        def _matvec(self, vector):
+            return tf.linalg.matvec(matrix, vector)
+
+    bypassing = Bypassing(hessian.model, hessian.sample, loss=sparse_ce())
+    plain = lanczos(bypassing, 2, tol=1e-10, seed=0)
+    result = lanczos(bypassing, 2, tol=1e-10, seed=0, stderr=True)
+    assert result.num_matvecs == plain.num_matvecs + 2
+    np.testing.assert_allclose(result.stderr, explicit_stderr(batches, weights, result.eigenvectors), rtol=1e-6)
+
+
 def test_an_operator_without_batches_is_refused_with_what_to_do():
     with pytest.raises(ValueError, match="per-batch products"):
         sampling_stderr(MatrixOperator(np.eye(3)), np.eye(3)[:, :1])

@@ -104,7 +104,7 @@ def lanczos(matvec, k: int = 5, *, dim: int | None = None, which: str = "largest
     result = run_lanczos(matvec, k, dim=dim, which=which, tol=tol, max_matvecs=max_matvecs,
                          max_basis_size=max_basis_size, initial_vectors=initial_vectors, seed=seed, dtype=dtype,
                          verbose=verbose, stop=stop, batch_projections=projections)
-    if stderr and not projections:  # no per-batch parts during the products: k more products
+    if stderr and result.stderr is None:  # no per-batch parts during the products: k more products
         before = matvec.num_matvecs
         result.stderr = sampling_stderr(matvec, result)
         result.num_matvecs += matvec.num_matvecs - before
@@ -207,7 +207,7 @@ def run_lanczos(matvec, k: int, *, dim, which, tol, max_matvecs, max_basis_size,
         converged=converged or size == n,
         num_restarts=restarts,
         error_bounds=error_bounds(ritz_values, chosen, residual_norms),
-        stderr=projections.stderr(ritz_vectors[:, chosen]) if projections else None,
+        stderr=projections.stderr(ritz_vectors[:, chosen]) if projections and projections.complete else None,
     )
 
 

@@ -144,7 +144,7 @@ class LanczosSolver(_Solver):
                              max_basis_size=None, initial_vectors=initial_vectors, seed=seed, dtype=None,
                              verbose=verbose, stop=self._stop(operator, sampled, free), batch_projections=free)
         result = SolverResult(**{f.name: getattr(result, f.name) for f in dataclasses.fields(EigenResult)})
-        if self.eigenvalue_tol == "sampling" and not free:
+        if self.eigenvalue_tol == "sampling" and result.stderr is None:
             if sampled.get("at") is None or not np.array_equal(sampled["at"], result.eigenvectors):
                 before = operator.num_matvecs
                 sampled["stderr"] = sampling_stderr(operator, result)  # the vectors moved since the last check

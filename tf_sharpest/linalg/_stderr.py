@@ -185,7 +185,11 @@ class BatchProjections:
         self.operator = operator
         self.weights = np.asarray(operator.sample.weights, dtype=np.float64)
         self.matrices = np.zeros((len(self.weights), max_size, max_size))
+        #: False once a product inside :meth:`step` handed out no per-batch part (an operator whose products
+        #: bypass the accumulation): the matrices are then incomplete and :meth:`stderr` is NaN.
+        self.complete = True
         self._basis = self._rows = None
+        self._parts = 0
         self._column = 0
 
     @staticmethod
@@ -197,14 +201,16 @@ class BatchProjections:
     def step(self, basis, size: int):
         """Around the product of ``basis[size]``: fills column (and row) ``size`` of every ``S_b``."""
         # basis[size] is written inside the block (by the solver, before its product): read at the first part.
-        self._basis, self._rows, self._column = basis, None, size
+        self._basis, self._rows, self._column, self._parts = basis, None, size, 0
         self.matrices[:, : size + 1, size] = 0.0
         with self.operator.observing_batches(self._observe):
             yield
+        self.complete = self.complete and self._parts > 0
         self.matrices[:, size, :size] = self.matrices[:, :size, size]
         self._basis = self._rows = None
 
     def _observe(self, batch: int, part) -> None:
+        self._parts += 1
         if self._rows is None:
             self._rows = tf.convert_to_tensor(self._basis[: self._column + 1])
         projection = tf.linalg.matvec(self._rows, tf.cast(part, self._rows.dtype))
@@ -224,5 +230,8 @@ class BatchProjections:
         return weighted / self.weights[:, None]
 
     def stderr(self, coefficients: np.ndarray) -> np.ndarray:
-        """``[k]``: the sampling errors of the Ritz vectors ``Q[:size] @ coefficients`` (NaN for one batch)."""
+        """``[k]``: the sampling errors of the Ritz vectors ``Q[:size] @ coefficients`` (NaN for one batch, or
+        when not :attr:`complete`)."""
+        if not self.complete:
+            return np.full(coefficients.shape[1], np.nan)
         return stderr_of_mean(self.quotients(coefficients), self.weights)
