@@ -37,6 +37,8 @@ import sys
 from _common import machine, markdown_table, median, positive_int
 
 COMPUTATIONS = ["gradient", "hvp", "hvp_reverse", "ggn", "empirical_fisher", "block5", "hvp_micro64"]
+#: Candidate GGN products and diagnostics (benchmarks/_ggn_variants.py), measured on request (--computations).
+CANDIDATES = ["ggn_forward_mode", "ggn_two_pass", "jvp_only"]
 NETWORKS = {"root": "SimpleCNN-root", "medium": "SimpleCNN-medium", "resnet32": "ResNet-32"}
 
 
@@ -68,6 +70,7 @@ def computation(name: str, model, x, y, batch_size: int):
     import numpy as np
     import tensorflow as tf
     from _double_backprop import ReverseOverReverseHessian
+    from _ggn_variants import ForwardModeGGN, JVPOnly, TwoPassGGN
 
     from tf_sharpest import models
     from tf_sharpest.operators import EmpiricalFisherOperator, EmpiricalLoss, GGNOperator, HessianOperator
@@ -79,7 +82,8 @@ def computation(name: str, model, x, y, batch_size: int):
         objective = EmpiricalLoss(model, data, loss=loss, batch_size=batch_size)
         return lambda: objective.gradient().numpy()
     kinds = {"hvp": HessianOperator, "hvp_reverse": ReverseOverReverseHessian, "ggn": GGNOperator,
-             "empirical_fisher": EmpiricalFisherOperator, "block5": HessianOperator, "hvp_micro64": HessianOperator}
+             "empirical_fisher": EmpiricalFisherOperator, "block5": HessianOperator, "hvp_micro64": HessianOperator,
+             "ggn_two_pass": TwoPassGGN, "ggn_forward_mode": ForwardModeGGN, "jvp_only": JVPOnly}
     options = {"micro_batch_size": 64} if name == "hvp_micro64" else {}
     operator = kinds[name](model, data, loss=loss, batch_size=batch_size, **options)
     if name == "block5":
@@ -106,13 +110,14 @@ def child(args) -> None:
     run = computation(args.computation, model, x, y, args.batch_size)
     run()  # traces
     first = _status("VmHWM") - baseline
+    before = _status("VmRSS") - baseline  # what the first call left resident (caches, kept buffers)
     _reset_peak()
     if gpu:
         tf.config.experimental.reset_memory_stats("GPU:0")
     start = time.perf_counter()
     run()
     seconds = time.perf_counter() - start
-    result = {"first_mb": first, "peak_mb": _status("VmHWM") - baseline, "seconds": seconds,
+    result = {"first_mb": first, "peak_mb": _status("VmHWM") - baseline, "seconds": seconds, "before_mb": before,
               "params": model.count_params(), "baseline_mb": baseline}
     if gpu:
         result["device_mb"] = (tf.config.experimental.get_memory_info("GPU:0")["peak"] - device_baseline) / 2**20
@@ -133,7 +138,7 @@ def measure(network: str, name: str, batch_size: int, input_size: int) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
-    parser.add_argument("--computations", nargs="+", default=COMPUTATIONS, choices=COMPUTATIONS)
+    parser.add_argument("--computations", nargs="+", default=COMPUTATIONS, choices=COMPUTATIONS + CANDIDATES)
     parser.add_argument("--batch_size", type=positive_int, default=256)
     parser.add_argument("--input_size", type=positive_int, default=32, help="inputs are input_size^2 x 3")
     parser.add_argument("--repeats", type=positive_int, default=3)

@@ -1,5 +1,6 @@
-"""Issue 25: the forward-over-reverse Hessian product against explicit Hessians (float64: one device, under a
-MirroredStrategy, in training mode), and micro-batches (``micro_batch_size``) that leave every product unchanged."""
+"""Issue 25: the forward-over-reverse Hessian product and the GGN's and Fisher's products against explicit
+matrices (float64: one device, under a MirroredStrategy, in training mode), and micro-batches
+(``micro_batch_size``) that leave every product unchanged."""
 
 import keras
 import numpy as np
@@ -92,6 +93,51 @@ def test_training_mode_hvp_equals_the_batch_statistics_hessians_under_a_mirrored
     v = np.random.default_rng(3).standard_normal(operator.dim)
     assert_close(operator.matvec(v).numpy(), reference @ v, rtol=1e-8)
     assert not np.allclose(reference @ v, whole_batch @ v, rtol=1e-3)  # the statistics matter here
+
+
+def training_mode_batch_matrix(name, model, x, y):
+    """One batch's GGN or empirical Fisher with BatchNorm on the batch's statistics, from explicit Jacobians.
+
+    The outputs (and per-example losses) of the whole batch are differentiated at once: each example's Jacobian
+    includes its effect through the batch statistics, which ``explicit_ggn`` (inference mode) leaves out."""
+    variables = model.trainable_variables
+    n = len(x)
+    with tf.GradientTape(persistent=True) as tape:
+        logits = model(x, training=True)
+        losses = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+    if name == "empirical_fisher":
+        gradients = np.concatenate([tf.reshape(j, [n, -1]).numpy() for j in tape.jacobian(losses, variables)], axis=1)
+        return gradients.T @ gradients / n
+    classes = int(logits.shape[-1])
+    jacobian = np.concatenate([tf.reshape(j, [n * classes, -1]).numpy() for j in tape.jacobian(logits, variables)],
+                              axis=1)
+    return sum(jacobian[i * classes:(i + 1) * classes].T @ softmax_ce_output_hessian(logits[i].numpy(), y[i])
+               @ jacobian[i * classes:(i + 1) * classes] for i in range(n)) / n
+
+
+@pytest.mark.parametrize("name", ["ggn", "empirical_fisher"])
+def test_output_curvature_products_equal_explicit_matrices_in_training_mode_under_a_mirrored_strategy(
+        mirrored_strategy, name):
+    """The GGN's and Fisher's product (J v through the recorded backward pass) in float64, BatchNorm on batch
+    statistics, one batch of 6 per replica: matvec and matmat against the explicit per-batch matrices."""
+    single = batchnorm_dropout_model()
+    single.layers[3].rate = 0.0  # no dropout: the reference is deterministic
+    with mirrored_strategy.scope():
+        mirrored = batchnorm_dropout_model()
+        mirrored.layers[3].rate = 0.0
+    mirrored.set_weights(single.get_weights())
+    x, y = classification_data((5,), n=12, seed=1)
+    operator = CURVATURES[name](mirrored, (x, y), loss=sparse_ce(), batch_size=6, training=True)
+    assert operator.num_replicas == 2
+    reference = (training_mode_batch_matrix(name, single, x[:6], y[:6])
+                 + training_mode_batch_matrix(name, single, x[6:], y[6:])) / 2
+    rng = np.random.default_rng(5)
+    v = rng.standard_normal(operator.dim)
+    assert_close(operator.matvec(v).numpy(), reference @ v, rtol=1e-8)
+    block = rng.standard_normal((operator.dim, 3))
+    assert_close(operator.matmat(block).numpy(), reference @ block, rtol=1e-8)
+    inference = explicit_ggn(single, x, y, softmax_ce_output_hessian)
+    assert not np.allclose(reference @ v, inference @ v, rtol=1e-3)  # the batch statistics matter here
 
 
 @pytest.mark.parametrize("name", sorted(CURVATURES))

@@ -18,7 +18,7 @@ class EmpiricalFisherOperator(OutputCurvatureOperator):
 
     Per-example gradients are never stored: by the chain rule
     ``g_i = J_i^T r_i`` with ``r_i = dl_i/dy_pred_i``, so
-    ``F v = (1/N) sum_i w_i J_i^T r_i (r_i . J_i v)``: one forward pass with
+    ``F v = (1/N) sum_i w_i J_i^T r_i (r_i . J_i v)``: one forward pass,
     ``J v``, a per-example scalar product over the whole batch at once, and
     one backward pass. Its cost is that of a GGN product, whatever the
     batch size, with the same result as vectorized per-example gradients;

@@ -20,10 +20,12 @@ class GGNOperator(OutputCurvatureOperator):
     for a linear model. Its top eigenvalues follow the Hessian's outliers
     for cross-entropy.
 
-    Each product is one forward pass with a forward-mode ``J v``, the
-    output-space product, and one backward pass ``J^T u``: no Jacobian is
-    formed. ``matmat`` shares each batch's forward pass and one backward pass
-    among a block's columns (see :class:`OutputCurvatureOperator`).
+    Each product is one forward pass, ``J v`` through the recorded backward
+    pass, the output-space product, and one backward pass ``J^T u``: no
+    Jacobian is formed, and one set of activations is kept (peak memory
+    1.45x a gradient's on SimpleCNN-medium at batch 64;
+    ``benchmarks/RESULTS.md``). ``matmat`` shares each batch's forward pass
+    and recorded backward pass among a block's columns.
     ``H_L`` is taken by double backprop of the loss in ``y_pred``,
     which works for any Keras loss that autodiff can differentiate twice;
     softmax cross-entropy on logits (Keras's ``SparseCategoricalCrossentropy``

@@ -5,20 +5,24 @@ the empirical Fisher (``M`` = per-example ``r r^T``, ``r`` the loss's
 gradient in ``y_pred``) share everything but ``M``. Their per-batch product
 is matrix-free, without ever forming ``J``:
 
-1. one forward pass with a ``tf.autodiff.ForwardAccumulator``: ``y_pred`` and
-   the Jacobian-vector product ``J v``;
-2. the output-space product ``u = M (J v)`` (small: batch x outputs);
-3. one backward pass: the vector-Jacobian product ``J^T u``.
+1. one forward pass, recorded, giving ``y_pred``;
+2. the Jacobian-vector product ``J v``: the backward pass ``J^T s`` is
+   recorded for a symbolic output seed ``s``; since it is linear in ``s``,
+   its gradient with respect to ``s`` along ``v`` is ``J v`` (a pass as cheap
+   as the forward pass, over the activations the backward pass keeps anyway);
+3. the output-space product ``u = M (J v)`` (small: batch x outputs);
+4. one backward pass: the vector-Jacobian product ``J^T u``.
+
+A ``tf.autodiff.ForwardAccumulator`` gives the same ``J v`` in the forward
+pass, but its JVP rules hold more memory: the GGN then peaked at 2.1x a
+gradient's memory on SimpleCNN-medium at batch 64, this at 1.45x.
 
 The model's regularization losses are added with their exact Hessian
 (double backprop of ``R`` alone), in the same backward pass.
 
-The block product ``matmat`` shares the forward pass and one backward pass
-of each batch among a block's ``k`` columns: the backward pass ``J^T s`` is
-recorded once for a symbolic output seed ``s``; since it is linear in ``s``,
-its gradient with respect to ``s`` along ``v`` is ``J v``. Each column then
-costs two backward passes (``J v`` through the recorded backward pass, and
-``J^T u``), and no forward pass.
+The block product ``matmat`` shares the forward pass and the recorded
+backward pass of each batch among a block's ``k`` columns: each column
+costs two backward-like passes (``J v`` and ``J^T u``), and no forward pass.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import abc
 
 import tensorflow as tf
 
-from tf_sharpest.operators._autodiff import dot, gradients
+from tf_sharpest.operators._autodiff import gradients
 from tf_sharpest.operators._curvature import CurvatureOperator
 from tf_sharpest.operators._model_loss import unpack
 
@@ -45,27 +49,24 @@ class OutputCurvatureOperator(CurvatureOperator):
     """
 
     def _batch_product(self, batch, vectors):
-        x, y, sample_weight = unpack(batch)
-        primals = [getattr(v, "value", v) for v in self.variables]  # the tf.Variables behind Keras variables
-        with tf.GradientTape() as backward:
-            with tf.GradientTape() as regularization_tape:
-                with tf.autodiff.ForwardAccumulator(primals, vectors) as forward:
-                    y_pred, regularization = self.model_loss.forward(x)
-                tangent = forward.jvp(y_pred, unconnected_gradients=ZERO)
-            targets = tf.nest.flatten(y_pred)
-            if regularization is not None:
-                # grad(R) . v, differentiated again below: the regularizer's exact Hessian product.
-                regularization_grads = gradients(regularization_tape, regularization, self.variables)
-                targets.append(dot(regularization_grads, vectors))
-        fixed = tf.nest.map_structure(tf.stop_gradient, y_pred)
-        output_product = tf.nest.map_structure(
-            tf.stop_gradient, self._output_product(x, y, sample_weight, fixed, tangent))
-        seeds = tf.nest.flatten(output_product)
-        if regularization is not None:
-            seeds.append(tf.ones([], targets[-1].dtype))
-        return gradients(backward, targets, self.variables, output_gradients=seeds)
+        return self._recorded_batch(batch)(list(vectors))
 
     def _batch_block_product(self, batch, rows):
+        column = self._recorded_batch(batch)
+        return tf.map_fn(lambda vector: self.layout.flatten(column(self.layout.unflatten(vector))), rows,
+                         parallel_iterations=BLOCK_PARALLEL_ITERATIONS)
+
+    def _recorded_batch(self, batch):
+        """One batch's forward pass, recorded once; returns ``column(parts) -> (J^T M J + H_R) v`` per variable.
+
+        ``J v`` is taken through the recorded backward pass (the derivative of
+        ``J^T s`` in its seed ``s``), not with a ``tf.autodiff.ForwardAccumulator``:
+        the forward-mode pass kept about 100 MB resident between calls on
+        SimpleCNN-medium at batch 64 and peaked at 1.7x a gradient alone (its
+        JVP rules build activation-sized temporaries), which put the GGN at
+        2.1x-2.8x a gradient; through the backward pass the product peaked at
+        1.45x in the same time (``benchmarks/memory_cost.py``, RESULTS.md).
+        """
         x, y, sample_weight = unpack(batch)
         with tf.GradientTape(persistent=True) as backward:
             with tf.GradientTape() as regularization_tape:
@@ -74,24 +75,23 @@ class OutputCurvatureOperator(CurvatureOperator):
             if regularization is not None:
                 targets = targets + gradients(regularization_tape, regularization, self.variables)
         outputs = tf.nest.flatten(y_pred)
-        # J^T s for a symbolic seed s (zeros: only its derivative in s is used), recorded once for the block.
+        # J^T s for a symbolic seed s (zeros: only its derivative in s is used), recorded once for the batch.
         seeds = [tf.zeros_like(output) for output in outputs]
         with tf.GradientTape(persistent=True) as transpose:
             transpose.watch(seeds)
             pulled_back = gradients(backward, outputs, self.variables, output_gradients=seeds)
         fixed = tf.nest.map_structure(tf.stop_gradient, y_pred)
 
-        def column(vector):
-            parts = self.layout.unflatten(vector)
-            # d(J^T s . v)/ds = J v: the tangent of the outputs, without a forward pass.
+        def column(parts):
+            # d(J^T s . v)/ds = J v: the tangent of the outputs, without a forward-mode pass.
             tangent = transpose.gradient(pulled_back, seeds, output_gradients=parts, unconnected_gradients=ZERO)
             product = self._output_product(x, y, sample_weight, fixed, tf.nest.pack_sequence_as(y_pred, tangent))
             output_seeds = [tf.stop_gradient(p) for p in tf.nest.flatten(product)]
             if regularization is not None:
-                output_seeds = output_seeds + parts  # grad(R)'s VJP with v: the regularizer's Hessian product
-            return self.layout.flatten(gradients(backward, targets, self.variables, output_gradients=output_seeds))
+                output_seeds = output_seeds + list(parts)  # grad(R)'s VJP with v: the regularizer's Hessian product
+            return gradients(backward, targets, self.variables, output_gradients=output_seeds)
 
-        return tf.map_fn(column, rows, parallel_iterations=BLOCK_PARALLEL_ITERATIONS)
+        return column
 
     @abc.abstractmethod
     def _output_product(self, x, y, sample_weight, y_pred, tangent):
