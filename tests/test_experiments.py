@@ -449,7 +449,8 @@ def test_edge_of_stability_minibatch_figure_keeps_small_values_and_shows_lambda_
         records = [{"step": 10 * e, "epoch": e, "lambda_full": 5.0 + 10 * e, "lambda_512": 5.2 + 10 * e,
                     "batch_sharpness": s} for e, s in enumerate(sharpness)]
         return {"config": {"part": "sgd", "optimizer": "sgd", "lr": 0.05, "momentum": 0.0, "batch_size": 32,
-                           "seed": seed, "n_train": 3000, "sample_sizes": [512]}, "records": records}
+                           "seed": seed, "n_train": 3000, "sample_sizes": [512]}, "records": records,
+                "logs": {"val_accuracy": [0.5, 0.6, 0.7]}, "diverged": False}
 
     groups = plot.group([run(0, [-0.5, 0.02, 20.0, 30.0]), run(1, [-1.5, 0.04, 22.0, 30.0])])
     plt = figures.pyplot()
@@ -466,6 +467,10 @@ def test_edge_of_stability_minibatch_figure_keeps_small_values_and_shows_lambda_
     np.testing.assert_allclose(lines["2/$\\eta$ = 40"].get_ydata(), [40, 40])
     assert fig.axes[-1].get_yscale() == "symlog"
     plt.close(fig)
+    # lambda_1 against the batch sharpness, paired by seed, over the later half (steps 20 and 30): seed 0, lambda_1
+    # (25 + 35) / 2 = 30 and sharpness (20 + 30) / 2 = 25; seed 1, 30 and 26. Differences 5, 4: t = 4.5 / 0.5.
+    (row,) = table_rows(plot.minibatch_table(groups))
+    assert row[-4] == statistics.paired_cell([30.0, 30.0], [25.0, 26.0], "+.1f") == "+4.5 [-1.9, +10.9], t = 9.00"
 
 
 def test_sgd_step_losses_figure_is_a_readable_grid():

@@ -24,7 +24,7 @@ from experiments._cli import markdown_table
 from experiments.figures import plot_parser, pyplot, save_figure, write_table
 from experiments.results import load_results
 from experiments.scale import Scale
-from experiments.statistics import later_half_mean, smoothed_peak, spread
+from experiments.statistics import later_half_mean, paired_cell, smoothed_peak, spread
 
 STUDY = "edge_of_stability"
 COLORS = ("k", "tab:blue", "tab:orange", "tab:red")
@@ -353,6 +353,9 @@ def minibatch_table(groups) -> str:
         cells.append(f"{spread(peaks)} [{ratios(peaks, limits.values())}]")
         for key, _ in sgd_quantities(c)[1:-1]:
             cells.append(spread([sample_to_full(r, key) for r in runs], ".3f"))
+        # Is lambda_1 above or below the batch sharpness? Both are measured in every seed: a paired comparison.
+        cells.append(paired_cell([later_half_mean(*curve(r, "lambda_full")) for r in runs],
+                                 [later_half_mean(*curve(r, "batch_sharpness")) for r in runs], "+.1f"))
         cells += [*accuracy_cells(runs), sum(r["diverged"] for r in runs)]
         rows.append(cells)
     first = next(iter(groups.values()))[0]["config"]
@@ -361,6 +364,7 @@ def minibatch_table(groups) -> str:
     ratio_columns = [f"{column} / lambda_1 all" for column in sample_columns]
     return markdown_table(["batch", "lr", names, "lambda_1 all (later half)", *sample_columns,
                                   "batch sharpness", "lambda_1 all, smoothed peak", *ratio_columns,
+                                  "lambda_1 all - batch sharpness, later half (paired over seeds, 95% t)",
                                   "val acc final", "val acc best", "diverged"], rows)
 
 
