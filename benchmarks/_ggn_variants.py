@@ -67,3 +67,21 @@ class ForwardModeGGN(GGNOperator):
         fixed = tf.stop_gradient(y_pred)
         u = tf.stop_gradient(self._output_product(x, y, sample_weight, fixed, tangent))
         return _zeros_for_none(backward.gradient(y_pred, self.variables, output_gradients=u), self.variables)
+
+
+class ValueSeedGGN(GGNOperator):
+    """``GGNOperator``'s product with the symbolic seed ``s`` of ``J^T s`` set to the outputs' values instead of
+    zeros (``J^T s`` is linear in ``s``, so its derivative in ``s`` is ``J`` whatever ``s`` is): zeros let the
+    graph optimizer fold the unused ``J^T s`` into constants (models without regularizers)."""
+
+    def _batch_product(self, batch, vectors):
+        x, y, sample_weight = _unpack(batch)
+        with tf.GradientTape(persistent=True) as backward:
+            y_pred, _ = self.model_loss.forward(x)
+        seed = tf.stop_gradient(y_pred)
+        with tf.GradientTape() as transpose:
+            transpose.watch(seed)
+            pulled_back = backward.gradient(y_pred, self.variables, output_gradients=seed)
+        tangent = transpose.gradient(pulled_back, seed, output_gradients=list(vectors), unconnected_gradients=ZERO)
+        u = tf.stop_gradient(self._output_product(x, y, sample_weight, tf.stop_gradient(y_pred), tangent))
+        return _zeros_for_none(backward.gradient(y_pred, self.variables, output_gradients=u), self.variables)

@@ -18,8 +18,14 @@ Computations: ``gradient`` (of the batch's mean loss, ``EmpiricalLoss.gradient``
 ``hvp`` (``HessianOperator.matvec``, forward-over-reverse), ``hvp_reverse`` (the
 same product by double backprop, what the operator ran before), ``ggn``,
 ``empirical_fisher``, ``block5`` (``HessianOperator.matmat`` on 5 vectors) and
-``hvp_micro64`` (``matvec`` with ``micro_batch_size=64``). Repeats are
-interleaved (every computation once per repeat, in turn); tables give medians.
+``hvp_micro64`` (``matvec`` with ``micro_batch_size=64``); on request the GGN
+candidates of ``_ggn_variants.py``: ``ggn_forward_mode`` (``J v`` by a
+``ForwardAccumulator`` inside the backward tape, what ``GGNOperator`` ran
+before), ``ggn_two_pass`` (``J v`` in a tape-free forward-mode pass, then a
+second recorded forward pass) and ``jvp_only`` (that forward-mode pass alone).
+Each child also reports ``before_mb``: what the first call left resident.
+Repeats are interleaved (every computation once per repeat, in turn); tables
+give medians.
 
     python benchmarks/memory_cost.py --smoke                        # tiny, all computations, a minute
     python benchmarks/memory_cost.py --networks medium --repeats 3  # the reference (batch 256)
@@ -38,7 +44,7 @@ from _common import machine, markdown_table, median, positive_int
 
 COMPUTATIONS = ["gradient", "hvp", "hvp_reverse", "ggn", "empirical_fisher", "block5", "hvp_micro64"]
 #: Candidate GGN products and diagnostics (benchmarks/_ggn_variants.py), measured on request (--computations).
-CANDIDATES = ["ggn_forward_mode", "ggn_two_pass", "jvp_only"]
+CANDIDATES = ["ggn_forward_mode", "ggn_two_pass", "jvp_only", "ggn_value_seed"]
 NETWORKS = {"root": "SimpleCNN-root", "medium": "SimpleCNN-medium", "resnet32": "ResNet-32"}
 
 
@@ -70,7 +76,7 @@ def computation(name: str, model, x, y, batch_size: int):
     import numpy as np
     import tensorflow as tf
     from _double_backprop import ReverseOverReverseHessian
-    from _ggn_variants import ForwardModeGGN, JVPOnly, TwoPassGGN
+    from _ggn_variants import ForwardModeGGN, JVPOnly, TwoPassGGN, ValueSeedGGN
 
     from tf_sharpest import models
     from tf_sharpest.operators import EmpiricalFisherOperator, EmpiricalLoss, GGNOperator, HessianOperator
@@ -83,7 +89,8 @@ def computation(name: str, model, x, y, batch_size: int):
         return lambda: objective.gradient().numpy()
     kinds = {"hvp": HessianOperator, "hvp_reverse": ReverseOverReverseHessian, "ggn": GGNOperator,
              "empirical_fisher": EmpiricalFisherOperator, "block5": HessianOperator, "hvp_micro64": HessianOperator,
-             "ggn_two_pass": TwoPassGGN, "ggn_forward_mode": ForwardModeGGN, "jvp_only": JVPOnly}
+             "ggn_two_pass": TwoPassGGN, "ggn_forward_mode": ForwardModeGGN, "ggn_value_seed": ValueSeedGGN,
+             "jvp_only": JVPOnly}
     options = {"micro_batch_size": 64} if name == "hvp_micro64" else {}
     operator = kinds[name](model, data, loss=loss, batch_size=batch_size, **options)
     if name == "block5":
