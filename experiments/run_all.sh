@@ -14,6 +14,15 @@ for study in lr_batch_size nudged_sgd; do  # the nearby setting: the same with a
   python -m "experiments.${study}.run" --augment --out "runs/experiments/${study}_augmented" "$@"
 done
 python -m experiments.edge_of_stability.final_check  # batch sharpness at the final weights, on more batches
+# The runs' small files (no weights) into experiments/<study>/results/runs*, to be committed: the tables are then
+# recomputable by a reader (each study's plot --out reads them; experiments.verify checks marked tables).
+for study in nudged_sgd sgd_step spectrum_shape lr_batch_size edge_of_stability; do
+  python -m experiments.keep_runs "${study}"
+done
+for study in lr_batch_size nudged_sgd; do
+  python -m experiments.keep_runs "${study}" --src "runs/experiments/${study}_augmented" \
+    --dest "experiments/${study}/results/runs_augmented"
+done
 for study in nudged_sgd sgd_step spectrum_shape lr_batch_size edge_of_stability; do
   python -m "experiments.${study}.plot"
 done
