@@ -493,3 +493,21 @@ def test_sgd_step_losses_figure_is_a_readable_grid():
     (legend_cell,) = [ax for ax in fig.axes if not ax.axison]
     assert legend_cell.get_legend() is not None
     plt.close(fig)
+
+
+def test_edge_of_stability_paired_table_from_a_summary_by_hand(tmp_path):
+    from experiments.edge_of_stability import plot
+
+    path = tmp_path / "summary.csv"
+    header = "part,batch_size,lr,seed,lambda_full_later_half,batch_sharpness_later_half,threshold 2/eta\n"
+    rows = ["gd,full,0.1,0,30.0,,20.0\n",  # full batch: no batch sharpness, left out
+            "sgd,32,0.05,1,44.0,30.0,40.0\n", "sgd,32,0.05,0,40.0,30.0,40.0\n", "sgd,32,0.05,2,42.0,33.0,40.0\n"]
+    path.write_text(header + "".join(rows))
+    (row,) = table_rows(plot.paired_summary_table(str(path)))
+    # Seeds 0, 1, 2: differences 10, 14, 9, mean 11, sd sqrt(7), t = 11 / (sqrt(7) / sqrt(3)).
+    assert row[:6] == ["sgd", "32", "0.05", "0, 1, 2", "40.0 / 44.0 / 42.0", "30.0 / 30.0 / 33.0"]
+    half = 4.302652729911275 * np.sqrt(7) / np.sqrt(3)
+    assert row[6] == f"+11.0 [{11 - half:+.1f}, {11 + half:+.1f}], t = {11 / (np.sqrt(7) / np.sqrt(3)):.2f}"
+    # lambda_1 / 40 = 1.0, 1.1, 1.05: mean 1.05, sd 0.05, interval 1.05 -+ 4.303 * 0.05 / sqrt(3).
+    ratio_half = 4.302652729911275 * 0.05 / np.sqrt(3)
+    assert row[7:] == ["2/eta = 40", f"1.05 [{1.05 - ratio_half:.2f}, {1.05 + ratio_half:.2f}]"]

@@ -24,9 +24,14 @@ from experiments._cli import markdown_table
 from experiments.figures import plot_parser, pyplot, save_figure, write_table
 from experiments.results import load_results
 from experiments.scale import Scale
-from experiments.statistics import later_half_mean, paired_cell, smoothed_peak, spread
+from experiments.statistics import later_half_mean, paired_cell, paired_difference, smoothed_peak, spread
 
 STUDY = "edge_of_stability"
+
+#: The committed per-run summary of the study's runs (the raw runs were not kept), from which experiments.verify
+#: recomputes the paired table of RESULTS.md.
+COMMITTED_SUMMARY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "edge_of_stability",
+                                 "results", "summary.csv")
 COLORS = ("k", "tab:blue", "tab:orange", "tab:red")
 
 
@@ -384,6 +389,33 @@ def adam_table(groups) -> str:
                                   "val acc best", "diverged"], rows)
 
 
+def paired_summary_table(path: str) -> str:
+    """From a study's ``summary.csv`` (one row per run): per mini-batch setting, lambda_1 of every example and the
+    batch sharpness over the later half, seed by seed, their difference paired by seed with its 95% t-interval,
+    and lambda_1 / 2-threshold with a one-sample 95% t-interval over seeds."""
+    with open(path, newline="") as f:
+        rows = [row for row in csv.DictReader(f) if row["part"] in ("sgd", "momentum")]
+    settings = collections.defaultdict(list)
+    for row in rows:
+        settings[(row["part"], int(row["batch_size"]), float(row["lr"]))].append(row)
+    table = []
+    for (part, batch, lr), runs in sorted(settings.items()):
+        runs.sort(key=lambda row: int(row["seed"]))
+        lam = [float(row["lambda_full_later_half"]) for row in runs]
+        sharp = [float(row["batch_sharpness_later_half"]) for row in runs]
+        name, threshold = next((k[len("threshold "):], float(v)) for k, v in runs[0].items()
+                               if k.startswith("threshold ") and v)
+        ratio = paired_difference(np.divide(lam, threshold), np.zeros(len(lam)))  # one-sample: the mean's interval
+        ratio_cell = f"{ratio['mean']:.2f} [{ratio['low']:.2f}, {ratio['high']:.2f}]"
+        table.append([part, batch, f"{lr:g}", ", ".join(row["seed"] for row in runs),
+                      " / ".join(f"{v:.1f}" for v in lam), " / ".join(f"{v:.1f}" for v in sharp),
+                      paired_cell(lam, sharp, "+.1f"), f"{name} = {threshold:g}", ratio_cell])
+    return markdown_table(["part", "batch", "lr", "seeds", "lambda_1 all, later half, per seed",
+                           "batch sharpness, later half, per seed",
+                           "lambda_1 all - batch sharpness (paired, 95% t)", "threshold",
+                           "lambda_1 all / threshold (95% t)"], table)
+
+
 def write_summary_csv(results: list[dict], path: str) -> list[dict]:
     rows = [run_summary(r) for r in sorted(results, key=lambda r: (setting_key(r["config"]), r["config"]["seed"]))]
     keys = list(dict.fromkeys(k for row in rows for k in row))
@@ -442,6 +474,11 @@ def main(argv=None) -> str:
     if checks:
         sections.append("### Batch sharpness at the final weights, both readings (final_check.py)\n\n" + checks)
     return write_table("\n\n".join(sections), args.figures, *figures)
+
+
+
+#: RESULTS.md tables recomputed by ``python -m experiments.verify``.
+TABLES = {"edge_of_stability.paired": lambda: paired_summary_table(COMMITTED_SUMMARY)}
 
 
 if __name__ == "__main__":
