@@ -18,6 +18,7 @@ with each gamma's threshold 2/(gamma eta) dashed in its colour.
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 
@@ -27,6 +28,10 @@ from experiments.results import best_validation_epoch, by_setting, eigenvalue_cu
 from experiments.scale import Scale
 
 STUDY = "nudged_sgd"
+
+#: The study's committed tables (its runs were not kept): the per-seed values the paired table is computed from.
+COMMITTED_TABLES = {"": os.path.join(figures.default_figures(STUDY), "table.md"),
+                    ", augmented": os.path.join(figures.default_figures(STUDY), "augmented", "table.md")}
 
 
 def table_row(result: dict, early_epoch: int) -> dict:
@@ -112,6 +117,37 @@ def paired_against_sgd(groups: dict, early_epoch: int) -> str:
         rows)
 
 
+def per_seed(cell: str) -> list[float]:
+    """The per-seed values of a table cell written by :func:`statistics.mean_and_runs`: ``0.75 (0.76 / 0.73)``."""
+    inside = re.search(r"\((.*)\)", cell)
+    return [float(v) for v in (inside.group(1).split(" / ") if inside else [cell])]
+
+
+def paired_from_tables(tables: dict[str, str]) -> str:
+    """Paired differences from SGD, recomputed from committed ``table.md`` files (``{setting label: path}``).
+
+    For runs that were not kept, the per-seed values in the study's own tables are what remains; this turns them
+    into each gamma's difference from SGD, seed by seed, with its 95% t-interval (accuracies in points).
+    """
+    columns = (("test acc. at best-val epoch", 100, ".1f"), ("best val. acc.", 100, ".1f"),
+               ("final val. acc.", 100, ".1f"), ("final train loss", 1, ".3f"))
+    rows = []
+    for label, path in tables.items():
+        with open(path) as f:
+            lines = [line for line in f.read().split("\n\n")[0].splitlines() if line.startswith("|")]
+        header = [c.strip() for c in lines[0].strip("|").split("|")]
+        body = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
+        index = [next(i for i, name in enumerate(header) if name.startswith(column)) for column, _, _ in columns]
+        for gamma, cells in body.items():
+            if gamma == "1":
+                continue
+            rows.append([gamma + label] + [statistics.paired_cell(per_seed(cells[i]), per_seed(body["1"][i]),
+                                                                  "+" + fmt, scale)
+                                           for i, (_, scale, fmt) in zip(index, columns)])
+    return markdown_table(["gamma minus SGD (same seed)"] + [c[0] + (" (points)" if c[1] == 100 else "")
+                                                             for c in columns], rows)
+
+
 def draw_figure(plt, groups: dict):
     """The 2 x 2 figure: lambda_1, ||H_K||, training loss and validation accuracy per gamma; every seed thin, the
     arithmetic mean over seeds thick, and on the lambda_1 panel each gamma's 2/(gamma eta) dashed."""
@@ -195,6 +231,11 @@ def main(argv=None) -> str:
     return figures.write_table("\n\n".join(filter(None, [table, against_sgd(groups, args.early_epoch),
                                                         paired_against_sgd(groups, args.early_epoch)])),
                                args.figures, path)
+
+
+
+#: RESULTS.md tables recomputed by ``python -m experiments.verify``.
+TABLES = {"nudged_sgd.paired": lambda: paired_from_tables(COMMITTED_TABLES)}
 
 
 if __name__ == "__main__":
