@@ -68,8 +68,8 @@ class LandscapeCallback(keras.callbacks.Callback):
     ```python
     pictures = LandscapeCallback((x_train, y_train), every=5, num_samples=1024, save_dir="runs/sgd",
                                  tensorboard_dir="runs/sgd/tb", spectrum_dir="runs/sgd")
-    model.fit(x_train, y_train, epochs=20, callbacks=[pictures])
-    pictures.landscapes[20]["lines"]["e1"].losses    # the loss along e1 after epoch 20
+    model.fit(x_train, y_train, epochs=10, callbacks=[pictures])
+    pictures.landscapes[10]["lines"]["e1"].losses    # the loss along e1 after epoch 10
     ```
 
     Args:

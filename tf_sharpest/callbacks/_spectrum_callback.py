@@ -88,7 +88,7 @@ class SpectrumCallback(MeasuringCallback):
     spectrum = SpectrumCallback((x_train, y_train), num_samples=2048, trace_matvecs=30,
                                 density_every=5, num_probes=5, num_steps=50, save_dir="runs/sgd",
                                 tensorboard_dir=board)       # densities also in TensorBoard
-    history = model.fit(x_train, y_train, epochs=20, callbacks=[spectrum, board])
+    history = model.fit(x_train, y_train, epochs=10, callbacks=[spectrum, board])
     history.history["hessian_trace"]          # one estimate per epoch
     spectrum.density.plot(log=True)           # the density measured after training
     spectrum.densities[5].moment(1, normalized=False)   # trace from the density at epoch 5
