@@ -14,8 +14,8 @@ is matrix-free, without ever forming ``J``:
 4. one backward pass: the vector-Jacobian product ``J^T u``.
 
 A ``tf.autodiff.ForwardAccumulator`` gives the same ``J v`` in the forward
-pass, but its JVP rules hold more memory: the GGN then peaked at 2.1x a
-gradient's memory on SimpleCNN-medium at batch 64, this at 1.45x.
+pass, but its JVP rules hold more memory: the GGN then peaked at 2.7x a
+gradient's memory on SimpleCNN-medium at batch 256, this at 2.0x-2.2x.
 
 The model's regularization losses are added with their exact Hessian
 (double backprop of ``R`` alone), in the same backward pass.
@@ -61,11 +61,10 @@ class OutputCurvatureOperator(CurvatureOperator):
 
         ``J v`` is taken through the recorded backward pass (the derivative of
         ``J^T s`` in its seed ``s``), not with a ``tf.autodiff.ForwardAccumulator``:
-        the forward-mode pass kept about 100 MB resident between calls on
-        SimpleCNN-medium at batch 64 and peaked at 1.7x a gradient alone (its
-        JVP rules build activation-sized temporaries), which put the GGN at
-        2.1x-2.8x a gradient; through the backward pass the product peaked at
-        1.45x in the same time (``benchmarks/memory_cost.py``, RESULTS.md).
+        the forward-mode pass alone peaked at 1.7x a gradient's memory on
+        SimpleCNN-medium at batch 64, which put the GGN at 2.1x there (2.7x at
+        batch 256); through the backward pass it peaked at 1.3x-1.45x (2.0x-2.2x
+        at batch 256), and ran faster (``benchmarks/memory_cost.py``, RESULTS.md).
         """
         x, y, sample_weight = unpack(batch)
         with tf.GradientTape(persistent=True) as backward:
