@@ -188,8 +188,7 @@ class BatchProjections:
         #: False once a product inside :meth:`step` handed out no per-batch part (an operator whose products
         #: bypass the accumulation): the matrices are then incomplete and :meth:`stderr` is NaN.
         self.complete = True
-        self._basis = self._rows = None
-        self._parts = 0
+        self._basis = self._rows = self._parts = None
         self._column = 0
 
     @staticmethod
@@ -201,20 +200,21 @@ class BatchProjections:
     def step(self, basis, size: int):
         """Around the product of ``basis[size]``: fills column (and row) ``size`` of every ``S_b``."""
         # basis[size] is written inside the block (by the solver, before its product): read at the first part.
-        self._basis, self._rows, self._column, self._parts = basis, None, size, 0
+        self._basis, self._rows, self._column, self._parts = basis, None, size, []
         self.matrices[:, : size + 1, size] = 0.0
         with self.operator.observing_batches(self._observe):
             yield
-        self.complete = self.complete and self._parts > 0
+        self.complete = self.complete and bool(self._parts)
+        # One transfer to NumPy per step (not per batch): the projections stay on the device until now.
+        for batch, projection in self._parts:
+            self.matrices[batch, : size + 1, size] += projection.numpy().astype(np.float64)
         self.matrices[:, size, :size] = self.matrices[:, :size, size]
-        self._basis = self._rows = None
+        self._basis = self._rows = self._parts = None
 
     def _observe(self, batch: int, part) -> None:
-        self._parts += 1
         if self._rows is None:
             self._rows = tf.convert_to_tensor(self._basis[: self._column + 1])
-        projection = tf.linalg.matvec(self._rows, tf.cast(part, self._rows.dtype))
-        self.matrices[batch, : self._column + 1, self._column] += projection.numpy().astype(np.float64)
+        self._parts.append((batch, tf.linalg.matvec(self._rows, tf.cast(part, self._rows.dtype))))
 
     def restart(self, combination: np.ndarray) -> None:
         """The basis ``Q[:size]`` became ``Q[:size] @ combination`` (``C``, ``[size, keep]``): ``S_b -> C^T S_b C``."""
