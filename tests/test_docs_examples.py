@@ -570,8 +570,10 @@ PAGE_CHECKS = {
 }
 
 
-def run_page(page, blocks, namespace, shared, checks=True):
-    for index, (line, code) in enumerate(blocks):
+def run_page(page, blocks, namespace, shared, checks=True, start=0):
+    """Runs ``blocks`` (the page's blocks from the ``start``-th on) in order in ``namespace``, each followed by its
+    check in ``PAGE_CHECKS``."""
+    for index, (line, code) in enumerate(blocks, start):
         for name in sorted(free_names(code)):
             if name not in namespace and name in shared:
                 namespace[name] = shared[name]
@@ -597,12 +599,31 @@ def test_docs_page_examples_run_and_check_their_results(page, request, tmp_path,
     keras.utils.set_random_seed(0)
     shared = Namespace(request, tmp_path)
     namespace = {"__name__": "__docs__"}
-    if page != QUICKSTART_PAGE:  # a guide goes on from the quickstart's model and data, as its reader does
+    blocks = page_blocks(os.path.join(DOCS, page))
+    if page == QUICKSTART_PAGE:  # its first block is the quickstart, run once per session: checked here
+        namespace.update(the_quickstart(request, tmp_path))
+        run_page(f"docs/{page}", blocks[1:], namespace, shared, start=1)
+    else:  # a guide goes on from the quickstart's model and data, as its reader does
         namespace.update(after_the_quickstart(request, tmp_path))
-    run_page(f"docs/{page}", page_blocks(os.path.join(DOCS, page)), namespace, shared)
+        run_page(f"docs/{page}", blocks, namespace, shared)
 
 
 _QUICKSTART = {}
+
+
+def the_quickstart(request, tmp_path) -> dict:
+    """The names of the quickstart of docs/index.md (its first block), run once per session as its reader runs
+    it (a fresh namespace, seed 0) and checked: the index page goes on in a copy of them, each guide from a copy of
+    its model (``after_the_quickstart``)."""
+    import keras
+
+    if not _QUICKSTART:
+        keras.utils.set_random_seed(0)
+        namespace = {"__name__": "__docs__"}
+        run_page(f"docs/{QUICKSTART_PAGE}", page_blocks(os.path.join(DOCS, QUICKSTART_PAGE))[:1], namespace,
+                 Namespace(request, tmp_path))
+        _QUICKSTART.update(namespace)
+    return dict(_QUICKSTART)
 
 
 def after_the_quickstart(request, tmp_path) -> dict:
@@ -610,17 +631,13 @@ def after_the_quickstart(request, tmp_path) -> dict:
     a copy of its trained model (same weights, compiled again with the same NSGD configuration and loss)."""
     import keras
 
-    if not _QUICKSTART:
-        namespace = {"__name__": "__docs__"}
-        run_page(f"docs/{QUICKSTART_PAGE}", page_blocks(os.path.join(DOCS, QUICKSTART_PAGE))[:1], namespace,
-                 Namespace(request, tmp_path), checks=False)
-        _QUICKSTART.update(namespace)
-    trained = _QUICKSTART["model"]
+    quickstart = the_quickstart(request, tmp_path)
+    trained = quickstart["model"]
     model = keras.models.clone_model(trained)
     model.set_weights(trained.get_weights())
     model.compile(optimizer=type(trained.optimizer).from_config(trained.optimizer.get_config()),
                   loss=trained.loss, metrics=["accuracy"])
-    return {**{k: v for k, v in _QUICKSTART.items() if k not in ("history", "lanczos")}, "model": model}
+    return {**{k: v for k, v in quickstart.items() if k not in ("history", "lanczos")}, "model": model}
 
 
 def test_every_page_has_its_results_checked():
