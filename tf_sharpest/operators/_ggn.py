@@ -23,7 +23,7 @@ class GGNOperator(OutputCurvatureOperator):
     Each product is one forward pass, ``J v`` through the recorded backward
     pass, the output-space product, and one backward pass ``J^T u``: no
     Jacobian is formed, and one set of activations is kept (peak memory
-    2.0x-2.2x a gradient's on SimpleCNN-medium at batch 256, 1.3x-1.45x at
+    2.0x-2.3x a gradient's on SimpleCNN-medium at batch 256, 1.3x-1.45x at
     batch 64; ``benchmarks/RESULTS.md``). ``matmat`` shares each batch's forward pass
     and recorded backward pass among a block's columns.
     ``H_L`` is taken by double backprop of the loss in ``y_pred``,

@@ -15,7 +15,7 @@ is matrix-free, without ever forming ``J``:
 
 A ``tf.autodiff.ForwardAccumulator`` gives the same ``J v`` in the forward
 pass, but its JVP rules hold more memory: the GGN then peaked at 2.7x a
-gradient's memory on SimpleCNN-medium at batch 256, this at 2.0x-2.2x.
+gradient's memory on SimpleCNN-medium at batch 256, this at 2.0x-2.3x.
 
 The model's regularization losses are added with their exact Hessian
 (double backprop of ``R`` alone), in the same backward pass.
@@ -63,7 +63,7 @@ class OutputCurvatureOperator(CurvatureOperator):
         ``J^T s`` in its seed ``s``), not with a ``tf.autodiff.ForwardAccumulator``:
         the forward-mode pass alone peaked at 1.7x a gradient's memory on
         SimpleCNN-medium at batch 64, which put the GGN at 2.1x there (2.7x at
-        batch 256); through the backward pass it peaked at 1.3x-1.45x (2.0x-2.2x
+        batch 256); through the backward pass it peaked at 1.3x-1.45x (2.0x-2.3x
         at batch 256), and ran faster (``benchmarks/memory_cost.py``, RESULTS.md).
         """
         x, y, sample_weight = unpack(batch)
