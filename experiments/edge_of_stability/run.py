@@ -34,6 +34,7 @@ import os
 import time
 
 from experiments._cli import import_tensorflow_quietly, nonnegative_int_list, number_list, positive_int_list
+from experiments.edge_of_stability import campaign as campaigns
 from experiments.scale import SMOKE as SMOKE_SCALE
 from experiments.scale import Scale, default_out, scale_arguments, scale_from
 
@@ -68,13 +69,38 @@ FLAG_DEFAULTS = {
     "mid_samples": (2250, 64),
     "num_batches": (8, 2),
     "measure_every": (2, 1),
+    # The stationarity campaign's flags (campaign.CAMPAIGN_DEFAULTS sets them with --campaign stationarity);
+    # "" means "the single learning rate above", so that the default runs stay what they were.
+    "sgd_lrs": ("", ""),
+    "momentum_lrs": ("", ""),
+    "adam_lrs": ("", ""),
+    "adam_beta1s": ("0.9", "0.9"),
+    "data_sizes": ("1000,3000,8000", "128,256"),
+    "data_batch_size": (128, 32),
+    "data_lrs": ("", ""),
+    "minibatch_steps": (3000, 16),
+    "measurements": (40, 4),
+    "eoss_lrs": ("0.01,0.02,0.04", "0.01"),
+    "eoss_steps": (20000, 16),
+    "eoss_examples": (4096, 128),
+    "eoss_batch_size": (16, 16),
+    "eoss_hidden": (512, 16),
+    "eoss_init_scale": (0.2, 0.2),
+    "eoss_num_batches": (64, 4),
 }
+
+#: The campaign's run folders go here (runs/experiments/edge_of_stability_stationarity), apart from the study's.
+CAMPAIGN_STUDY = "edge_of_stability_stationarity"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None, help=f"folder of the runs (default runs/experiments/{STUDY})")
-    parser.add_argument("--parts", default=",".join(PARTS), help=f"parts to run, of {','.join(PARTS)}")
+    parser.add_argument("--parts", default=None, help=f"parts to run, of {','.join(PARTS)} (default all; with "
+                        f"--campaign also sgd_data and eoss: {','.join(campaigns.CAMPAIGN_PARTS)})")
+    parser.add_argument("--campaign", choices=["stationarity"], default=None,
+                        help="the stationarity campaign: every part at three or more learning rates, run long "
+                             "(see the docstring and experiments/edge_of_stability/campaign.py)")
     scale_arguments(parser, DEFAULT)
     help_text = {
         "seeds": "seeds of every setting", "gd_lrs": "learning rates of part 1 (full-batch GD)",
@@ -87,29 +113,72 @@ def parse_args(argv=None) -> argparse.Namespace:
         "adam_steps": "steps of full-batch Adam", "mid_samples": "size of the larger sample (the paper's 2,250)",
         "num_batches": "random batches per batch-sharpness measurement",
         "measure_every": "epochs between measurements (mini-batch runs)",
+        "sgd_lrs": "learning rates of part 2 (campaign; '' for --sgd_lr)",
+        "momentum_lrs": "learning rates of part 3 (campaign; '' for --momentum_lr)",
+        "adam_lrs": "learning rates of part 4 (campaign; '' for --adam_lr)",
+        "adam_beta1s": "Adam's beta1 values (campaign)",
+        "data_sizes": "training-set sizes of part sgd_data (campaign)",
+        "data_batch_size": "batch size of part sgd_data (campaign)",
+        "data_lrs": "learning rates of part sgd_data (campaign; '' for --sgd_lr)",
+        "minibatch_steps": "steps of every campaign mini-batch run, whatever its batch size (campaign)",
+        "measurements": "about how many measurements per campaign mini-batch run (campaign)",
+        "eoss_lrs": "learning rates of part eoss (campaign)", "eoss_steps": "steps of part eoss (campaign)",
+        "eoss_examples": "training examples of part eoss (campaign)",
+        "eoss_batch_size": "batch size of part eoss (campaign)",
+        "eoss_hidden": "units per hidden layer of part eoss's MLP (campaign)",
+        "eoss_init_scale": "initial weight scale of part eoss's MLP, times Kaiming normal (campaign)",
+        "eoss_num_batches": "random batches per batch-sharpness measurement in part eoss (campaign)",
     }
     for name, (full, smoke) in FLAG_DEFAULTS.items():
         kind = type(full) if not isinstance(full, str) else str
+        campaign = campaigns.CAMPAIGN_DEFAULTS.get(name)
+        also = f"; {campaign[0]} with --campaign stationarity" if campaign else ""
         parser.add_argument(f"--{name}", type=kind, default=None, help=f"{help_text[name]} (default {full}; "
-                            f"{smoke} with --smoke)")
+                            f"{smoke} with --smoke{also})")
     args = parser.parse_args(argv)
-    args.out = args.out or default_out(STUDY, args.smoke)
-    for name, (full, smoke) in FLAG_DEFAULTS.items():
+    args.out = args.out or default_out(CAMPAIGN_STUDY if args.campaign else STUDY, args.smoke)
+    defaults = dict(FLAG_DEFAULTS)
+    if args.campaign:
+        defaults.update(campaigns.CAMPAIGN_DEFAULTS)
+    for name, (full, smoke) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, smoke if args.smoke else full)
+    for name, single in (("sgd_lrs", "sgd_lr"), ("momentum_lrs", "momentum_lr"), ("adam_lrs", "adam_lr"),
+                         ("data_lrs", "sgd_lr")):
+        if not getattr(args, name).strip():
+            setattr(args, name, str(getattr(args, single)))
     lists = {"seeds": nonnegative_int_list, "gd_lrs": number_list, "batch_sizes": positive_int_list,
-             "momentum_batch_sizes": positive_int_list}
+             "momentum_batch_sizes": positive_int_list, "sgd_lrs": number_list, "momentum_lrs": number_list,
+             "adam_lrs": number_list, "adam_beta1s": number_list, "data_sizes": positive_int_list,
+             "data_lrs": number_list, "eoss_lrs": number_list}
     for name, parse in lists.items():
         try:
             setattr(args, name, parse(getattr(args, name)))
         except argparse.ArgumentTypeError as error:
             parser.error(f"--{name}: {error}")
-    args.parts = [p for p in args.parts.split(",") if p]
-    unknown = sorted(set(args.parts) - set(PARTS))
+    if any(lr <= 0 for name in ("gd_lrs", "sgd_lrs", "momentum_lrs", "adam_lrs", "data_lrs", "eoss_lrs")
+           for lr in getattr(args, name)):
+        parser.error("learning rates must be positive")
+    if any(not 0 <= b < 1 for b in args.adam_beta1s):
+        parser.error(f"--adam_beta1s: each beta1 must lie in [0, 1), got {args.adam_beta1s}")
+    args.adam_batch_sizes = [s.strip() for s in args.adam_batch_sizes.split(",") if s.strip()]
+    if any(s != "full" and not s.isdigit() for s in args.adam_batch_sizes):
+        parser.error(f"--adam_batch_sizes: positive integers or 'full', got {args.adam_batch_sizes}")
+    allowed = campaigns.CAMPAIGN_PARTS if args.campaign else PARTS
+    args.parts = [p for p in (args.parts or ",".join(allowed)).split(",") if p]
+    unknown = sorted(set(args.parts) - set(allowed))
     if unknown:
-        parser.error(f"unknown parts {unknown}; choose from {','.join(PARTS)}")
+        extra = " (sgd_data and eoss need --campaign stationarity)" if set(unknown) <= {"sgd_data", "eoss"} else ""
+        parser.error(f"unknown parts {unknown}; choose from {','.join(allowed)}{extra}")
+    if not args.campaign:
+        several = [name for name in ("sgd_lrs", "momentum_lrs", "adam_lrs", "adam_beta1s")
+                   if len(getattr(args, name)) > 1]
+        if several:
+            parser.error(f"several values of {', '.join('--' + n for n in several)} need --campaign stationarity "
+                         "(the study's parts run one learning rate and one beta1)")
     for name in ("gd_examples", "gd_steps", "gd_measure_every", "adam_steps", "mid_samples", "num_batches",
-                 "measure_every"):
+                 "measure_every", "data_batch_size", "minibatch_steps", "measurements", "eoss_steps", "eoss_examples",
+                 "eoss_batch_size", "eoss_hidden", "eoss_num_batches"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be positive")
     return args
@@ -117,11 +186,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # -- one run -------------------------------------------------------------------------------------------------
 
-def make_optimizer(name: str, lr: float, momentum: float = 0.0) -> keras.optimizers.Optimizer:  # noqa: F821
+def make_optimizer(name: str, lr: float, momentum: float = 0.0,
+                   beta1: float = 0.9) -> keras.optimizers.Optimizer:  # noqa: F821
     import keras
 
     if name == "adam":
-        return keras.optimizers.Adam(lr)  # beta_1 = 0.9: the threshold is 38 / lr
+        return keras.optimizers.Adam(lr, beta_1=beta1)  # threshold (2 + 2 beta1) / ((1 - beta1) lr): 38 / lr at 0.9
     return keras.optimizers.SGD(lr, momentum=momentum)
 
 
@@ -130,7 +200,9 @@ def run_one(out_dir: str, scale: Scale, config: dict, *, force: bool, sample_siz
     """Trains and measures one run described by ``config``; returns (and stores) its result.
 
     ``config``: part, optimizer (``sgd``/``adam``), lr, momentum, batch_size (``None``: full batch), seed,
-    n_train, and for full-batch runs ``steps`` and ``measure_every_steps``.
+    n_train, and for full-batch runs ``steps`` and ``measure_every_steps``; optionally (campaign runs) ``epochs``
+    (instead of the scale's), ``beta1`` (Adam's), and ``model="mlp"`` with ``hidden`` and ``init_scale`` (the
+    EoSS-like MLP, trained with the squared loss of :func:`campaign.squared_loss`).
     """
     import_tensorflow_quietly()  # first: TensorFlow without its CUDA/absl start-up lines on stderr
     import keras
@@ -155,9 +227,16 @@ def run_one(out_dir: str, scale: Scale, config: dict, *, force: bool, sample_siz
     os.makedirs(out_dir, exist_ok=True)
     (x, y), valid, _ = load_data(dataclasses.replace(scale, n_examples=config["n_train"]))
     keras.utils.set_random_seed(config["seed"])  # weights, batch order, samples
-    model = models.simple_cnn("root", input_shape=x.shape[1:], n_filters=scale.n_filters)
-    model.compile(optimizer=make_optimizer(config["optimizer"], config["lr"], config["momentum"]),
-                  loss=models.default_loss(), metrics=["accuracy"])
+    if config.get("model", "simple_cnn") == "mlp":
+        model = campaigns.eoss_mlp(x.shape[1:], config["hidden"], config["init_scale"])
+        loss = campaigns.squared_loss
+    else:
+        model = models.simple_cnn("root", input_shape=x.shape[1:], n_filters=scale.n_filters)
+        loss = models.default_loss()
+    model.compile(optimizer=make_optimizer(config["optimizer"], config["lr"], config["momentum"],
+                                           config.get("beta1", 0.9)),
+                  loss=loss, metrics=["accuracy"])
+    epochs = config.get("epochs", scale.epochs)
     # Batch sharpness against 2/eta is SGD's criterion; Adam's runs measure the preconditioned sharpness.
     sharpness_batch = config["batch_size"] if config["optimizer"] == "sgd" else None
     measurer = EdgeMeasurer(model, (x, y), valid, sample_sizes=sample_sizes, batch_size=sharpness_batch,
@@ -169,12 +248,14 @@ def run_one(out_dir: str, scale: Scale, config: dict, *, force: bool, sample_siz
         outcome = train_full_batch(model, measurer, steps=config["steps"], measure_every=config["measure_every_steps"])
     else:
         history = model.fit(tfs_data.train_dataset(x, y, config["batch_size"], augment=False, seed=config["seed"]),
-                            validation_data=tfs_data.eval_dataset(*valid), epochs=scale.epochs, verbose=0,
+                            validation_data=tfs_data.eval_dataset(*valid), epochs=epochs, verbose=0,
+                            # campaign runs (hundreds of short epochs) validate when they measure
+                            validation_freq=measure_every if "epochs" in config else 1,
                             shuffle=False,
                             callbacks=[MeasureEveryEpochs(measurer, measure_every), keras.callbacks.TerminateOnNaN()])
         logs = {k: [float(v) for v in values] for k, values in history.history.items()}
         outcome = {"steps": int(model.optimizer.iterations.numpy()),
-                   "diverged": bool(len(logs.get("loss", [])) < scale.epochs
+                   "diverged": bool(len(logs.get("loss", [])) < epochs
                                     or not np.isfinite(measurer.records[-1]["train_loss"]))}
     result = {"config": config, "records": measurer.records, "logs": logs, **outcome,
               "seconds": time.perf_counter() - start}
@@ -211,7 +292,7 @@ def planned_runs(args, scale: Scale) -> list[tuple[str, dict]]:
                                                               "momentum": 0.0, "seed": seed, "steps": args.gd_steps,
                                                               **full_batch}))
             elif part in ("sgd", "momentum"):
-                lr = args.sgd_lr if part == "sgd" else args.momentum_lr
+                lr = args.sgd_lrs[0] if part == "sgd" else args.momentum_lrs[0]
                 momentum = 0.0 if part == "sgd" else args.momentum
                 sizes = args.batch_sizes if part == "sgd" else args.momentum_batch_sizes
                 for batch_size in sizes:
@@ -219,14 +300,31 @@ def planned_runs(args, scale: Scale) -> list[tuple[str, dict]]:
                                  {"part": part, "optimizer": "sgd", "lr": lr, "momentum": momentum, "seed": seed,
                                   "batch_size": batch_size, "n_train": scale.n_examples}))
             else:
-                for size in [s.strip() for s in args.adam_batch_sizes.split(",") if s.strip()]:
+                for size in args.adam_batch_sizes:
                     if size == "full":
                         config = {**full_batch, "steps": args.adam_steps}
                     else:
                         config = {"batch_size": int(size), "n_train": scale.n_examples}
-                    runs.append((f"adam/bs{size}_seed{seed}", {"part": "adam", "optimizer": "adam", "lr": args.adam_lr,
-                                                              "momentum": 0.0, "seed": seed, **config}))
+                    runs.append((f"adam/bs{size}_seed{seed}", {"part": "adam", "optimizer": "adam",
+                                                              "lr": args.adam_lrs[0], "momentum": 0.0, "seed": seed,
+                                                              **config}))
     return sorted(runs, key=lambda run: (args.parts.index(run[1]["part"]), run[0]))
+
+
+def planned(args, scale: Scale) -> list[tuple[str, dict, dict]]:
+    """``(folder, config, measure)`` of every run: the study's (:func:`planned_runs`) or the campaign's
+    (:func:`campaign.planned_runs`; its runs measure no sample lambda_1, which study 5 found within 1% to 6% of the
+    full-data value). ``measure`` holds ``run_one``'s ``sample_sizes``, ``num_batches`` and ``measure_every``."""
+    if args.campaign:
+        return campaigns.planned_runs(args, scale)
+    runs = []
+    for folder, config in planned_runs(args, scale):
+        sizes = [args.mid_samples, scale.num_samples] if config["batch_size"] is not None else []
+        if config["part"] == "adam":
+            sizes = []  # Adam's runs measure the plain and preconditioned lambda_1 of every example
+        runs.append((folder, config, {"sample_sizes": sizes, "num_batches": args.num_batches,
+                                      "measure_every": args.measure_every}))
+    return runs
 
 
 def main(argv=None) -> list[dict]:
@@ -237,13 +335,9 @@ def main(argv=None) -> list[dict]:
     print(f"{STUDY}: parts {','.join(args.parts)}; {scale.describe()}; full-batch runs on {args.gd_examples:,} "
           f"examples", flush=True)
     results = []
-    for folder, config in planned_runs(args, scale):
-        sizes = [args.mid_samples, scale.num_samples] if config["batch_size"] is not None else []
-        if config["part"] == "adam":
-            sizes = []  # Adam's runs measure the plain and preconditioned lambda_1 of every example
+    for folder, config, measure in planned(args, scale):
         print(f"{folder}:", flush=True)
-        result = run_one(os.path.join(args.out, folder), scale, config, force=args.force, sample_sizes=sizes,
-                         num_batches=args.num_batches, measure_every=args.measure_every)
+        result = run_one(os.path.join(args.out, folder), scale, config, force=args.force, **measure)
         print(f"{folder}: {result['steps']} steps, {'diverged, ' if result['diverged'] else ''}"
               f"{result['seconds']:.0f} s", flush=True)
         results.append(result)
