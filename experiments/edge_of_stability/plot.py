@@ -21,6 +21,7 @@ import warnings
 import numpy as np
 
 from experiments._cli import markdown_table
+from experiments.edge_of_stability import stationarity
 from experiments.figures import plot_parser, pyplot, save_figure, write_table
 from experiments.results import load_results
 from experiments.scale import Scale
@@ -71,8 +72,8 @@ def thresholds(config: dict) -> dict[str, float]:
     """The stability thresholds that apply to a run's optimizer (by name)."""
     lr, beta = config["lr"], config["momentum"]
     if config["optimizer"] == "adam":
-        beta1 = 0.9  # Keras's default, used by the runs
-        return {"38/eta": (2 + 2 * beta1) / (lr * (1 - beta1)), "2/eta": 2 / lr}
+        beta1 = stationarity.beta1(config)  # Keras's default 0.9 unless the run names another
+        return {f"{(2 + 2 * beta1) / (1 - beta1):g}/eta": (2 + 2 * beta1) / (lr * (1 - beta1)), "2/eta": 2 / lr}
     if beta:
         return {"2(1+b)/eta": 2 * (1 + beta) / lr, "2(1-b)/eta": 2 * (1 - beta) / lr}
     return {"2/eta": 2 / lr}
@@ -377,7 +378,7 @@ def adam_table(groups) -> str:
     rows = []
     for runs in groups.values():
         c = runs[0]["config"]
-        limit = 38 / c["lr"]
+        limit = next(iter(thresholds(c).values()))  # (2 + 2 beta1) / ((1 - beta1) eta): 38/eta at beta1 = 0.9
         pre = [later_half_mean(*curve(r, "lambda_preconditioned")) for r in runs]
         pre_peak = [smoothed_peak(curve(r, "lambda_preconditioned")[1]) for r in runs]
         lam = [later_half_mean(*curve(r, "lambda_full")) for r in runs]
@@ -478,7 +479,8 @@ def main(argv=None) -> str:
 
 
 #: RESULTS.md tables recomputed by ``python -m experiments.verify``.
-TABLES = {"edge_of_stability.paired": lambda: paired_summary_table(COMMITTED_SUMMARY)}
+TABLES = {"edge_of_stability.paired": lambda: paired_summary_table(COMMITTED_SUMMARY),
+          **stationarity.TABLES}  # the campaign's tables, once its runs are kept
 
 
 if __name__ == "__main__":
