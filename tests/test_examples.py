@@ -141,34 +141,59 @@ def write_fake_cifar(directory, n=64):
             pickle.dump(batch, f, protocol=2)
 
 
-def test_resnet_on_cifar_files(tmp_path, monkeypatch):
-    # Real CIFAR-10 batches hold 10,000 images each; the fake ones are smaller, so the
-    # script runs in this process with the reader's size check relaxed.
-    from absl import flags
-
-    sys.path.insert(0, EXAMPLES)
-    from tf_sharpest.data import _cifar as cifar
-
-    import paper_training
-
-    monkeypatch.setattr(cifar, "CIFAR10_BATCH_EXAMPLES", None)
-    write_fake_cifar(str(tmp_path / "data"))
-    if "optim" not in flags.FLAGS:
-        paper_training.define_flags("resnet")
-    save_dir = str(tmp_path / "resnet")
-    argv = ["train_resnet_cifar.py", "cifar10_resnet32_nobn_nodrop", save_dir, f"--data_dir={tmp_path / 'data'}",
+def resnet_argv(save_dir, data_dir):
+    """The ResNet script's command line for a tiny run on the fake CIFAR-10 files in ``data_dir``."""
+    return ["train_resnet_cifar.py", "cifar10_resnet32_nobn_nodrop", str(save_dir), f"--data_dir={data_dir}",
             "--depth=8", "--n_epochs=1", "--batch_size=32", "--lanczos_top_K=1", "--lanczos_top_K_N=32",
             "--lanczos_batch_size=32", "--verbose=0", "--epoch_size=64"]
-    flags.FLAGS.unparse_flags()
-    remaining = flags.FLAGS(argv)
-    try:
-        final = paper_training.run(remaining, "resnet")
-    finally:
-        flags.FLAGS.unparse_flags()
-    assert 0.0 <= final["test_accuracy"] <= 1.0
-    rows = history_rows(save_dir)
+
+
+@pytest.fixture(scope="module")
+def killed_then_tested_resnet_run(tmp_path_factory):
+    """A tiny ResNet run on fake CIFAR-10 files, in this process: killed after fit, while the test set was read,
+    then run again with the same command, which tests it without training it again. What each step left is
+    recorded for the tests; the finished run is shared (only read) by the tests that need one."""
+    import contextlib
+    import io
+
+    from tf_sharpest import data
+    from tf_sharpest.data import _cifar as cifar
+
+    folder = tmp_path_factory.mktemp("resnet")
+    write_fake_cifar(str(folder / "data"))
+    save_dir = str(folder / "run")
+    argv = resnet_argv(save_dir, folder / "data")
+    eval_dataset = data.eval_dataset
+
+    def killed_on_the_test_set(x, y, *args, **kwargs):
+        if len(x) == 64:  # the test split; the validation split has 32 images
+            raise KeyboardInterrupt
+        return eval_dataset(x, y, *args, **kwargs)
+
+    # Real CIFAR-10 batches hold 10,000 images each; the fake ones are smaller, so the script runs in this
+    # process with the reader's size check relaxed.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cifar, "CIFAR10_BATCH_EXAMPLES", None)
+        patch.setattr(data, "eval_dataset", killed_on_the_test_set)
+        with pytest.raises(KeyboardInterrupt):
+            run_in_process(argv)
+        killed = {"epochs": [r["epoch"] for r in history_rows(save_dir)],
+                  "final_json": os.path.exists(os.path.join(save_dir, "final.json"))}
+        patch.setattr(data, "eval_dataset", eval_dataset)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            final = run_in_process(argv)
+    return {"folder": folder, "save_dir": save_dir, "argv": argv, "killed": killed, "final": final,
+            "printed": printed.getvalue()}
+
+
+def test_resnet_on_cifar_files(killed_then_tested_resnet_run):
+    run = killed_then_tested_resnet_run
+    assert 0.0 <= run["final"]["test_accuracy"] <= 1.0
+    assert json.load(open(os.path.join(run["save_dir"], "final.json"))) == run["final"]
+    rows = history_rows(run["save_dir"])
     assert len(rows) == 1
-    check_logged_eigenvalues(save_dir, top_k=1)
+    check_logged_eigenvalues(run["save_dir"], top_k=1)
 
 
 @pytest.mark.needs_fmnist
@@ -416,38 +441,27 @@ def run_in_process(argv):
         flags.FLAGS.unparse_flags()
 
 
-def test_rerunning_a_complete_run_leaves_it_unless_overwrite(tmp_path, monkeypatch, capsys):
-    from tf_sharpest import data
+def test_rerunning_a_complete_run_leaves_it_unless_overwrite(killed_then_tested_resnet_run, tmp_path,
+                                                             monkeypatch, capsys):
+    import shutil
+
     from tf_sharpest.data import _cifar as cifar
 
     monkeypatch.setattr(cifar, "CIFAR10_BATCH_EXAMPLES", None)
-    write_fake_cifar(str(tmp_path / "data"))
-    save_dir = str(tmp_path / "run")
-    argv = ["train_resnet_cifar.py", "cifar10_resnet32_nobn_nodrop", save_dir, f"--data_dir={tmp_path / 'data'}",
-            "--depth=8", "--n_epochs=1", "--batch_size=32", "--lanczos_top_K=1", "--lanczos_top_K_N=32",
-            "--lanczos_batch_size=32", "--verbose=0", "--epoch_size=64"]
-
+    run = killed_then_tested_resnet_run
     # Killed after fit, while the test set was read: the rerun tests it without training it again.
-    eval_dataset = data.eval_dataset
+    assert run["killed"] == {"epochs": ["0"], "final_json": False}
+    final = run["final"]
+    assert "had finished (1 of 1 epochs run); testing the backed-up model" in run["printed"]
+    assert [r["epoch"] for r in history_rows(run["save_dir"])] == ["0"]
+    assert list(np.load(os.path.join(run["save_dir"], "lanczos.npz"))["epoch"]) == [0, 1]
+    assert json.load(open(os.path.join(run["save_dir"], "final.json"))) == final
+    assert not os.path.exists(os.path.join(run["save_dir"], "backup"))
 
-    def killed_on_the_test_set(x, y, *args, **kwargs):
-        if len(x) == 64:  # the test split; the validation split has 32 images
-            raise KeyboardInterrupt
-        return eval_dataset(x, y, *args, **kwargs)
-
-    monkeypatch.setattr(data, "eval_dataset", killed_on_the_test_set)
-    with pytest.raises(KeyboardInterrupt):
-        run_in_process(argv)
-    monkeypatch.setattr(data, "eval_dataset", eval_dataset)
-    assert [r["epoch"] for r in history_rows(save_dir)] == ["0"]
-    assert not os.path.exists(os.path.join(save_dir, "final.json"))
-    final = run_in_process(argv)
-    assert "had finished (1 of 1 epochs run); testing the backed-up model" in capsys.readouterr().out
-    assert [r["epoch"] for r in history_rows(save_dir)] == ["0"]
-    assert list(np.load(os.path.join(save_dir, "lanczos.npz"))["epoch"]) == [0, 1]
-    assert json.load(open(os.path.join(save_dir, "final.json"))) == final
-    assert not os.path.exists(os.path.join(save_dir, "backup"))
-
+    # The rest changes the run: on a copy (its config.json names the shared data, not the folder).
+    save_dir = str(tmp_path / "run")
+    shutil.copytree(run["save_dir"], save_dir)
+    argv = resnet_argv(save_dir, run["folder"] / "data")
     outputs = {name: open(os.path.join(save_dir, name), "rb").read()
                for name in ("history.csv", "lanczos.npz", "final.json", "config.json")}
     result = run_script("train_resnet_cifar.py", *argv[1:], check=False, timeout=60)
