@@ -370,6 +370,10 @@ def run(argv, family: str) -> dict:
     if FLAGS.overwrite:
         _clear_outputs(save_dir)
 
+    # TensorFlow only now: a refused flag or a complete run answers without its seconds of start-up.
+    from cli import import_tensorflow_quietly  # beside this file, as train_*.py put it on sys.path
+
+    import_tensorflow_quietly()  # without CUDA's and absl's start-up lines on stderr
     import keras
 
     from tf_sharpest import data, models
@@ -484,9 +488,6 @@ def main(family: str) -> None:
     define_flags(family)
 
     def train(argv):
-        from cli import import_tensorflow_quietly  # beside this file, as train_*.py put it on sys.path
-
-        import_tensorflow_quietly()  # without CUDA's and absl's start-up lines on stderr
         run(argv, family)  # not returned: app.run would exit with the metrics dict as an error status
 
     app.run(train, flags_parser=parse_flags)
