@@ -527,3 +527,163 @@ def test_nudged_sgd_paired_table_from_committed_tables_by_hand(tmp_path):
                        "+0.0 [+0.0, +0.0], t = nan"]
     half = 12.706204736174707 * np.sqrt(0.02) / np.sqrt(2)  # Student's t, 97.5%, 1 degree of freedom
     assert row[4] == f"-0.100 [{-0.1 - half:+.3f}, {-0.1 + half:+.3f}], t = -1.00"
+
+
+# -- study 5's stationarity campaign (issue 27 item 2) -----------------------------------------------------------
+
+def test_edge_of_stability_stationarity_by_hand():
+    from scipy import stats
+
+    from experiments.edge_of_stability import stationarity
+
+    steps = np.arange(0, 101, 10.0)  # T = 100: later half 50..100, windows [50, 75) = 50, 60, 70 and [75, 100]
+    flat = np.array([0, 0, 0, 0, 0, 10.0, 10.2, 9.8, 10.0, 10.2, 9.8])
+    s = stationarity.stationarity(steps, flat)
+    assert s["window_means"] == pytest.approx((10.0, 10.0)) and s["change"] == pytest.approx(0.0, abs=1e-12)
+    fit = stats.linregress(steps[5:], flat[5:])  # an independent least-squares line of the later half
+    half = stats.t.ppf(0.975, 4) * fit.stderr
+    scale = 50 / 10.0  # drift over T/2 relative to the later-half mean
+    assert s["drift"] == pytest.approx(fit.slope * scale)
+    assert (s["drift_low"], s["drift_high"]) == pytest.approx(((fit.slope - half) * scale, (fit.slope + half) * scale))
+    assert s["n"] == 6 and s["stationary"]
+
+    ramp = steps.copy()  # still rising: window means 60 and 90 (+50%), drift 1 * 50 / 75 = 2/3 exactly
+    s = stationarity.stationarity(steps, ramp)
+    assert s["window_means"] == pytest.approx((60.0, 90.0)) and s["change"] == pytest.approx(0.5)
+    assert s["drift"] == pytest.approx(2 / 3) and s["drift_low"] == pytest.approx(2 / 3)
+    assert not s["stationary"]
+    # A 4% step between the windows passes at 5% and fails at 3%; NaNs (Adam's step 0) are skipped.
+    step_up = np.r_[np.nan, np.ones(7), 1.04, 1.04, 1.04]
+    assert stationarity.stationarity(steps, step_up)["change"] == pytest.approx(0.04)
+    assert not stationarity.stationarity(steps, step_up, tol=0.03)["stationary"]
+    assert not stationarity.stationarity([0, 10, 20], [1.0, 1.0, 1.0])["stationary"]  # one point per window
+
+
+def test_edge_of_stability_inverse_lr_fit_by_hand():
+    from scipy import stats
+
+    from experiments.edge_of_stability import stationarity
+
+    lrs = np.array([0.02, 0.04, 0.08, 0.02, 0.04, 0.08])
+    exact = stationarity.inverse_lr_fit(lrs, 2.0 / lrs)  # lambda_1 = 2/eta exactly: slope 2, intercept 0
+    assert exact["slope"] == pytest.approx(2.0) and exact["intercept"] == pytest.approx(0.0, abs=1e-9)
+    assert exact["slope0"] == pytest.approx(2.0) and exact["slope_high"] - exact["slope_low"] == pytest.approx(0.0,
+                                                                                                              abs=1e-9)
+    noise = np.array([1.0, -2.0, 0.5, -1.0, 2.0, -0.5])
+    values = 2.6 / lrs + 3.0 + noise
+    fit = stationarity.inverse_lr_fit(lrs, values)
+    reference = stats.linregress(1 / lrs, values)
+    q = stats.t.ppf(0.975, 4)
+    assert fit["n"] == 6 and fit["slope"] == pytest.approx(reference.slope)
+    assert (fit["slope_low"], fit["slope_high"]) == pytest.approx((reference.slope - q * reference.stderr,
+                                                                   reference.slope + q * reference.stderr))
+    assert (fit["intercept_low"], fit["intercept_high"]) == pytest.approx(
+        (reference.intercept - q * reference.intercept_stderr, reference.intercept + q * reference.intercept_stderr))
+    x = 1 / lrs  # through the origin: slope0 = sum(xy) / sum(x^2), standard error from n - 1 degrees of freedom
+    slope0 = np.sum(x * values) / np.sum(x * x)
+    half0 = stats.t.ppf(0.975, 5) * np.sqrt(np.sum((values - slope0 * x) ** 2) / 5 / np.sum(x * x))
+    assert (fit["slope0"], fit["slope0_low"], fit["slope0_high"]) == pytest.approx((slope0, slope0 - half0,
+                                                                                     slope0 + half0))
+    assert np.isnan(stationarity.inverse_lr_fit([0.1, 0.1], [20.0, 21.0])["slope"])  # one learning rate: no line
+
+
+def test_edge_of_stability_campaign_tables_from_synthetic_runs(tmp_path):
+    from experiments.edge_of_stability import stationarity
+
+    def write(folder, config, values):
+        steps = np.arange(0, 41, 4.0)  # later half: steps 20..40 (6 points)
+        records = [{"step": s, "epoch": s, "lambda_full": v, "batch_sharpness": v / 2} for s, v in zip(steps, values)]
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "result.json").write_text(json.dumps(
+            {"config": config, "records": records, "steps": 40, "diverged": False, "logs": {}}))
+
+    base = {"part": "sgd", "optimizer": "sgd", "momentum": 0.0, "batch_size": 32, "n_train": 3000}
+    for lr in (0.02, 0.05, 0.1):
+        for seed in (0, 1):
+            write(f"sgd/lr{lr:g}_seed{seed}", {**base, "lr": lr, "seed": seed},
+                  np.r_[np.linspace(1, 2.4 / lr, 5), np.full(6, 2.4 / lr + (0.5 if seed else -0.5))])
+    runs = stationarity.load_runs(str(tmp_path))
+    (lam, sharp) = table_rows(stationarity.fit_table(runs))
+    # lambda_1 later half = 2.4/eta -+ 0.5: slope 2.4 exactly, intercept 0, 6 points; the sharpness half of that.
+    fit = stationarity.inverse_lr_fit([0.02, 0.02, 0.05, 0.05, 0.1, 0.1],
+                                      [120 - 0.5, 120.5, 47.5, 48.5, 23.5, 24.5])
+    assert lam[:4] == ["sgd: sgd, batch 32, 3,000 ex.", "lambda_full", "0.02, 0.05, 0.1", "6"]
+    assert lam[4] == f"2.40 [{fit['slope_low']:.2f}, {fit['slope_high']:.2f}]" and lam[7] == "2 (x1.20)"
+    assert sharp[1] == "batch_sharpness" and sharp[6].startswith("1.20") and lam[8] == sharp[8] == "6/6"
+    rows = table_rows(stationarity.stationarity_table(runs))
+    assert len(rows) == 12 and rows[0][:5] == ["sgd: sgd, batch 32, 3,000 ex.", "0.02", "0", "40", "lambda_full"]
+    assert rows[0][5] == f"{0.02 * 119.5 / 2:.3f} / {0.02 * 119.5 / 2:.3f}" and rows[0][6] == "+0.0%"
+    assert rows[0][8] == "yes"
+
+
+def test_edge_of_stability_campaign_plan_and_default_plan():
+    from experiments.edge_of_stability import campaign, run
+
+    default = run.planned(run.parse_args([]), run.DEFAULT)
+    assert [f for f, _, _ in default][:2] == ["gd/lr0.03_seed0", "gd/lr0.03_seed1"] and len(default) == 33
+    assert all("epochs" not in c and "beta1" not in c for _, c, _ in default)  # the study's runs as before
+    args = run.parse_args(["--campaign", "stationarity"])
+    plan = run.planned(args, run.DEFAULT)
+    by_part = {}
+    for folder, config, measure in plan:
+        by_part.setdefault(config["part"], []).append((folder, config, measure))
+    assert {p: len(v) for p, v in by_part.items()} == {"gd": 6, "sgd": 18, "sgd_data": 12, "momentum": 12,
+                                                       "adam": 12, "eoss": 6}
+    for part, runs in by_part.items():  # every setting at three learning rates
+        settings = {}
+        for _, c, _ in runs:
+            settings.setdefault((c.get("batch_size"), c["n_train"], c.get("beta1")), set()).add(c["lr"])
+        assert all(len(lrs) == 3 for lrs in settings.values()), part
+    # 3,000 steps whatever the batch: 32 epochs of 94 steps at batch 32, 500 of 6 at batch 512, ~40 measurements.
+    sgd = {c["batch_size"]: (c["epochs"], m["measure_every"]) for _, c, m in by_part["sgd"]}
+    assert sgd == {32: (32, 1), 128: (125, 4), 512: (500, 13)}
+    assert campaign.fit_length(3000, 512, 3000, 40) == (500, 13)
+    assert {c["beta1"] for _, c, _ in by_part["adam"]} == {0.9, 0.5}
+    (_, eoss, measure) = by_part["eoss"][0]
+    assert (eoss["model"], eoss["hidden"], eoss["batch_size"], eoss["n_train"]) == ("mlp", 512, 16, 4096)
+    assert measure["num_batches"] == 64
+    with pytest.raises(SystemExit):
+        run.parse_args(["--parts", "eoss"])  # campaign parts need --campaign
+    with pytest.raises(SystemExit):
+        run.parse_args(["--sgd_lrs", "0.05,0.1"])  # the study's parts run one learning rate
+
+
+def test_edge_of_stability_eoss_mlp_and_squared_loss():
+    import keras
+
+    from experiments.edge_of_stability import campaign
+
+    keras.utils.set_random_seed(0)
+    model = campaign.eoss_mlp((28, 28, 1), hidden=512, init_scale=0.2)
+    first = model.layers[1].kernel.numpy()  # 784 x 512
+    assert first.shape == (784, 512) and model.layers[-1].name == "logits"
+    np.testing.assert_allclose(first.std(), 0.2 * np.sqrt(2 / 784), rtol=0.01)  # Kaiming normal (fan in) x 0.2
+    assert not np.any(model.layers[1].bias.numpy())
+    y_pred = np.array([[0.5, -1.0, 2.0], [0.0, 0.0, 0.0]], np.float32)
+    loss = campaign.squared_loss(np.array([2, 0]), y_pred).numpy()
+    np.testing.assert_allclose(loss, [0.25 + 1.0 + 1.0, 1.0])  # sum over classes of (f - onehot)^2
+
+
+@pytest.mark.needs_fmnist
+def test_edge_of_stability_campaign_eoss_smoke_recomputes_its_measurements(tmp_path):
+    from experiments.edge_of_stability import campaign, run
+    from tf_sharpest.analysis import batch_sharpness
+    from tf_sharpest.hessian import top_eigenpairs
+
+    (result,) = run.main(["--campaign", "stationarity", "--smoke", "--parts", "eoss", "--eoss_lrs", "0.01", "--out",
+                          str(tmp_path)])
+    config = result["config"]
+    assert (config["model"], config["loss"], config["batch_size"], config["n_train"]) == ("mlp", "squared", 16, 128)
+    assert result["steps"] == 16 and [m["step"] for m in result["records"]] == [0, 8, 16]  # 2 epochs, each measured
+    x, y = training.load_data(run.SMOKE.__class__(**{**config["scale"], "n_examples": 128}))[0]
+    model = campaign.eoss_mlp(x.shape[1:], config["hidden"], config["init_scale"])
+    model.load_weights(str(tmp_path / "eoss" / "bs16_lr0.01_seed0" / "final.weights.h5"))
+    last = result["records"][-1]
+    # The squared loss's Hessian, independently: lambda_1 to tight tolerance and the same batches drawn again.
+    exact = top_eigenpairs(model, (x, y), k=1, loss=campaign.squared_loss, tol=1e-6).eigenvalues[0]
+    np.testing.assert_allclose(last["lambda_full"], exact, rtol=2e-2)
+    again = batch_sharpness(model, (x, y), batch_size=16, num_batches=4, seed=last["batch_sharpness_seed"],
+                            loss=campaign.squared_loss)
+    np.testing.assert_allclose(last["batch_sharpness"], again.value, rtol=1e-4)
+    pred = model.predict(x, verbose=0)
+    np.testing.assert_allclose(last["train_loss"], np.mean(np.sum((pred - np.eye(10)[y]) ** 2, axis=1)), rtol=1e-4)
