@@ -23,7 +23,9 @@ to be judged stationary (:mod:`experiments.edge_of_stability.stationarity`):
   its relative error is 0.5%. Here: Fashion-MNIST (no CIFAR-10 on this machine),
   4,096 examples, the same MLP, loss and initialisation, batch 16, eta = 0.01,
   0.02 and 0.04, 20,000 steps, the batch sharpness over 64 random batches per
-  measurement (its standard error is logged).
+  measurement (its standard error is logged). ``--eoss_loss cross_entropy``
+  trains the same MLP with study 5's cross-entropy (folders ``eoss/bs16_ce_*``):
+  the control that tells the loss apart from the rest of the setting.
 """
 
 from __future__ import annotations
@@ -145,11 +147,12 @@ def planned_runs(args, scale) -> list[tuple[str, dict, dict]]:
                 for lr in args.eoss_lrs:
                     epochs, every = fit_length(args.eoss_steps, args.eoss_batch_size, args.eoss_examples,
                                                args.measurements)
-                    runs.append((f"eoss/bs{args.eoss_batch_size}_{_name(lr, seed)}",
+                    loss = "" if args.eoss_loss == "squared" else "_ce"  # the control runs beside the others
+                    runs.append((f"eoss/bs{args.eoss_batch_size}{loss}_{_name(lr, seed)}",
                                  {"part": "eoss", "optimizer": "sgd", "lr": lr, "momentum": 0.0, "seed": seed,
                                   "batch_size": args.eoss_batch_size, "n_train": args.eoss_examples, "epochs": epochs,
                                   "model": "mlp", "hidden": args.eoss_hidden, "init_scale": args.eoss_init_scale,
-                                  "loss": "squared"},
+                                  "loss": args.eoss_loss},
                                  {**plain, "num_batches": args.eoss_num_batches, "measure_every": every}))
     order = {part: i for i, part in enumerate(args.parts)}
     return sorted(runs, key=lambda run: (order[run[1]["part"]], run[0]))

@@ -22,6 +22,24 @@ Four parts, each with several seeds, on real Fashion-MNIST:
     python -m experiments.edge_of_stability.run --smoke --out /tmp/s5   # seconds
 
 A finished run (``result.json``) is skipped when rerun; ``--force`` trains it again.
+
+The stationarity campaign (issue 27; ``campaign.py`` lists its runs, ``stationarity.py`` analyses them): every
+part at three learning rates, two seeds, long runs (GD 1,500 steps, full-batch Adam 1,000 at beta1 0.9 and 0.5,
+every mini-batch run 3,000 steps whatever its batch size, about 40 measurements each), SGD also at three
+training-set sizes at batch 128 (``sgd_data``), and ``eoss``, the Edge of Stochastic Stability paper's setting as
+near as this machine allows (MLP 2x512, squared loss, batch 16, 20,000 steps). Its runs go to
+``runs/experiments/edge_of_stability_stationarity``, one folder per run, each skipped once its ``result.json``
+exists, so a campaign spread over sessions loses at most the run it was in:
+
+    python -m experiments.edge_of_stability.run --campaign stationarity --parts gd,adam            # 18 runs
+    python -m experiments.edge_of_stability.run --campaign stationarity --parts sgd,momentum       # 30 runs
+    python -m experiments.edge_of_stability.run --campaign stationarity --parts sgd_data,eoss      # 18 runs
+    python -m experiments.keep_runs edge_of_stability --src runs/experiments/edge_of_stability_stationarity \
+        --dest experiments/edge_of_stability/results/stationarity/runs
+    python -m experiments.edge_of_stability.stationarity --out experiments/edge_of_stability/results/stationarity/runs
+    python -m experiments.edge_of_stability.run --campaign stationarity --smoke --out /tmp/s5c   # every part, tiny
+
+CAMPAIGN_TIME_ESTIMATE
 """
 
 from __future__ import annotations
@@ -87,6 +105,7 @@ FLAG_DEFAULTS = {
     "eoss_hidden": (512, 16),
     "eoss_init_scale": (0.2, 0.2),
     "eoss_num_batches": (64, 4),
+    "eoss_loss": ("squared", "squared"),
 }
 
 #: The campaign's run folders go here (runs/experiments/edge_of_stability_stationarity), apart from the study's.
@@ -128,6 +147,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "eoss_hidden": "units per hidden layer of part eoss's MLP (campaign)",
         "eoss_init_scale": "initial weight scale of part eoss's MLP, times Kaiming normal (campaign)",
         "eoss_num_batches": "random batches per batch-sharpness measurement in part eoss (campaign)",
+        "eoss_loss": "loss of part eoss: 'squared' (the EoSS paper's) or 'cross_entropy' (study 5's, a control)",
     }
     for name, (full, smoke) in FLAG_DEFAULTS.items():
         kind = type(full) if not isinstance(full, str) else str
@@ -170,6 +190,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if unknown:
         extra = " (sgd_data and eoss need --campaign stationarity)" if set(unknown) <= {"sgd_data", "eoss"} else ""
         parser.error(f"unknown parts {unknown}; choose from {','.join(allowed)}{extra}")
+    if args.eoss_loss not in ("squared", "cross_entropy"):
+        parser.error(f"--eoss_loss: 'squared' or 'cross_entropy', got {args.eoss_loss!r}")
     if not args.campaign:
         several = [name for name in ("sgd_lrs", "momentum_lrs", "adam_lrs", "adam_beta1s")
                    if len(getattr(args, name)) > 1]
@@ -229,7 +251,7 @@ def run_one(out_dir: str, scale: Scale, config: dict, *, force: bool, sample_siz
     keras.utils.set_random_seed(config["seed"])  # weights, batch order, samples
     if config.get("model", "simple_cnn") == "mlp":
         model = campaigns.eoss_mlp(x.shape[1:], config["hidden"], config["init_scale"])
-        loss = campaigns.squared_loss
+        loss = campaigns.squared_loss if config["loss"] == "squared" else models.default_loss()
     else:
         model = models.simple_cnn("root", input_shape=x.shape[1:], n_filters=scale.n_filters)
         loss = models.default_loss()

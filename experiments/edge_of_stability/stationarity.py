@@ -181,15 +181,16 @@ def setting(config: dict) -> tuple:
     """What a 1/eta line is fitted over: everything but the learning rate and the seed."""
     return (config["part"], config["optimizer"], config.get("model", "simple_cnn"), config.get("batch_size") or 0,
             float(config.get("momentum", 0.0)), beta1(config) if config["optimizer"] == "adam" else None,
-            int(config["n_train"]))
+            int(config["n_train"]), config.get("loss", "cross_entropy"))
 
 
 def describe_setting(key: tuple) -> str:
-    part, optimizer, model, batch, momentum, b1, n_train = key
+    part, optimizer, model, batch, momentum, b1, n_train, loss = key
     text = f"{part}: {optimizer}" + (f" beta1={b1:g}" if b1 is not None else "")
     text += f" momentum={momentum:g}" if momentum else ""
     text += f", batch {batch or 'full'}, {n_train:,} ex."
-    return text + ("" if model == "simple_cnn" else f", {model}")
+    text += "" if model == "simple_cnn" else f", {model}"
+    return text + ("" if loss == "cross_entropy" else f", {loss} loss")
 
 
 def load_runs(folder: str) -> list[dict]:
