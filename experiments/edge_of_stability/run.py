@@ -46,9 +46,9 @@ part (runs x seeds). GD 0.59 s/step, 15.6 s/measurement: 1,840 s a run, 3.1 h fo
 and 22 s: 940 s a run; batch 512 0.75 s and 34 s: 3,600 s a run; batch 128 interpolated: about 10.1 h for the
 part's 18 runs. Momentum as SGD at batch 32 and 512: 7.6 h for 12. Full-batch Adam 1.09 s and 31 s: 2,350 s a
 run, 7.8 h for 12. ``eoss`` (MLP 2x512, 4,096 examples, batch 16) 0.049 s and 16 s: 1,660 s a run, 2.8 h for 6
-(the cross-entropy control as much again). ``sgd_data`` was not probed: scaled from SGD at batch 128 (the
-measurement in proportion to the training set), about 2,500 s a run on 8,000 examples and 1,400 s on 1,000,
-6.4 h for 12. In all about 38 hours of runs (41 with the control); two processes at a time on the two cores, as
+(the cross-entropy control as much again). ``sgd_data`` on 8,000 examples 0.26 s and 117 s: 3,700 s a run;
+on 1,000 (not probed; the measurement scaled to the training set) about 1,750 s: 9.1 h for 12. In all about 41
+hours of runs (43 with the control); two processes at a time on the two cores, as
 the study's first runs were made, roughly halve the wall time. ``--seeds 0`` halves everything.
 """
 
