@@ -13,9 +13,9 @@ import pytest
 import tensorflow as tf
 
 from tf_sharpest import data
+from tf_sharpest.data import CorruptDataError, DataNotFoundError
 from tf_sharpest.data import _cifar as cifar
 from tf_sharpest.data import _idx as idx
-from tf_sharpest.data import CorruptDataError, DataNotFoundError
 
 # --------------------------------------------------------------------------- the package
 
