@@ -21,16 +21,21 @@ def _zeros_for_none(grads, variables):
     return [tf.zeros(v.shape, tf.as_dtype(v.dtype)) if g is None else g for g, v in zip(grads, variables)]
 
 
+def _forward_jvp(operator, x, vectors):
+    """``(y_pred, J v)`` from one forward pass under a ``ForwardAccumulator`` (no tape)."""
+    primals = [getattr(v, "value", v) for v in operator.variables]
+    with tf.autodiff.ForwardAccumulator(primals, vectors) as forward:
+        y_pred, _ = operator.model_loss.forward(x)
+    return y_pred, forward.jvp(y_pred, unconnected_gradients=ZERO)
+
+
 class TwoPassGGN(GGNOperator):
     """``J v`` in a forward pass with a ``ForwardAccumulator`` and no tape; then a second forward pass, recorded
     and started only once ``H J v`` is known (a control dependency), and its backward pass ``J^T u``."""
 
     def _batch_product(self, batch, vectors):
         x, y, sample_weight = _unpack(batch)
-        primals = [getattr(v, "value", v) for v in self.variables]
-        with tf.autodiff.ForwardAccumulator(primals, vectors) as forward:
-            y_pred, _ = self.model_loss.forward(x)
-        tangent = forward.jvp(y_pred, unconnected_gradients=ZERO)
+        y_pred, tangent = _forward_jvp(self, x, vectors)
         fixed = tf.stop_gradient(y_pred)
         u = tf.stop_gradient(self._output_product(x, y, sample_weight, fixed, tangent))
         with tf.control_dependencies([u]):
@@ -45,10 +50,7 @@ class JVPOnly(GGNOperator):
 
     def _batch_product(self, batch, vectors):
         x, y, sample_weight = _unpack(batch)
-        primals = [getattr(v, "value", v) for v in self.variables]
-        with tf.autodiff.ForwardAccumulator(primals, vectors) as forward:
-            y_pred, _ = self.model_loss.forward(x)
-        tangent = forward.jvp(y_pred, unconnected_gradients=ZERO)
+        y_pred, tangent = _forward_jvp(self, x, vectors)
         total = tf.reduce_sum(tangent) + tf.reduce_sum(y_pred)
         return [tf.zeros(v.shape, tf.as_dtype(v.dtype)) + 0 * total for v in self.variables]
 

@@ -77,15 +77,22 @@ def test_hvp_equals_the_explicit_hessian_under_a_mirrored_strategy(mirrored_stra
         assert_close(operator.matvec(v).numpy(), reference @ v, rtol=1e-8)
 
 
-def test_training_mode_hvp_equals_the_batch_statistics_hessians_under_a_mirrored_strategy(mirrored_strategy):
-    """BatchNorm in training mode: each batch of 6 normalized by its own statistics, one batch per replica."""
+def batchnorm_models_and_data(strategy):
+    """The BatchNorm model on one device and a copy under ``strategy`` (same weights, dropout off so the
+    reference is deterministic), with 12 examples: one batch of 6 per replica."""
     single = batchnorm_dropout_model()
-    single.layers[3].rate = 0.0  # no dropout: the reference is deterministic
-    with mirrored_strategy.scope():
+    single.layers[3].rate = 0.0
+    with strategy.scope():
         mirrored = batchnorm_dropout_model()
         mirrored.layers[3].rate = 0.0
     mirrored.set_weights(single.get_weights())
     x, y = classification_data((5,), n=12, seed=1)
+    return single, mirrored, x, y
+
+
+def test_training_mode_hvp_equals_the_batch_statistics_hessians_under_a_mirrored_strategy(mirrored_strategy):
+    """BatchNorm in training mode: each batch of 6 normalized by its own statistics, one batch per replica."""
+    single, mirrored, x, y = batchnorm_models_and_data(mirrored_strategy)
     operator = HessianOperator(mirrored, (x, y), loss=sparse_ce(), batch_size=6, training=True)
     reference = (explicit_hessian(single, x[:6], y[:6], sparse_ce(), training=True)
                  + explicit_hessian(single, x[6:], y[6:], sparse_ce(), training=True)) / 2
@@ -120,13 +127,7 @@ def test_output_curvature_products_equal_explicit_matrices_in_training_mode_unde
         mirrored_strategy, name):
     """The GGN's and Fisher's product (J v through the recorded backward pass) in float64, BatchNorm on batch
     statistics, one batch of 6 per replica: matvec and matmat against the explicit per-batch matrices."""
-    single = batchnorm_dropout_model()
-    single.layers[3].rate = 0.0  # no dropout: the reference is deterministic
-    with mirrored_strategy.scope():
-        mirrored = batchnorm_dropout_model()
-        mirrored.layers[3].rate = 0.0
-    mirrored.set_weights(single.get_weights())
-    x, y = classification_data((5,), n=12, seed=1)
+    single, mirrored, x, y = batchnorm_models_and_data(mirrored_strategy)
     operator = CURVATURES[name](mirrored, (x, y), loss=sparse_ce(), batch_size=6, training=True)
     assert operator.num_replicas == 2
     reference = (training_mode_batch_matrix(name, single, x[:6], y[:6])
