@@ -296,3 +296,31 @@ def test_overhead_budget_thins_measurements_and_never_stops_training():
         OverheadBudget(max_overhead=0)
     with pytest.raises(ValueError, match="frequency"):
         OverheadBudget(0.1, frequency="daily")
+
+
+def test_lanczos_stderr_under_a_mirrored_strategy_equals_one_device(mirrored_strategy):
+    """Two replicas cannot hand out per-batch parts, so the error bars come from k counted products: the same
+    eigenvalues and standard errors as on one device, two more products."""
+    import keras
+
+    from tf_sharpest.linalg import lanczos
+    from tf_sharpest.operators import HessianOperator
+
+    x = np.random.default_rng(0).standard_normal((48, 6)).astype("float32")
+    y = np.arange(48) % 3
+
+    def build():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3)])
+        model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return model
+
+    single = build()
+    with mirrored_strategy.scope():
+        mirrored = build()
+    mirrored.set_weights(single.get_weights())
+    one = lanczos(HessianOperator(single, (x, y), batch_size=8), k=2, stderr=True, tol=1e-6)
+    two = lanczos(HessianOperator(mirrored, (x, y), batch_size=8), k=2, stderr=True, tol=1e-6)
+    np.testing.assert_allclose(two.eigenvalues, one.eigenvalues, rtol=1e-5)
+    np.testing.assert_allclose(two.stderr, one.stderr, rtol=1e-4)
+    assert np.all(one.stderr > 0) and two.num_matvecs == one.num_matvecs + 2
