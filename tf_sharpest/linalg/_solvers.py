@@ -13,11 +13,11 @@ import dataclasses
 
 import numpy as np
 
-from tf_sharpest.linalg._lanczos import run_lanczos
+from tf_sharpest.linalg._lanczos import GUARD_PAIRS, run_lanczos
 from tf_sharpest.linalg._lobpcg import lobpcg
 from tf_sharpest.linalg._result import EigenResult
 from tf_sharpest.linalg._stderr import BatchProjections, has_batches, sampling_stderr
-from tf_sharpest.utils._checks import positive_float, positive_int
+from tf_sharpest.utils._checks import integer, positive_float, positive_int
 
 __all__ = ["LanczosSolver", "LOBPCGSolver", "SolverResult"]
 
@@ -116,11 +116,19 @@ class LanczosSolver(_Solver):
       relative: whether a numeric ``eigenvalue_tol`` is relative to each eigenvalue.
       stderr_fraction: with ``eigenvalue_tol="sampling"``, the bound asked for
         as a fraction of each eigenvalue's sampling error.
+      guard_pairs: with ``eigenvalue_tol``, how many Ritz pairs beyond the
+        ``k`` wanted must meet the bound too before the solve stops. The bound
+        holds for the eigenvalue a Ritz value is near, which is not the i-th
+        one when an eigenvector has not entered the basis yet (a new sharp
+        direction the warm start barely contains); guards make the basis
+        resolve the spectrum below the k-th eigenvalue first. 0 trusts the
+        bound alone: cheaper, and on a warm start liable to miss an eigenvalue.
     """
 
     eigenvalue_tol: float | str | None = None
     relative: bool = False
     stderr_fraction: float = TOTAL_ERROR_FRACTION
+    guard_pairs: int = GUARD_PAIRS
 
     def __post_init__(self):
         super().__post_init__()
@@ -128,6 +136,7 @@ class LanczosSolver(_Solver):
             object.__setattr__(self, "eigenvalue_tol", positive_float("eigenvalue_tol", self.eigenvalue_tol))
         object.__setattr__(self, "relative", bool(self.relative))
         object.__setattr__(self, "stderr_fraction", positive_float("stderr_fraction", self.stderr_fraction))
+        object.__setattr__(self, "guard_pairs", integer("guard_pairs", self.guard_pairs, low=0))
         if self.relative and self.eigenvalue_tol in (None, "sampling"):
             raise ValueError("relative=True applies to a numeric eigenvalue_tol, e.g. "
                              "LanczosSolver(eigenvalue_tol=1e-3, relative=True).")
@@ -142,14 +151,16 @@ class LanczosSolver(_Solver):
         free = BatchProjections.supports(operator)  # the sampling error from the solver's own products
         result = run_lanczos(operator, k, dim=None, which="largest", tol=self.tol, max_matvecs=self.max_matvecs,
                              max_basis_size=None, initial_vectors=initial_vectors, seed=seed, dtype=None,
-                             verbose=verbose, stop=self._stop(operator, sampled, free), batch_projections=free)
+                             verbose=verbose, stop=self._stop(operator, sampled, free), batch_projections=free,
+                             guard_pairs=self.guard_pairs)
         result = SolverResult(**{f.name: getattr(result, f.name) for f in dataclasses.fields(EigenResult)})
         if self.eigenvalue_tol == "sampling" and result.stderr is None:
-            if sampled.get("at") is None or not np.array_equal(sampled["at"], result.eigenvectors):
+            checked = sampled.get("at")  # the k wanted vectors first, then the guards
+            if checked is None or not np.array_equal(checked[:, :k], result.eigenvectors):
                 before = operator.num_matvecs
                 sampled["stderr"] = sampling_stderr(operator, result)  # the vectors moved since the last check
                 result.num_matvecs += operator.num_matvecs - before
-            result.stderr = sampled["stderr"]
+            result.stderr = np.asarray(sampled["stderr"])[:k]
         return result
 
     def _stop(self, operator, sampled: dict, free: bool):
