@@ -124,6 +124,13 @@ def test_an_eigenvalue_stop_waits_for_a_new_direction_the_warm_start_barely_hold
         assert result.num_matvecs <= 14, result.num_matvecs  # 13 here; the residual rule at tol=1e-3 takes 14
     with pytest.raises(ValueError, match="guard_pairs must be an integer >= 0"):
         lanczos(matrix, 5, eigenvalue_tol=tol, guard_pairs=-1)
+    # Guards beyond half the basis room past k are capped, not waited for until the budget runs out.
+    many = lanczos(matrix, 5, eigenvalue_tol=tol, seed=0, guard_pairs=1000, max_basis_size=12)
+    assert many.converged and many.num_matvecs < 300
+    np.testing.assert_allclose(many.eigenvalues, top[:5], atol=tol)
+    tiny = lanczos(np.diag([3.0, 2.0, 1.0]), 2, eigenvalue_tol=1e-6, guard_pairs=5)
+    assert tiny.converged
+    np.testing.assert_allclose(tiny.eigenvalues, [3.0, 2.0], atol=1e-6)
 
 
 def fewest_matvecs_for(error_target, runs):

@@ -89,7 +89,8 @@ def lanczos(matvec, k: int = 5, *, dim: int | None = None, which: str = "largest
         for the eigenvalue its Ritz value is near, which is not the i-th one
         while an eigenvector is still missing from the basis (likely from a
         warm start that barely contains a new direction); guards make the
-        basis resolve the spectrum below the k-th eigenvalue first.
+        basis resolve the spectrum below the k-th eigenvalue first. At most
+        ``(max_basis_size - k) // 2`` are used (what a thick restart keeps).
       stderr: also give each eigenvalue's standard error due to the sample
         (the result's ``stderr``, :func:`tf_sharpest.linalg.sampling_stderr`),
         for a curvature operator over a sample of several batches. On one
@@ -154,6 +155,8 @@ def run_lanczos(matvec, k: int, *, dim, which, tol, max_matvecs, max_basis_size,
         basis_size = min(n, integer("max_basis_size", max_basis_size, low=min(n, k + 2),
                                     bounds=f">= k + 2 = {k + 2}"))
 
+    # Guards beyond what the basis can hold could never be checked: the stop would wait for the budget.
+    guard_pairs = min(guard_pairs, (basis_size - k) // 2)  # half the room a thick restart keeps beyond k
     rng = np.random.default_rng(seed)
     dtype = operator.dtype
     basis = tf.Variable(tf.zeros([basis_size, n], dtype), trainable=False)
@@ -181,7 +184,7 @@ def run_lanczos(matvec, k: int, *, dim, which, tol, max_matvecs, max_basis_size,
             converged = False
         elif stop is None:
             converged = bool(np.all(residual_norms <= tol * scale))
-        elif size < min(n, k + guard_pairs):
+        elif size < k + guard_pairs:
             converged = False
         else:
             checked = wanted[: k + guard_pairs]
