@@ -324,3 +324,37 @@ def test_lanczos_stderr_under_a_mirrored_strategy_equals_one_device(mirrored_str
     np.testing.assert_allclose(two.eigenvalues, one.eigenvalues, rtol=1e-5)
     np.testing.assert_allclose(two.stderr, one.stderr, rtol=1e-4)
     assert np.all(one.stderr > 0) and two.num_matvecs == one.num_matvecs + 2
+
+
+def test_the_guarded_sampling_stop_under_a_mirrored_strategy_agrees_with_one_device(mirrored_strategy):
+    """The callback's default solver (sampling stop with two guard pairs) where the sampling error costs products
+    (two replicas): its eigenvalues within the asked 0.66 sampling errors of a tight solve, k error bars, the same
+    as one device's, and every product it made counted."""
+    import keras
+
+    from tf_sharpest.linalg import LanczosSolver, lanczos
+    from tf_sharpest.operators import HessianOperator
+
+    x = np.random.default_rng(1).standard_normal((64, 6)).astype("float32")
+    y = np.arange(64) % 3
+
+    def build():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3)])
+        model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return model
+
+    single = build()
+    with mirrored_strategy.scope():
+        mirrored = build()
+    mirrored.set_weights(single.get_weights())
+    tight = lanczos(HessianOperator(single, (x, y), batch_size=8), k=3, stderr=True, tol=1e-8)
+    solver = LanczosSolver(eigenvalue_tol="sampling")
+    one = solver.solve(HessianOperator(single, (x, y), batch_size=8), 3, seed=0)
+    operator = HessianOperator(mirrored, (x, y), batch_size=8)
+    two = solver.solve(operator, 3, seed=0)
+    for result in (one, two):
+        assert result.stderr.shape == (3,)
+        assert np.all(np.abs(result.eigenvalues - tight.eigenvalues) <= 0.66 * tight.stderr + 1e-6)
+        np.testing.assert_allclose(result.stderr, tight.stderr, rtol=1e-2)
+    assert two.num_matvecs == operator.num_matvecs  # the error bars' products are counted
