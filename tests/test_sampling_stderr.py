@@ -298,16 +298,10 @@ def test_overhead_budget_thins_measurements_and_never_stops_training():
         OverheadBudget(0.1, frequency="daily")
 
 
-def test_lanczos_stderr_under_a_mirrored_strategy_equals_one_device(mirrored_strategy):
-    """Two replicas cannot hand out per-batch parts, so the error bars come from k counted products: the same
-    eigenvalues and standard errors as on one device, two more products."""
+def one_device_and_mirrored_mlp(mirrored_strategy):
+    """The same small tanh MLP (6-8-3, compiled with a from-logits cross-entropy) on one device and under the
+    strategy, with equal weights."""
     import keras
-
-    from tf_sharpest.linalg import lanczos
-    from tf_sharpest.operators import HessianOperator
-
-    x = np.random.default_rng(0).standard_normal((48, 6)).astype("float32")
-    y = np.arange(48) % 3
 
     def build():
         keras.utils.set_random_seed(0)
@@ -319,6 +313,19 @@ def test_lanczos_stderr_under_a_mirrored_strategy_equals_one_device(mirrored_str
     with mirrored_strategy.scope():
         mirrored = build()
     mirrored.set_weights(single.get_weights())
+    return single, mirrored
+
+
+def test_lanczos_stderr_under_a_mirrored_strategy_equals_one_device(mirrored_strategy):
+    """Two replicas cannot hand out per-batch parts, so the error bars come from k counted products: the same
+    eigenvalues and standard errors as on one device, two more products."""
+    from tf_sharpest.linalg import lanczos
+    from tf_sharpest.operators import HessianOperator
+
+    x = np.random.default_rng(0).standard_normal((48, 6)).astype("float32")
+    y = np.arange(48) % 3
+
+    single, mirrored = one_device_and_mirrored_mlp(mirrored_strategy)
     one = lanczos(HessianOperator(single, (x, y), batch_size=8), k=2, stderr=True, tol=1e-6)
     two = lanczos(HessianOperator(mirrored, (x, y), batch_size=8), k=2, stderr=True, tol=1e-6)
     np.testing.assert_allclose(two.eigenvalues, one.eigenvalues, rtol=1e-5)
@@ -330,24 +337,13 @@ def test_the_guarded_sampling_stop_under_a_mirrored_strategy_agrees_with_one_dev
     """The callback's default solver (sampling stop with two guard pairs) where the sampling error costs products
     (two replicas): its eigenvalues within the asked 0.66 sampling errors of a tight solve, k error bars, the same
     as one device's, and every product it made counted."""
-    import keras
-
     from tf_sharpest.linalg import LanczosSolver, lanczos
     from tf_sharpest.operators import HessianOperator
 
     x = np.random.default_rng(1).standard_normal((64, 6)).astype("float32")
     y = np.arange(64) % 3
 
-    def build():
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3)])
-        model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        return model
-
-    single = build()
-    with mirrored_strategy.scope():
-        mirrored = build()
-    mirrored.set_weights(single.get_weights())
+    single, mirrored = one_device_and_mirrored_mlp(mirrored_strategy)
     tight = lanczos(HessianOperator(single, (x, y), batch_size=8), k=3, stderr=True, tol=1e-8)
     solver = LanczosSolver(eigenvalue_tol="sampling")
     one = solver.solve(HessianOperator(single, (x, y), batch_size=8), 3, seed=0)
