@@ -131,10 +131,10 @@ def run_lanczos(matvec, k: int, *, dim, which, tol, max_matvecs, max_basis_size,
                 verbose, stop=None, batch_projections: bool = False, guard_pairs: int = 0) -> EigenResult:
     """:func:`lanczos` with its stopping rule as a function.
 
-    ``stop(values [k], bounds [k], vectors, stderr)`` decides, after each
-    step, whether the ``k`` wanted Ritz pairs are good enough (``vectors()``
-    forms their ``[dim, k]`` Ritz vectors, a cost of ``size * dim`` flops but no
-    product; ``stderr()`` their ``[k]`` sampling errors from the per-batch
+    ``stop(values [m], bounds [m], vectors, stderr)`` decides, after each
+    step, whether the ``m = k + guard_pairs`` leading Ritz pairs are good
+    enough (``vectors()`` forms their ``[dim, m]`` Ritz vectors, a cost of
+    ``size * dim`` flops but no product; ``stderr()`` their ``[m]`` sampling errors from the per-batch
     projected matrices, no product, or None without ``batch_projections``);
     ``None`` is the residual rule of ``tol``. ``batch_projections=True``
     collects those matrices during the products (:class:`BatchProjections`: a
@@ -155,8 +155,8 @@ def run_lanczos(matvec, k: int, *, dim, which, tol, max_matvecs, max_basis_size,
         basis_size = min(n, integer("max_basis_size", max_basis_size, low=min(n, k + 2),
                                     bounds=f">= k + 2 = {k + 2}"))
 
-    # Guards beyond what the basis can hold could never be checked: the stop would wait for the budget.
-    guard_pairs = min(guard_pairs, (basis_size - k) // 2)  # half the room a thick restart keeps beyond k
+    # More guards than a thick restart keeps beyond k (half the room) could keep the stop waiting for the budget.
+    guard_pairs = min(guard_pairs, (basis_size - k) // 2)
     rng = np.random.default_rng(seed)
     dtype = operator.dtype
     basis = tf.Variable(tf.zeros([basis_size, n], dtype), trainable=False)
