@@ -95,3 +95,21 @@ def test_verify_detects_a_changed_cell_and_a_missing_table(results, tmp_path):
 
 def test_every_table_in_results_md_matches_the_committed_data():
     assert verify.main([]) == 0
+
+
+def test_collect_skips_a_run_that_has_just_started(tmp_path):
+    """A run with no finished epoch (a header-only history, no measurement log) was copied, and the plot then
+    failed on its missing lanczos.csv; only runs with a finished epoch are collected."""
+    from experiments.paper_scale import collect
+    from experiments.paper_scale.run import RUNS
+
+    first, second = list(RUNS)[:2]
+    done, started = tmp_path / "out" / first, tmp_path / "out" / second
+    done.mkdir(parents=True)
+    started.mkdir(parents=True)
+    (done / "history.csv").write_text("epoch,loss\n0,1.0\n")
+    (done / "lanczos.csv").write_text("epoch,lambda_1\n0,2.0\n")
+    (started / "history.csv").write_text("epoch,loss\n")
+    assert collect.collect(str(tmp_path / "out"), str(tmp_path / "results")) == [first]
+    assert sorted(os.listdir(tmp_path / "results" / first)) == ["history.csv", "lanczos.csv"]
+    assert not (tmp_path / "results" / second).exists()

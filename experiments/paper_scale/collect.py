@@ -20,12 +20,21 @@ RESULTS = os.path.join(ROOT, "experiments", "paper_scale", "results")
 FILES = ("history.csv", "lanczos.csv", "config.json", "final.json")
 
 
+def _has_a_finished_epoch(source: str) -> bool:
+    """Whether the run folder holds a measurement log and at least one epoch's row of history."""
+    history = os.path.join(source, "history.csv")
+    if not (os.path.exists(history) and os.path.exists(os.path.join(source, "lanczos.csv"))):
+        return False
+    with open(history) as f:
+        return sum(1 for line in f if line.strip()) > 1  # the header and a row
+
+
 def collect(out: str = DEFAULT_OUT, results: str = RESULTS) -> list[str]:
     """Copies every run found under ``out``; returns the names of the runs copied."""
     copied = []
     for name in RUNS:
         source = os.path.join(out, name)
-        if not os.path.exists(os.path.join(source, "history.csv")):
+        if not _has_a_finished_epoch(source):  # a run just started has no measurement log to plot yet
             continue
         target = os.path.join(results, name)
         os.makedirs(target, exist_ok=True)
