@@ -22,7 +22,9 @@ same product by double backprop, what the operator ran before), ``ggn``,
 candidates of ``_ggn_variants.py``: ``ggn_forward_mode`` (``J v`` by a
 ``ForwardAccumulator`` inside the backward tape, what ``GGNOperator`` ran
 before), ``ggn_two_pass`` (``J v`` in a tape-free forward-mode pass, then a
-second recorded forward pass) and ``jvp_only`` (that forward-mode pass alone).
+second recorded forward pass) and ``jvp_only`` (that forward-mode pass alone); and the Hessian block
+candidates of ``_block_variants.py``: ``block5_serial`` (one column in flight instead of 10) and
+``block5_columns`` (5 forward-over-reverse matvecs, sharing nothing).
 Each child also reports ``before_mb``: what the first call left resident.
 Repeats are interleaved (every computation once per repeat, in turn); tables
 give medians.
@@ -44,7 +46,7 @@ from _common import machine, markdown_table, median, positive_int
 
 COMPUTATIONS = ["gradient", "hvp", "hvp_reverse", "ggn", "empirical_fisher", "block5", "hvp_micro64"]
 #: Candidate GGN products and diagnostics (benchmarks/_ggn_variants.py), measured on request (--computations).
-CANDIDATES = ["ggn_forward_mode", "ggn_two_pass", "jvp_only", "ggn_value_seed"]
+CANDIDATES = ["ggn_forward_mode", "ggn_two_pass", "jvp_only", "ggn_value_seed", "block5_serial", "block5_columns"]
 NETWORKS = {"root": "SimpleCNN-root", "medium": "SimpleCNN-medium", "resnet32": "ResNet-32"}
 
 
@@ -76,6 +78,7 @@ def computation(name: str, model, x, y, batch_size: int):
     import numpy as np
     import tensorflow as tf
     from _double_backprop import ReverseOverReverseHessian
+    from _block_variants import ColumnByColumnHessian, SerialBlockHessian
     from _ggn_variants import ForwardModeGGN, JVPOnly, TwoPassGGN, ValueSeedGGN
 
     from tf_sharpest import models
@@ -90,10 +93,10 @@ def computation(name: str, model, x, y, batch_size: int):
     kinds = {"hvp": HessianOperator, "hvp_reverse": ReverseOverReverseHessian, "ggn": GGNOperator,
              "empirical_fisher": EmpiricalFisherOperator, "block5": HessianOperator, "hvp_micro64": HessianOperator,
              "ggn_two_pass": TwoPassGGN, "ggn_forward_mode": ForwardModeGGN, "ggn_value_seed": ValueSeedGGN,
-             "jvp_only": JVPOnly}
+             "jvp_only": JVPOnly, "block5_serial": SerialBlockHessian, "block5_columns": ColumnByColumnHessian}
     options = {"micro_batch_size": 64} if name == "hvp_micro64" else {}
     operator = kinds[name](model, data, loss=loss, batch_size=batch_size, **options)
-    if name == "block5":
+    if name.startswith("block5"):
         block = tf.constant(rng.standard_normal((operator.dim, 5)).astype("float32"))
         return lambda: operator.matmat(block).numpy()
     vector = tf.constant(rng.standard_normal(operator.dim).astype("float32"))

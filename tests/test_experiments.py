@@ -616,6 +616,19 @@ def test_edge_of_stability_campaign_tables_from_synthetic_runs(tmp_path):
     assert rows[0][8] == "yes"
 
 
+def test_the_eoss_settings_name_their_loss_so_the_control_reads_as_one():
+    from experiments.edge_of_stability import stationarity
+
+    eoss = {"part": "eoss", "optimizer": "sgd", "model": "mlp", "batch_size": 16, "n_train": 4096, "lr": 0.01}
+    describe = stationarity.describe_setting
+    assert describe(stationarity.setting({**eoss, "loss": "squared"})) == \
+        "eoss: sgd, batch 16, 4,096 ex., mlp, squared loss"
+    assert describe(stationarity.setting({**eoss, "loss": "cross_entropy"})) == \
+        "eoss: sgd, batch 16, 4,096 ex., mlp, cross-entropy"
+    sgd = {"part": "sgd", "optimizer": "sgd", "batch_size": 128, "n_train": 3000, "lr": 0.05}
+    assert describe(stationarity.setting(sgd)) == "sgd: sgd, batch 128, 3,000 ex."  # study 5's own loss: unnamed
+
+
 def test_edge_of_stability_campaign_plan_and_default_plan():
     from experiments.edge_of_stability import campaign, run
 

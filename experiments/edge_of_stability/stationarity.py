@@ -190,7 +190,10 @@ def describe_setting(key: tuple) -> str:
     text += f" momentum={momentum:g}" if momentum else ""
     text += f", batch {batch or 'full'}, {n_train:,} ex."
     text += "" if model == "simple_cnn" else f", {model}"
-    return text + ("" if loss == "cross_entropy" else f", {loss} loss")
+    # The eoss part runs the same MLP with either loss: name the loss there, so its control reads as such.
+    if loss != "cross_entropy":
+        return text + f", {loss} loss"
+    return text + (", cross-entropy" if part == "eoss" else "")
 
 
 def load_runs(folder: str) -> list[dict]:
