@@ -1,44 +1,24 @@
-"""Candidate Hessian block products measured beside ``HessianOperator.matmat`` in memory_cost.py (issue 25).
+"""Candidate Hessian block products measured beside ``HessianOperator.matmat`` in memory_cost.py and hvp_cost.py.
 
-Each is ``HessianOperator`` with its per-batch block product (the documented extension point) changed; all
-compute the same ``H V``, only how many columns are in flight, and what is kept for them, differ.
+All compute the same ``H V`` (issue 25); only how many columns run at once through the recorded first backward
+pass, or whether the columns share it at all, differ.
 """
 
 from __future__ import annotations
 
-import tensorflow as tf
-
 from tf_sharpest.operators import HessianOperator
-from tf_sharpest.operators._autodiff import gradients
-
-
-def _recorded_gradient_columns(operator, batch, parallel_iterations):
-    with tf.GradientTape(persistent=True) as outer:
-        with tf.GradientTape() as inner:
-            loss = operator.objective.batch_loss(batch)
-        grads = gradients(inner, loss, operator.variables)
-
-    def column(vector):
-        parts = operator.layout.unflatten(vector)
-        return operator.layout.flatten(gradients(outer, grads, operator.variables, output_gradients=parts))
-
-    return column, parallel_iterations
 
 
 class BlockHessianInFlight(HessianOperator):
-    """The block product with ``parallel_iterations`` columns in flight (the operator's constant by default)."""
+    """The block product with 10 columns in flight (``tf.map_fn``'s ``parallel_iterations``)."""
 
-    parallel_iterations = 10
-
-    def _batch_block_product(self, batch, rows):
-        column, parallel = _recorded_gradient_columns(self, batch, self.parallel_iterations)
-        return tf.map_fn(column, rows, parallel_iterations=parallel)
+    block_parallel_iterations = 10
 
 
-class SerialBlockHessian(BlockHessianInFlight):
-    """One column at a time through the recorded first backward pass (``parallel_iterations=1``)."""
+class SerialBlockHessian(HessianOperator):
+    """The block product one column at a time through the recorded first backward pass."""
 
-    parallel_iterations = 1
+    block_parallel_iterations = 1
 
 
 class ColumnByColumnHessian(HessianOperator):

@@ -77,8 +77,8 @@ def computation(name: str, model, x, y, batch_size: int):
     """A zero-argument callable running ``name`` once and waiting for its result."""
     import numpy as np
     import tensorflow as tf
-    from _double_backprop import ReverseOverReverseHessian
     from _block_variants import ColumnByColumnHessian, SerialBlockHessian
+    from _double_backprop import ReverseOverReverseHessian
     from _ggn_variants import ForwardModeGGN, JVPOnly, TwoPassGGN, ValueSeedGGN
 
     from tf_sharpest import models

@@ -7,9 +7,6 @@ import tensorflow as tf
 from tf_sharpest.operators._autodiff import gradients
 from tf_sharpest.operators._curvature import CurvatureOperator
 
-#: Columns of a block product in flight at once (``tf.map_fn``'s ``parallel_iterations``).
-BLOCK_PARALLEL_ITERATIONS = 10
-
 
 class HessianOperator(CurvatureOperator):
     """The Hessian of the mean training loss over ``data`` w.r.t. the model's trainable variables.
@@ -55,6 +52,9 @@ class HessianOperator(CurvatureOperator):
         loss, a variable not in the model, or a non-finite loss (naming the batch).
     """
 
+    #: Columns of a block product in flight at once (``tf.map_fn``'s ``parallel_iterations``).
+    block_parallel_iterations = 10
+
     def _batch_product(self, batch, vectors):
         # Forward-over-reverse: H v is the directional derivative of the gradient along v, carried
         # forward through the one backward pass (a ForwardAccumulator around the gradient tape).
@@ -82,4 +82,4 @@ class HessianOperator(CurvatureOperator):
 
         # Iterations run concurrently (map_fn's default): a column's small ops fill the cores
         # while another's convolutions run.
-        return tf.map_fn(column, rows, parallel_iterations=BLOCK_PARALLEL_ITERATIONS)
+        return tf.map_fn(column, rows, parallel_iterations=self.block_parallel_iterations)
