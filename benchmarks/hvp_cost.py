@@ -10,8 +10,8 @@ Part 2: matvecs that ``tf_sharpest.linalg.lanczos`` and scipy's
 on the same Hessian operator.
 Part 3: the Hessian's block product ``matmat`` on ``K`` vectors (one forward
 and first backward pass per batch, shared) against ``K`` separate matvecs, on
-the same batch, side by side (medians over interleaved repeats); and the block product with 10 columns in
-flight against one at a time (``_block_variants.py``).
+the same batch, side by side (medians over interleaved repeats); and the block product with one column in
+flight (the operator's) against ten (``_block_variants.py``, the operator before issue 25).
 
     python benchmarks/hvp_cost.py                  # all parts
     python benchmarks/hvp_cost.py --skip_eigsh     # ratios and block products
@@ -25,7 +25,7 @@ import argparse
 
 import numpy as np
 import tensorflow as tf
-from _block_variants import BlockHessianInFlight, SerialBlockHessian
+from _block_variants import BlockHessianInFlight
 from _double_backprop import ReverseOverReverseHessian
 
 from tf_sharpest import models
@@ -81,14 +81,12 @@ def block_cost(preset, batch_size, block_sizes, repeats, seed=0, input_shape=Non
     model, x, y, rng = random_batch(preset, batch_size, seed, input_shape)
     operator = HessianOperator(model, (x, y), loss=models.default_loss(), batch_size=batch_size)
     in_flight = BlockHessianInFlight(model, (x, y), loss=models.default_loss(), batch_size=batch_size)
-    serial = SerialBlockHessian(model, (x, y), loss=models.default_loss(), batch_size=batch_size)
     calls = {}
     for k in block_sizes:
         block = tf.constant(rng.standard_normal((operator.dim, k)).astype("float32"))
         columns = [block[:, j] for j in range(k)]
         calls[("matmat", k)] = lambda block=block: operator.matmat(block)
         calls[("in_flight", k)] = lambda block=block: in_flight.matmat(block)
-        calls[("serial", k)] = lambda block=block: serial.matmat(block)
         calls[("matvecs", k)] = lambda columns=columns: [operator.matvec(c) for c in columns]
     return model.count_params(), interleaved_medians(calls, repeats)
 
@@ -184,7 +182,7 @@ def main():
         rows = []
         for k in args.block_sizes:
             block, separate = t[("matmat", k)], t[("matvecs", k)]
-            in_flight, serial = t[("in_flight", k)], t[("serial", k)]
+            in_flight, serial = t[("in_flight", k)], block
             rows.append([k, f"{block * 1e3:.0f}", f"{separate * 1e3:.0f}", f"{block / separate:.2f}",
                          f"{block / k * 1e3:.0f}", f"{block / k / one:.2f}" if one else "-",
                          f"{in_flight * 1e3:.0f}", f"{serial * 1e3:.0f}", f"{serial / in_flight:.2f}"])

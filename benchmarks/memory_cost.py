@@ -23,8 +23,9 @@ candidates of ``_ggn_variants.py``: ``ggn_forward_mode`` (``J v`` by a
 ``ForwardAccumulator`` inside the backward tape, what ``GGNOperator`` ran
 before), ``ggn_two_pass`` (``J v`` in a tape-free forward-mode pass, then a
 second recorded forward pass) and ``jvp_only`` (that forward-mode pass alone); and the Hessian block
-candidates of ``_block_variants.py``: ``block5_serial`` (one column in flight instead of 10) and
-``block5_columns`` (5 forward-over-reverse matvecs, sharing nothing).
+candidates of ``_block_variants.py``: ``block5_in_flight10`` (10 columns in flight, as before issue 25; the
+operator now runs one at a time), ``block5_columns`` (5 forward-over-reverse matvecs, sharing nothing), and
+the GGN's block product ``ggn_block5`` (``GGNOperator.matmat``) beside ``ggn_block5_in_flight10``.
 Each child also reports ``before_mb``: what the first call left resident.
 Repeats are interleaved (every computation once per repeat, in turn); tables
 give medians.
@@ -46,7 +47,8 @@ from _common import machine, markdown_table, median, positive_int
 
 COMPUTATIONS = ["gradient", "hvp", "hvp_reverse", "ggn", "empirical_fisher", "block5", "hvp_micro64"]
 #: Candidate GGN products and diagnostics (benchmarks/_ggn_variants.py), measured on request (--computations).
-CANDIDATES = ["ggn_forward_mode", "ggn_two_pass", "jvp_only", "ggn_value_seed", "block5_serial", "block5_columns"]
+CANDIDATES = ["ggn_forward_mode", "ggn_two_pass", "jvp_only", "ggn_value_seed", "block5_in_flight10", "block5_columns",
+              "ggn_block5", "ggn_block5_in_flight10"]
 NETWORKS = {"root": "SimpleCNN-root", "medium": "SimpleCNN-medium", "resnet32": "ResNet-32"}
 
 
@@ -77,7 +79,7 @@ def computation(name: str, model, x, y, batch_size: int):
     """A zero-argument callable running ``name`` once and waiting for its result."""
     import numpy as np
     import tensorflow as tf
-    from _block_variants import ColumnByColumnHessian, SerialBlockHessian
+    from _block_variants import BlockGGNInFlight, BlockHessianInFlight, ColumnByColumnHessian
     from _double_backprop import ReverseOverReverseHessian
     from _ggn_variants import ForwardModeGGN, JVPOnly, TwoPassGGN, ValueSeedGGN
 
@@ -93,10 +95,12 @@ def computation(name: str, model, x, y, batch_size: int):
     kinds = {"hvp": HessianOperator, "hvp_reverse": ReverseOverReverseHessian, "ggn": GGNOperator,
              "empirical_fisher": EmpiricalFisherOperator, "block5": HessianOperator, "hvp_micro64": HessianOperator,
              "ggn_two_pass": TwoPassGGN, "ggn_forward_mode": ForwardModeGGN, "ggn_value_seed": ValueSeedGGN,
-             "jvp_only": JVPOnly, "block5_serial": SerialBlockHessian, "block5_columns": ColumnByColumnHessian}
+             "jvp_only": JVPOnly, "block5_in_flight10": BlockHessianInFlight,
+             "block5_columns": ColumnByColumnHessian, "ggn_block5": GGNOperator,
+             "ggn_block5_in_flight10": BlockGGNInFlight}
     options = {"micro_batch_size": 64} if name == "hvp_micro64" else {}
     operator = kinds[name](model, data, loss=loss, batch_size=batch_size, **options)
-    if name.startswith("block5"):
+    if "block5" in name:
         block = tf.constant(rng.standard_normal((operator.dim, 5)).astype("float32"))
         return lambda: operator.matmat(block).numpy()
     vector = tf.constant(rng.standard_normal(operator.dim).astype("float32"))

@@ -300,6 +300,14 @@ class CurvatureOperator(LinearOperator):
     #: Whether the class defines ``_batch_block_product`` (set for each subclass as it is defined).
     has_block_product = False
 
+    #: Columns of a block product in flight at once, where the block product maps one column at a time
+    #: over a batch's recorded passes (``tf.map_fn``'s ``parallel_iterations``). One column at a time took
+    #: the same time as ten on CPU and held 25% less memory for the Hessian's (3.2x a gradient against
+    #: 4.2x on SimpleCNN-root, batch 256; ``benchmarks/RESULTS.md``, issue 25): each column's second
+    #: backward pass already fills the cores. A subclass (or an instance) may set more for a device
+    #: with memory to spare.
+    block_parallel_iterations = 1
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         cls.has_block_product = callable(getattr(cls, "_batch_block_product", None))

@@ -52,9 +52,6 @@ class HessianOperator(CurvatureOperator):
         loss, a variable not in the model, or a non-finite loss (naming the batch).
     """
 
-    #: Columns of a block product in flight at once (``tf.map_fn``'s ``parallel_iterations``).
-    block_parallel_iterations = 10
-
     def _batch_product(self, batch, vectors):
         # Forward-over-reverse: H v is the directional derivative of the gradient along v, carried
         # forward through the one backward pass (a ForwardAccumulator around the gradient tape).
@@ -80,6 +77,4 @@ class HessianOperator(CurvatureOperator):
             parts = self.layout.unflatten(vector)
             return self.layout.flatten(gradients(outer, grads, self.variables, output_gradients=parts))
 
-        # Iterations run concurrently (map_fn's default): a column's small ops fill the cores
-        # while another's convolutions run.
         return tf.map_fn(column, rows, parallel_iterations=self.block_parallel_iterations)

@@ -37,9 +37,6 @@ from tf_sharpest.operators._model_loss import unpack
 
 ZERO = tf.UnconnectedGradients.ZERO
 
-#: Columns of a block product in flight at once (``tf.map_fn``'s ``parallel_iterations``).
-BLOCK_PARALLEL_ITERATIONS = 10
-
 
 class OutputCurvatureOperator(CurvatureOperator):
     """Base of ``(1/N) sum_i J_i^T M_i J_i`` operators (plus the regularizer's Hessian).
@@ -54,7 +51,7 @@ class OutputCurvatureOperator(CurvatureOperator):
     def _batch_block_product(self, batch, rows):
         column = self._recorded_batch(batch)
         return tf.map_fn(lambda vector: self.layout.flatten(column(self.layout.unflatten(vector))), rows,
-                         parallel_iterations=BLOCK_PARALLEL_ITERATIONS)
+                         parallel_iterations=self.block_parallel_iterations)
 
     def _recorded_batch(self, batch):
         """One batch's forward pass, recorded once; returns ``column(parts) -> (J^T M J + H_R) v`` per variable.
