@@ -23,8 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_MD = os.path.join(ROOT, "experiments", "RESULTS.md")
 
 #: Study modules with a ``TABLES`` mapping.
-STUDIES = ("experiments.paper_scale.tables", "experiments.sgd_step.plot", "experiments.edge_of_stability.plot",
-           "experiments.nudged_sgd.plot")
+STUDIES = ("experiments.paper_scale.tables", "experiments.spectrum_shape.plot", "experiments.sgd_step.plot",
+           "experiments.edge_of_stability.plot", "experiments.nudged_sgd.plot")
 
 MARKER = re.compile(r"^<!-- verify: ([\w.\-]+) -->\s*$")
 
