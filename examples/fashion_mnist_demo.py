@@ -10,7 +10,7 @@ examples as the first Lanczos measurement), and density.png shows both
 densities on a log scale, as PyHessian plots them; landscape.png shows each
 run's loss along its final top eigenvector with the 2/eta parabola.
 
-    python examples/fashion_mnist_demo.py                 # about 10 minutes on 2 idle CPU cores (32 shared with three other jobs)
+    python examples/fashion_mnist_demo.py                 # about 10 minutes on 2 idle cores, 32 shared
     python examples/fashion_mnist_demo.py --epochs 3 --n_examples 2000   # quicker
 """
 
