@@ -304,8 +304,8 @@ class CurvatureOperator(LinearOperator):
     #: over a batch's recorded passes (``tf.map_fn``'s ``parallel_iterations``). One column at a time took
     #: the same time as ten on CPU and held 25% less memory for the Hessian's (3.2x a gradient against
     #: 4.2x on SimpleCNN-root, batch 256; ``benchmarks/RESULTS.md``, issue 25): each column's second
-    #: backward pass already fills the cores. A subclass (or an instance) may set more for a device
-    #: with memory to spare.
+    #: backward pass already fills the cores. A subclass (or an instance, before its first block
+    #: product: the per-batch graph is traced once) may set more for a device with memory to spare.
     block_parallel_iterations = 1
 
     def __init_subclass__(cls, **kwargs):
