@@ -29,9 +29,14 @@ from experiments.scale import Scale
 
 STUDY = "nudged_sgd"
 
-#: The study's committed tables (its runs were not kept): the per-seed values the paired table is computed from.
+#: The study's committed tables: the per-seed values the paired table is computed from (the first runs were not kept).
 COMMITTED_TABLES = {"": os.path.join(figures.default_figures(STUDY), "table.md"),
                     ", augmented": os.path.join(figures.default_figures(STUDY), "augmented", "table.md")}
+
+#: Where ``python -m experiments.keep_runs`` puts the rerun's raw runs, per setting; ``verify`` recomputes the
+#: study's tables from them once they are there.
+KEPT_RUNS = {"": os.path.join(figures.default_figures(STUDY), "runs"),
+             ", augmented": os.path.join(figures.default_figures(STUDY), "augmented", "runs")}
 
 
 def table_row(result: dict, early_epoch: int) -> dict:
@@ -202,6 +207,31 @@ def by_gamma(results: list[dict]) -> dict[float, list[dict]]:
     return {gamma: runs for (gamma,), runs in by_setting(results, "gamma").items()}
 
 
+def run_table(groups: dict, early_epoch: int) -> str:
+    """The paper-style table: per gamma the mean over seeds with each seed's value, and later-half spreads."""
+    first = next(iter(groups.values()))[0]
+    columns = (("test_at_best_val", ".4f"), ("val_best", ".4f"), ("val_final", ".4f"), ("val_early", ".4f"),
+               ("train_loss", ".4f"), ("lambda_1", ".1f"), ("hk_norm", ".1f"), ("distance", ".2f"))
+    rows = []
+    for gamma, runs in groups.items():
+        entries = [table_row(r, early_epoch) for r in runs]
+        rows.append([f"{gamma:g}", len(runs)]
+                    + [statistics.mean_and_runs([e[key] for e in entries], fmt) for key, fmt in columns]
+                    + [statistics.spread([e["lambda_1_later_half"] for e in entries]),
+                       statistics.spread([e["hk_norm_later_half"] for e in entries]),
+                       statistics.spread([e["train_loss_later_half"] for e in entries], ".4f")])
+    return markdown_table(
+        ["gamma", "seeds", "test acc. at best-val epoch", "best val. acc.", "final val. acc.",
+         f"val. acc. after epoch {early_epoch}",
+         f"final train loss ({first['final']['train_eval_examples']:,} ex.)", "final lambda_1", "final ||H_K||",
+         "distance from init", "lambda_1 later half", "||H_K|| later half", "train loss later half"], rows)
+
+
+def study_tables(groups: dict, early_epoch: int = 2) -> list[str]:
+    """The study's three tables: per gamma; seeds ahead of SGD; paired differences from SGD (with matched loss)."""
+    return [run_table(groups, early_epoch), against_sgd(groups, early_epoch), paired_against_sgd(groups, early_epoch)]
+
+
 def main(argv=None) -> str:
     parser = figures.plot_parser(__doc__, STUDY)
     parser.add_argument("--early_epoch", type=int, default=2, help="epoch of the early validation accuracy")
@@ -213,29 +243,23 @@ def main(argv=None) -> str:
     path = os.path.join(args.figures, "nudged_sgd.png")
     figures.save_figure(fig, path, f"Eigenvalues at the start of each epoch and after the last. {scale.describe()}"
                         f"{', augmented' if first['config'].get('augment') else ''}.")
-    columns = (("test_at_best_val", ".4f"), ("val_best", ".4f"), ("val_final", ".4f"), ("val_early", ".4f"),
-               ("train_loss", ".4f"), ("lambda_1", ".1f"), ("hk_norm", ".1f"), ("distance", ".2f"))
-    rows = []
-    for gamma, runs in groups.items():
-        entries = [table_row(r, args.early_epoch) for r in runs]
-        rows.append([f"{gamma:g}", len(runs)]
-                    + [statistics.mean_and_runs([e[key] for e in entries], fmt) for key, fmt in columns]
-                    + [statistics.spread([e["lambda_1_later_half"] for e in entries]),
-                       statistics.spread([e["hk_norm_later_half"] for e in entries]),
-                       statistics.spread([e["train_loss_later_half"] for e in entries], ".4f")])
-    table = markdown_table(
-        ["gamma", "seeds", "test acc. at best-val epoch", "best val. acc.", "final val. acc.",
-         f"val. acc. after epoch {args.early_epoch}",
-         f"final train loss ({first['final']['train_eval_examples']:,} ex.)", "final lambda_1", "final ||H_K||",
-         "distance from init", "lambda_1 later half", "||H_K|| later half", "train loss later half"], rows)
-    return figures.write_table("\n\n".join(filter(None, [table, against_sgd(groups, args.early_epoch),
-                                                        paired_against_sgd(groups, args.early_epoch)])),
-                               args.figures, path)
+    return figures.write_table("\n\n".join(filter(None, study_tables(groups, args.early_epoch))), args.figures, path)
 
+
+def _kept_tables(folder: str, suffix: str) -> dict:
+    """``verify`` entries for the kept runs under ``folder`` (none until they are kept)."""
+    if not os.path.isdir(folder):
+        return {}
+
+    def table(index: int):
+        return lambda: study_tables(by_gamma(load_results(folder)))[index]
+
+    return {f"nudged_sgd.{name}{suffix}": table(i) for i, name in enumerate(("runs", "ahead", "pairs"))}
 
 
 #: RESULTS.md tables recomputed by ``python -m experiments.verify``.
-TABLES = {"nudged_sgd.paired": lambda: paired_from_tables(COMMITTED_TABLES)}
+TABLES = {"nudged_sgd.paired": lambda: paired_from_tables(COMMITTED_TABLES),
+          **_kept_tables(KEPT_RUNS[""], ""), **_kept_tables(KEPT_RUNS[", augmented"], ".augmented")}
 
 
 if __name__ == "__main__":
