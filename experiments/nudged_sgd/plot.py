@@ -258,7 +258,10 @@ def _kept_tables(folder: str, suffix: str) -> dict:
 
 
 #: RESULTS.md tables recomputed by ``python -m experiments.verify``.
-TABLES = {"nudged_sgd.paired": lambda: paired_from_tables(COMMITTED_TABLES),
+#: Settings whose runs are not kept: their paired table comes from the per-seed values of the committed tables.
+_NOT_KEPT = {label: path for label, path in COMMITTED_TABLES.items() if not os.path.isdir(KEPT_RUNS[label])}
+
+TABLES = {**({"nudged_sgd.paired": lambda: paired_from_tables(_NOT_KEPT)} if _NOT_KEPT else {}),
           **_kept_tables(KEPT_RUNS[""], ""), **_kept_tables(KEPT_RUNS[", augmented"], ".augmented")}
 
 
