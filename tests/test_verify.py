@@ -113,3 +113,17 @@ def test_collect_skips_a_run_that_has_just_started(tmp_path):
     assert collect.collect(str(tmp_path / "out"), str(tmp_path / "results")) == [first]
     assert sorted(os.listdir(tmp_path / "results" / first)) == ["history.csv", "lanczos.csv"]
     assert not (tmp_path / "results" / second).exists()
+
+
+def test_no_paragraph_of_the_results_pages_appears_twice():
+    """The tables are recomputed by verify, the prose around them is not: a slip in an edit once copied a whole
+    section of experiments/RESULTS.md (study 2's augmented part and study 3's old text) a second time."""
+    import collections
+    import re
+
+    root = os.path.dirname(verify.RESULTS_MD)
+    for path in (verify.RESULTS_MD, os.path.join(os.path.dirname(root), "benchmarks", "RESULTS.md")):
+        with open(path, encoding="utf-8") as f:
+            blocks = [b.strip() for b in re.split(r"\n\s*\n", f.read())]
+        counts = collections.Counter(b for b in blocks if len(b) >= 200 and not b.startswith("|"))
+        assert [b[:80] for b, n in counts.items() if n > 1] == [], path
