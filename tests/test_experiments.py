@@ -519,22 +519,6 @@ def test_edge_of_stability_paired_table_from_a_summary_by_hand(tmp_path):
     assert row[7:] == ["2/eta = 40", f"1.05 [{1.05 - ratio_half:.2f}, {1.05 + ratio_half:.2f}]"]
 
 
-def test_nudged_sgd_paired_table_from_committed_tables_by_hand(tmp_path):
-    from experiments.nudged_sgd import plot
-
-    header = ("| gamma | seeds | test acc. at best-val epoch | best val. acc. | final val. acc. | final train loss "
-              "(8,000 ex.) |\n|---|---|---|---|---|---|\n")
-    rows = ("| 0.1 | 2 | 0.75 (0.76 / 0.74) | 0.8 (0.8 / 0.8) | 0.7 (0.7 / 0.7) | 0.5 (0.4 / 0.6) |\n"
-            "| 1 | 2 | 0.72 (0.73 / 0.71) | 0.7 (0.7 / 0.7) | 0.7 (0.7 / 0.7) | 0.6 (0.6 / 0.6) |\n")
-    (tmp_path / "table.md").write_text(header + rows + "\n| gamma, seeds where ... |\n|---|\n| 0.1 |\n")
-    (row,) = table_rows(plot.paired_from_tables({", test": str(tmp_path / "table.md")}))
-    # Differences +3, +3 points (sd 0: t infinite, interval a point); +10, +10; 0, 0 (no t); -0.2 and 0.0.
-    assert row[:4] == ["0.1, test", "+3.0 [+3.0, +3.0], t = inf", "+10.0 [+10.0, +10.0], t = inf",
-                       "+0.0 [+0.0, +0.0], t = nan"]
-    half = 12.706204736174707 * np.sqrt(0.02) / np.sqrt(2)  # Student's t, 97.5%, 1 degree of freedom
-    assert row[4] == f"-0.100 [{-0.1 - half:+.3f}, {-0.1 + half:+.3f}], t = -1.00"
-
-
 # -- study 5's stationarity campaign (issue 27 item 2) -----------------------------------------------------------
 
 def test_edge_of_stability_stationarity_by_hand():

@@ -17,8 +17,8 @@ with each gamma's threshold 2/(gamma eta) dashed in its colour.
 
 from __future__ import annotations
 
+import functools
 import os
-import re
 
 import numpy as np
 
@@ -28,10 +28,6 @@ from experiments.results import best_validation_epoch, by_setting, eigenvalue_cu
 from experiments.scale import Scale
 
 STUDY = "nudged_sgd"
-
-#: The study's committed tables: the per-seed values the paired table is computed from (the first runs were not kept).
-COMMITTED_TABLES = {"": os.path.join(figures.default_figures(STUDY), "table.md"),
-                    ", augmented": os.path.join(figures.default_figures(STUDY), "augmented", "table.md")}
 
 #: Where ``python -m experiments.keep_runs`` puts the rerun's raw runs, per setting; ``verify`` recomputes the
 #: study's tables from them once they are there.
@@ -120,37 +116,6 @@ def paired_against_sgd(groups: dict, early_epoch: int) -> str:
          "final test acc. (points)", "test acc. at matched train loss (points)",
          "matched train-loss level (epoch: gamma vs SGD), per seed", "train loss later half", "lambda_1 later half"],
         rows)
-
-
-def per_seed(cell: str) -> list[float]:
-    """The per-seed values of a table cell written by :func:`statistics.mean_and_runs`: ``0.75 (0.76 / 0.73)``."""
-    inside = re.search(r"\((.*)\)", cell)
-    return [float(v) for v in (inside.group(1).split(" / ") if inside else [cell])]
-
-
-def paired_from_tables(tables: dict[str, str]) -> str:
-    """Paired differences from SGD, recomputed from committed ``table.md`` files (``{setting label: path}``).
-
-    For runs that were not kept, the per-seed values in the study's own tables are what remains; this turns them
-    into each gamma's difference from SGD, seed by seed, with its 95% t-interval (accuracies in points).
-    """
-    columns = (("test acc. at best-val epoch", 100, ".1f"), ("best val. acc.", 100, ".1f"),
-               ("final val. acc.", 100, ".1f"), ("final train loss", 1, ".3f"))
-    rows = []
-    for label, path in tables.items():
-        with open(path) as f:
-            lines = [line for line in f.read().split("\n\n")[0].splitlines() if line.startswith("|")]
-        header = [c.strip() for c in lines[0].strip("|").split("|")]
-        body = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
-        index = [next(i for i, name in enumerate(header) if name.startswith(column)) for column, _, _ in columns]
-        for gamma, cells in body.items():
-            if gamma == "1":
-                continue
-            rows.append([gamma + label] + [statistics.paired_cell(per_seed(cells[i]), per_seed(body["1"][i]),
-                                                                  "+" + fmt, scale)
-                                           for i, (_, scale, fmt) in zip(index, columns)])
-    return markdown_table(["gamma minus SGD (same seed)"] + [c[0] + (" (points)" if c[1] == 100 else "")
-                                                             for c in columns], rows)
 
 
 def draw_figure(plt, groups: dict):
@@ -246,23 +211,22 @@ def main(argv=None) -> str:
     return figures.write_table("\n\n".join(filter(None, study_tables(groups, args.early_epoch))), args.figures, path)
 
 
+@functools.cache
+def _kept_study_tables(folder: str) -> tuple[str, ...]:
+    """The three tables of the kept runs under ``folder``, read once per process."""
+    return tuple(study_tables(by_gamma(load_results(folder))))
+
+
 def _kept_tables(folder: str, suffix: str) -> dict:
     """``verify`` entries for the kept runs under ``folder`` (none until they are kept)."""
     if not os.path.isdir(folder):
         return {}
-
-    def table(index: int):
-        return lambda: study_tables(by_gamma(load_results(folder)))[index]
-
-    return {f"nudged_sgd.{name}{suffix}": table(i) for i, name in enumerate(("runs", "ahead", "pairs"))}
+    return {f"nudged_sgd.{name}{suffix}": functools.partial(lambda i: _kept_study_tables(folder)[i], i)
+            for i, name in enumerate(("runs", "ahead", "pairs"))}
 
 
 #: RESULTS.md tables recomputed by ``python -m experiments.verify``.
-#: Settings whose runs are not kept: their paired table comes from the per-seed values of the committed tables.
-_NOT_KEPT = {label: path for label, path in COMMITTED_TABLES.items() if not os.path.isdir(KEPT_RUNS[label])}
-
-TABLES = {**({"nudged_sgd.paired": lambda: paired_from_tables(_NOT_KEPT)} if _NOT_KEPT else {}),
-          **_kept_tables(KEPT_RUNS[""], ""), **_kept_tables(KEPT_RUNS[", augmented"], ".augmented")}
+TABLES = {**_kept_tables(KEPT_RUNS[""], ""), **_kept_tables(KEPT_RUNS[", augmented"], ".augmented")}
 
 
 if __name__ == "__main__":
