@@ -194,7 +194,8 @@ def test_nudged_sgd_smoke(tmp_path):
     assert sorted(kept) == ["nudged_sgd.ahead.x", "nudged_sgd.pairs.x", "nudged_sgd.runs.x"]
     assert plot._kept_tables(str(tmp_path / "not_kept"), "") == {}
     assert kept["nudged_sgd.pairs.x"]() == plot.paired_against_sgd(plot.by_gamma(results), early_epoch=2)
-    assert kept["nudged_sgd.runs.x"]().splitlines()[2].split(" | ")[0] == "| 0.1"
+    assert kept["nudged_sgd.runs.x"]() == plot.run_table(plot.by_gamma(results), early_epoch=2)
+    assert kept["nudged_sgd.runs.x"]().splitlines()[2].startswith("| 0.1 | 1 | ")
     row = plot.table_row(results[1], early_epoch=1)
     assert row["test_at_best_val"] == results[1]["logs"]["test_accuracy"][row["best_val_epoch"] - 1]
     assert row["train_loss"] == results[1]["final"]["train_loss"]
