@@ -24,7 +24,8 @@ RESULTS_MD = os.path.join(ROOT, "experiments", "RESULTS.md")
 
 #: Study modules with a ``TABLES`` mapping.
 STUDIES = ("experiments.paper_scale.tables", "experiments.spectrum_shape.plot", "experiments.sgd_step.plot",
-           "experiments.edge_of_stability.plot", "experiments.nudged_sgd.plot")
+           "experiments.edge_of_stability.plot", "experiments.nudged_sgd.plot",
+           "experiments.lr_batch_size.plot")
 
 MARKER = re.compile(r"^<!-- verify: ([\w.\-]+) -->\s*$")
 

@@ -175,6 +175,14 @@ def test_lr_batch_size_smoke(tmp_path):
                  < max(np.convolve(per_setting[("0.05", "64")][s][2][:, 0], np.ones(3) / 3, "valid")) for s in (0, 1))
     (line,) = [line for line in table.splitlines() if line.startswith("- smoothed peak of lambda_1:")]
     assert f"batch 32 < batch 64 in {rising}/2 seeds (difference " in line
+    # Once kept (only the small files copied), experiments.verify recomputes the same table from the copies.
+    from experiments import keep_runs
+
+    keep_runs.main(["lr_batch_size", "--src", str(tmp_path / "runs"), "--dest", str(tmp_path / "kept")])
+    assert not list((tmp_path / "kept").rglob("*.keras"))
+    kept = plot._kept_tables(str(tmp_path / "kept"), ".x")
+    assert list(kept) == ["lr_batch_size.x"] and plot._kept_tables(str(tmp_path / "not_kept"), "") == {}
+    assert kept["lr_batch_size.x"]() == table
 
 
 @pytest.mark.needs_fmnist

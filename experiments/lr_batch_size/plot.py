@@ -15,6 +15,7 @@ arithmetic mean over seeds (the tables' statistic), with 2/eta dashed.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -25,6 +26,11 @@ from experiments.results import by_setting, eigenvalue_curve, load_results
 from experiments.scale import Scale
 
 STUDY = "lr_batch_size"
+
+#: Where ``python -m experiments.keep_runs`` puts the study's raw runs, per setting; ``verify`` recomputes the
+#: study's tables from them once they are there.
+KEPT_RUNS = {"": os.path.join(figures.default_figures(STUDY), "runs"),
+             ", augmented": os.path.join(figures.default_figures(STUDY), "augmented", "runs")}
 
 
 def run_summary(result: dict) -> dict:
@@ -96,18 +102,14 @@ def draw_figure(plt, sweeps: dict):
     return fig
 
 
-def main(argv=None) -> str:
-    parser = figures.plot_parser(__doc__, STUDY)
-    args = parser.parse_args(argv)
-    sweeps = {"lr": by_setting(load_results(os.path.join(args.out, "lr_sweep")), "lr", "batch_size"),
-              "batch": by_setting(load_results(os.path.join(args.out, "batch_sweep")), "batch_size", "lr")}
-    first = next(iter(sweeps["lr"].values()))[0]
-    scale = Scale(**first["config"]["scale"])
-    plt = figures.pyplot()
-    fig = draw_figure(plt, sweeps)
-    path = os.path.join(args.figures, "lr_batch_size.png")
-    figures.save_figure(fig, path, f"Measured at the start of each epoch and after the last. {scale.describe()}"
-                        f"{', augmented' if first['config'].get('augment') else ''}.")
+def load_sweeps(folder: str) -> dict:
+    """The study's runs under ``folder``: ``{"lr": {setting: [run, ...]}, "batch": {...}}``."""
+    return {"lr": by_setting(load_results(os.path.join(folder, "lr_sweep")), "lr", "batch_size"),
+            "batch": by_setting(load_results(os.path.join(folder, "batch_sweep")), "batch_size", "lr")}
+
+
+def study_table(sweeps: dict) -> str:
+    """The study's table (mean ± standard deviation over seeds per setting) and its seed-by-seed comparisons."""
     summaries_of = {sweep: {setting: [run_summary(r) for r in runs] for setting, runs in groups.items()}
                     for sweep, groups in sweeps.items()}
     rows = []
@@ -137,7 +139,38 @@ def main(argv=None) -> str:
                       ("smoothed_peak_epoch_1", "epoch of the smoothed peak")):
         checks.append(f"- {what}: " + "; ".join(pairwise_checks(lr_groups, key, "lr")
                                                 + pairwise_checks(summaries_of["batch"], key, "batch")))
-    return figures.write_table(table + "\n\nLower, seed by seed:\n\n" + "\n".join(checks), args.figures, path)
+    return table + "\n\nLower, seed by seed:\n\n" + "\n".join(checks)
+
+
+def main(argv=None) -> str:
+    parser = figures.plot_parser(__doc__, STUDY)
+    args = parser.parse_args(argv)
+    sweeps = load_sweeps(args.out)
+    first = next(iter(sweeps["lr"].values()))[0]
+    scale = Scale(**first["config"]["scale"])
+    plt = figures.pyplot()
+    fig = draw_figure(plt, sweeps)
+    path = os.path.join(args.figures, "lr_batch_size.png")
+    figures.save_figure(fig, path, f"Measured at the start of each epoch and after the last. {scale.describe()}"
+                        f"{', augmented' if first['config'].get('augment') else ''}.")
+    return figures.write_table(study_table(sweeps), args.figures, path)
+
+
+@functools.cache
+def _kept_table(folder: str) -> str:
+    """The table of the kept runs under ``folder``, read once per process."""
+    return study_table(load_sweeps(folder))
+
+
+def _kept_tables(folder: str, suffix: str) -> dict:
+    """``verify`` entries for the kept runs under ``folder`` (none until they are kept)."""
+    if not os.path.isdir(folder):
+        return {}
+    return {f"lr_batch_size{suffix}": functools.partial(_kept_table, folder)}
+
+
+#: RESULTS.md tables recomputed by ``python -m experiments.verify``: the table of each setting whose runs are kept.
+TABLES = {**_kept_tables(KEPT_RUNS[""], ""), **_kept_tables(KEPT_RUNS[", augmented"], ".augmented")}
 
 
 if __name__ == "__main__":
