@@ -173,16 +173,22 @@ def test_lr_batch_size_smoke(tmp_path):
     # The claim, seed by seed: along the batch sweep (32, 64) the smoothed peak rises in k of the 2 seeds.
     rising = sum(max(np.convolve(per_setting[("0.05", "32")][s][2][:, 0], np.ones(3) / 3, "valid"))
                  < max(np.convolve(per_setting[("0.05", "64")][s][2][:, 0], np.ones(3) / 3, "valid")) for s in (0, 1))
-    (line,) = [line for line in table.splitlines() if line.startswith("- smoothed peak of lambda_1:")]
-    assert f"batch 32 < batch 64 in {rising}/2 seeds (difference " in line
+    comparisons = {(r[0], r[1]): r for r in table_rows(table.split("\n\n")[1])}
+    row = comparisons[("smoothed peak of lambda_1", "batch 32 < batch 64")]
+    assert row[2] == f"{rising}/2"
+    peaks = [[max(np.convolve(per_setting[("0.05", bs)][s][2][:, 0], np.ones(3) / 3, "valid")) for s in (0, 1)]
+             for bs in ("32", "64")]
+    difference = np.subtract(*peaks)
+    assert row[3].startswith(f"{difference.mean():+.1f} [")
     # Once kept (only the small files copied), experiments.verify recomputes the same table from the copies.
     from experiments import keep_runs
 
     keep_runs.main(["lr_batch_size", "--src", str(tmp_path / "runs"), "--dest", str(tmp_path / "kept")])
     assert not list((tmp_path / "kept").rglob("*.keras"))
     kept = plot._kept_tables(str(tmp_path / "kept"), ".x")
-    assert list(kept) == ["lr_batch_size.x"] and plot._kept_tables(str(tmp_path / "not_kept"), "") == {}
-    assert kept["lr_batch_size.x"]() == table
+    assert list(kept) == ["lr_batch_size.runs.x", "lr_batch_size.pairs.x"]
+    assert plot._kept_tables(str(tmp_path / "not_kept"), "") == {}
+    assert kept["lr_batch_size.runs.x"]() + "\n\n" + kept["lr_batch_size.pairs.x"]() == table
 
 
 @pytest.mark.needs_fmnist
@@ -416,11 +422,10 @@ def test_lr_batch_size_figure_mean_threshold_and_last_window():
     groups = {(0.1,): [plot.run_summary(r) for r in lr_runs[2:]], (0.01,): [plot.run_summary(r) for r in lr_runs[:2]]}
     peaks_01 = [np.mean([30.0, 20.0, 10.0]), np.mean([10.0, 12.0, 14.0])]
     peaks_001 = [np.mean([100.0, 150.0, 120.0]), np.mean([200.0, 170.0, 160.0])]
-    (check,) = plot.pairwise_checks(groups, "smoothed_peak_1", "lr")
-    assert check == (f"lr 0.1 < lr 0.01 in 2/2 seeds (difference "
-                     f"{statistics.paired_cell(peaks_01, peaks_001, '+.1f')})")
+    (row,) = plot.pairwise_rows(groups, "smoothed_peak_1", "lr", "peak")
+    assert row == ["peak", "lr 0.1 < lr 0.01", "2/2", statistics.paired_cell(peaks_01, peaks_001, "+.1f")]
     d = np.subtract(peaks_01, peaks_001)
-    assert check.split("(difference ")[1].startswith(f"{d.mean():+.1f} [")
+    assert row[3].startswith(f"{d.mean():+.1f} [")
 
 
 def test_nudged_sgd_figure_thresholds_and_paired_table():

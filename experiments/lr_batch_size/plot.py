@@ -5,9 +5,10 @@ peak of its 3-point running mean (and the epoch at the centre of that
 window) and its mean over the later half of training; the table gives their
 mean ± standard deviation over seeds, the raw peak beside them, the final
 and best validation accuracy, in how many seeds the smoothed peak is the
-run's last window (the curve was still rising: no peak was seen), and
-whether the claimed order holds seed by seed, with the paired difference
-and its 95% t-interval over seeds. The figure's thick line is the
+run's last window (the curve was still rising: no peak was seen); a
+second table gives, for each neighbouring pair of settings, in how many
+seeds the claimed order holds and the paired difference with its 95%
+t-interval over seeds. The figure's thick line is the
 arithmetic mean over seeds (the tables' statistic), with 2/eta dashed.
 
     python -m experiments.lr_batch_size.plot [--out RUNS] [--figures FOLDER]
@@ -53,19 +54,19 @@ def run_summary(result: dict) -> dict:
     return summary
 
 
-def pairwise_checks(groups: dict, key: str, name: str) -> list[str]:
-    """For each neighbouring pair of settings (``{setting: [run_summary, ...]}``), in how many seeds the first
-    has the lower ``key``."""
+def pairwise_rows(groups: dict, key: str, name: str, what: str) -> list[list]:
+    """For each neighbouring pair of settings (``{setting: [run_summary, ...]}``): in how many seeds the first has
+    the lower ``key``, and the paired difference (first minus second) with its 95% t-interval over seeds."""
     labels = [f"{name} {setting[0]:g}" for setting in groups]
     per_setting = [{s["seed"]: s[key] for s in summaries} for summaries in groups.values()]
-    checks = []
+    rows = []
     for i in range(len(per_setting) - 1):
         seeds = sorted(set(per_setting[i]) & set(per_setting[i + 1]))
         lower = sum(per_setting[i][seed] < per_setting[i + 1][seed] for seed in seeds)
         difference = statistics.paired_cell([per_setting[i][seed] for seed in seeds],
                                             [per_setting[i + 1][seed] for seed in seeds], "+.1f")
-        checks.append(f"{labels[i]} < {labels[i + 1]} in {lower}/{len(seeds)} seeds (difference {difference})")
-    return checks
+        rows.append([what, f"{labels[i]} < {labels[i + 1]}", f"{lower}/{len(seeds)}", difference])
+    return rows
 
 
 def draw_figure(plt, sweeps: dict):
@@ -108,38 +109,53 @@ def load_sweeps(folder: str) -> dict:
             "batch": by_setting(load_results(os.path.join(folder, "batch_sweep")), "batch_size", "lr")}
 
 
-def study_table(sweeps: dict) -> str:
-    """The study's table (mean ± standard deviation over seeds per setting) and its seed-by-seed comparisons."""
-    summaries_of = {sweep: {setting: [run_summary(r) for r in runs] for setting, runs in groups.items()}
-                    for sweep, groups in sweeps.items()}
+def summaries_of(sweeps: dict) -> dict:
+    """:func:`run_summary` of every run, in the layout of :func:`load_sweeps`."""
+    return {sweep: {setting: [run_summary(r) for r in runs] for setting, runs in groups.items()}
+            for sweep, groups in sweeps.items()}
+
+
+def settings_table(sweeps: dict) -> str:
+    """Per setting, the mean ± standard deviation over seeds of each statistic."""
+    summaries = summaries_of(sweeps)
     rows = []
     for sweep, groups in sweeps.items():
         for setting, runs in groups.items():
-            c, summaries = runs[0]["config"], summaries_of[sweep][setting]
+            c, of_setting = runs[0]["config"], summaries[sweep][setting]
 
-            def column(key, fmt=".1f", summaries=summaries):
-                return statistics.spread([s[key] for s in summaries], fmt)
+            def column(key, fmt=".1f", of_setting=of_setting):
+                return statistics.spread([s[key] for s in of_setting], fmt)
 
             rows.append([sweep, f"{c['lr']:g}", c["batch_size"], len(runs), column("smoothed_peak_1"),
                          column("smoothed_peak_epoch_1"), column("later_half_1"), column("peak_1"),
                          column("smoothed_peak_2"), column("later_half_2"), column("train_loss", ".3f"),
                          column("val_final", ".3f"), column("val_best", ".3f"),
-                         f"{sum(s['peak_in_last_window_1'] for s in summaries)}/{len(summaries)}",
-                         sum(s["diverged"] for s in summaries)])
-    table = markdown_table(["sweep", "lr", "batch", "seeds", "lambda_1 smoothed peak", "at epoch",
-                            "lambda_1 later half", "lambda_1 raw peak", "lambda_2 smoothed peak",
-                            "lambda_2 later half", "final train loss", "val acc final", "val acc best",
-                            "lambda_1 smoothed peak in the last window", "diverged"],
-                           rows)
-    # The claims, seed by seed: a larger lr (a smaller batch) gives a lower peak, so each setting is compared
-    # with its neighbour (an lr that has not peaked yet shows up as a failed comparison, not as a lower peak).
-    lr_groups = dict(reversed(list(summaries_of["lr"].items())))
-    checks = []
+                         f"{sum(s['peak_in_last_window_1'] for s in of_setting)}/{len(of_setting)}",
+                         sum(s["diverged"] for s in of_setting)])
+    return markdown_table(["sweep", "lr", "batch", "seeds", "lambda_1 smoothed peak", "at epoch",
+                           "lambda_1 later half", "lambda_1 raw peak", "lambda_2 smoothed peak",
+                           "lambda_2 later half", "final train loss", "val acc final", "val acc best",
+                           "lambda_1 smoothed peak in the last window", "diverged"],
+                          rows)
+
+
+def comparisons_table(sweeps: dict) -> str:
+    """The claims, seed by seed: a larger lr (a smaller batch) gives a lower (earlier) peak, so each setting is
+    compared with its neighbour. An lr that has not peaked yet shows up as a failed comparison, not as a lower
+    peak."""
+    summaries = summaries_of(sweeps)
+    lr_groups = dict(reversed(list(summaries["lr"].items())))
+    rows = []
     for key, what in (("smoothed_peak_1", "smoothed peak of lambda_1"), ("later_half_1", "later-half lambda_1"),
                       ("smoothed_peak_epoch_1", "epoch of the smoothed peak")):
-        checks.append(f"- {what}: " + "; ".join(pairwise_checks(lr_groups, key, "lr")
-                                                + pairwise_checks(summaries_of["batch"], key, "batch")))
-    return table + "\n\nLower, seed by seed:\n\n" + "\n".join(checks)
+        rows += pairwise_rows(lr_groups, key, "lr", what) + pairwise_rows(summaries["batch"], key, "batch", what)
+    return markdown_table(["statistic", "lower for", "seeds where lower", "paired difference [95% t-interval]"],
+                          rows)
+
+
+def study_tables(sweeps: dict) -> tuple[str, str]:
+    """The study's two tables: per setting; and each neighbouring pair of settings compared seed by seed."""
+    return settings_table(sweeps), comparisons_table(sweeps)
 
 
 def main(argv=None) -> str:
@@ -153,20 +169,21 @@ def main(argv=None) -> str:
     path = os.path.join(args.figures, "lr_batch_size.png")
     figures.save_figure(fig, path, f"Measured at the start of each epoch and after the last. {scale.describe()}"
                         f"{', augmented' if first['config'].get('augment') else ''}.")
-    return figures.write_table(study_table(sweeps), args.figures, path)
+    return figures.write_table("\n\n".join(study_tables(sweeps)), args.figures, path)
 
 
 @functools.cache
-def _kept_table(folder: str) -> str:
-    """The table of the kept runs under ``folder``, read once per process."""
-    return study_table(load_sweeps(folder))
+def _kept_study_tables(folder: str) -> tuple[str, str]:
+    """The two tables of the kept runs under ``folder``, read once per process."""
+    return study_tables(load_sweeps(folder))
 
 
 def _kept_tables(folder: str, suffix: str) -> dict:
     """``verify`` entries for the kept runs under ``folder`` (none until they are kept)."""
     if not os.path.isdir(folder):
         return {}
-    return {f"lr_batch_size{suffix}": functools.partial(_kept_table, folder)}
+    return {f"lr_batch_size.{name}{suffix}": functools.partial(lambda i: _kept_study_tables(folder)[i], i)
+            for i, name in enumerate(("runs", "pairs"))}
 
 
 #: RESULTS.md tables recomputed by ``python -m experiments.verify``: the table of each setting whose runs are kept.
