@@ -115,9 +115,9 @@ def summaries_of(sweeps: dict) -> dict:
             for sweep, groups in sweeps.items()}
 
 
-def settings_table(sweeps: dict) -> str:
-    """Per setting, the mean ± standard deviation over seeds of each statistic."""
-    summaries = summaries_of(sweeps)
+def settings_table(sweeps: dict, summaries: dict) -> str:
+    """Per setting, the mean ± standard deviation over seeds of each statistic (``summaries``: :func:`summaries_of`
+    the ``sweeps``)."""
     rows = []
     for sweep, groups in sweeps.items():
         for setting, runs in groups.items():
@@ -139,11 +139,10 @@ def settings_table(sweeps: dict) -> str:
                           rows)
 
 
-def comparisons_table(sweeps: dict) -> str:
+def comparisons_table(summaries: dict) -> str:
     """The claims, seed by seed: a larger lr (a smaller batch) gives a lower (earlier) peak, so each setting is
-    compared with its neighbour. An lr that has not peaked yet shows up as a failed comparison, not as a lower
-    peak."""
-    summaries = summaries_of(sweeps)
+    compared with its neighbour (``summaries``: :func:`summaries_of` the runs). An lr that has not peaked yet shows
+    up as a failed comparison, not as a lower peak."""
     lr_groups = dict(reversed(list(summaries["lr"].items())))
     rows = []
     for key, what in (("smoothed_peak_1", "smoothed peak of lambda_1"), ("later_half_1", "later-half lambda_1"),
@@ -155,7 +154,8 @@ def comparisons_table(sweeps: dict) -> str:
 
 def study_tables(sweeps: dict) -> tuple[str, str]:
     """The study's two tables: per setting; and each neighbouring pair of settings compared seed by seed."""
-    return settings_table(sweeps), comparisons_table(sweeps)
+    summaries = summaries_of(sweeps)
+    return settings_table(sweeps, summaries), comparisons_table(summaries)
 
 
 def main(argv=None) -> str:
@@ -186,7 +186,7 @@ def _kept_tables(folder: str, suffix: str) -> dict:
             for i, name in enumerate(("runs", "pairs"))}
 
 
-#: RESULTS.md tables recomputed by ``python -m experiments.verify``: the table of each setting whose runs are kept.
+#: RESULTS.md tables recomputed by ``python -m experiments.verify``: both tables of each setting whose runs are kept.
 TABLES = {**_kept_tables(KEPT_RUNS[""], ""), **_kept_tables(KEPT_RUNS[", augmented"], ".augmented")}
 
 
