@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -66,3 +68,18 @@ def by_setting(results: list[dict], *keys: str) -> dict[tuple, list[dict]]:
     for result in results:
         groups.setdefault(tuple(result["config"][k] for k in keys), []).append(result)
     return {k: sorted(groups[k], key=lambda r: r["config"]["seed"]) for k in sorted(groups)}
+
+
+def kept_tables(prefix: str, names: Sequence[str], folder: str, tables_of: Callable[[str], Sequence[str]],
+                suffix: str = "") -> dict:
+    """``verify`` entries for a study's kept runs under ``folder``: ``{prefix}.{name}{suffix}`` for each of
+    ``names``, in the order of the tables that ``tables_of(folder)`` returns. The runs are read once, on the
+    first entry asked for; there are no entries until the runs are kept (``folder`` exists)."""
+    if not os.path.isdir(folder):
+        return {}
+    computed = functools.cache(lambda: tuple(tables_of(folder)))
+
+    def entry(index: int) -> Callable[[], str]:
+        return lambda: computed()[index]
+
+    return {f"{prefix}.{name}{suffix}": entry(i) for i, name in enumerate(names)}

@@ -16,14 +16,13 @@ arithmetic mean over seeds (the tables' statistic), with 2/eta dashed.
 
 from __future__ import annotations
 
-import functools
 import os
 
 import numpy as np
 
 from experiments import figures, statistics
 from experiments._cli import markdown_table
-from experiments.results import by_setting, eigenvalue_curve, load_results
+from experiments.results import by_setting, eigenvalue_curve, kept_tables, load_results
 from experiments.scale import Scale
 
 STUDY = "lr_batch_size"
@@ -172,18 +171,13 @@ def main(argv=None) -> str:
     return figures.write_table("\n\n".join(study_tables(sweeps)), args.figures, path)
 
 
-@functools.cache
-def _kept_study_tables(folder: str) -> tuple[str, str]:
-    """The two tables of the kept runs under ``folder``, read once per process."""
+def kept_study_tables(folder: str) -> tuple[str, ...]:
+    """The tables of the kept runs under ``folder``, in the order of ``TABLES``'s names."""
     return study_tables(load_sweeps(folder))
 
 
 def _kept_tables(folder: str, suffix: str) -> dict:
-    """``verify`` entries for the kept runs under ``folder`` (none until they are kept)."""
-    if not os.path.isdir(folder):
-        return {}
-    return {f"lr_batch_size.{name}{suffix}": functools.partial(lambda i: _kept_study_tables(folder)[i], i)
-            for i, name in enumerate(("runs", "pairs"))}
+    return kept_tables("lr_batch_size", ("runs", "pairs"), folder, kept_study_tables, suffix)
 
 
 #: RESULTS.md tables recomputed by ``python -m experiments.verify``: both tables of each setting whose runs are kept.

@@ -17,14 +17,20 @@ with each gamma's threshold 2/(gamma eta) dashed in its colour.
 
 from __future__ import annotations
 
-import functools
 import os
 
 import numpy as np
 
 from experiments import figures, statistics
 from experiments._cli import markdown_table
-from experiments.results import best_validation_epoch, by_setting, eigenvalue_curve, load_results, top_k_norm
+from experiments.results import (
+    best_validation_epoch,
+    by_setting,
+    eigenvalue_curve,
+    kept_tables,
+    load_results,
+    top_k_norm,
+)
 from experiments.scale import Scale
 
 STUDY = "nudged_sgd"
@@ -211,18 +217,13 @@ def main(argv=None) -> str:
     return figures.write_table("\n\n".join(filter(None, study_tables(groups, args.early_epoch))), args.figures, path)
 
 
-@functools.cache
-def _kept_study_tables(folder: str) -> tuple[str, ...]:
-    """The three tables of the kept runs under ``folder``, read once per process."""
+def kept_study_tables(folder: str) -> tuple[str, ...]:
+    """The tables of the kept runs under ``folder``, in the order of ``TABLES``'s names."""
     return tuple(study_tables(by_gamma(load_results(folder))))
 
 
 def _kept_tables(folder: str, suffix: str) -> dict:
-    """``verify`` entries for the kept runs under ``folder`` (none until they are kept)."""
-    if not os.path.isdir(folder):
-        return {}
-    return {f"nudged_sgd.{name}{suffix}": functools.partial(lambda i: _kept_study_tables(folder)[i], i)
-            for i, name in enumerate(("runs", "ahead", "pairs"))}
+    return kept_tables("nudged_sgd", ("runs", "ahead", "pairs"), folder, kept_study_tables, suffix)
 
 
 #: RESULTS.md tables recomputed by ``python -m experiments.verify``.
