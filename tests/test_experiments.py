@@ -343,6 +343,19 @@ def test_edge_of_stability_smoke_recomputes_its_measurements(tmp_path):
     assert float(rows[("momentum", "32")]["threshold 2(1+b)/eta"]) == pytest.approx(2 * 1.9 / 0.005)
     assert float(rows[("adam", "full")]["threshold 38/eta"]) == pytest.approx(38 / 0.001)
     assert float(row["val_accuracy_best"]) == max(sgd["logs"]["val_accuracy"])
+    # Once kept (the small files, the final checks among them), verify recomputes every table from the copies, and
+    # the paired table from the runs equals the one from summary.csv read back.
+    from experiments import keep_runs
+
+    keep_runs.main(["edge_of_stability", "--src", str(tmp_path / "runs"), "--dest", str(tmp_path / "kept")])
+    assert not list((tmp_path / "kept").rglob("*.h5")) and list((tmp_path / "kept").rglob("final_check.json"))
+    kept = {name: make() for name, make in plot.kept_tables("edge_of_stability", plot.TABLE_NAMES,
+                                                             str(tmp_path / "kept"), plot.kept_study_tables).items()}
+    assert list(kept) == [f"edge_of_stability.{name}" for name in plot.TABLE_NAMES]
+    assert all(kept[f"edge_of_stability.{name}"] in table for name in plot.TABLE_NAMES)
+    assert kept["edge_of_stability.paired"] == plot.paired_summary_table(
+        plot.read_summary(str(tmp_path / "fig" / "summary.csv")))
+    assert [r[:2] for r in table_rows(kept["edge_of_stability.paired"])] == [["momentum", "32"], ["sgd", "32"]]
 
 
 # -- figures and statistics on small synthetic runs (issue 27) ---------------------------------------------------
@@ -523,7 +536,7 @@ def test_edge_of_stability_paired_table_from_a_summary_by_hand(tmp_path):
     rows = ["gd,full,0.1,0,30.0,,20.0\n",  # full batch: no batch sharpness, left out
             "sgd,32,0.05,1,44.0,30.0,40.0\n", "sgd,32,0.05,0,40.0,30.0,40.0\n", "sgd,32,0.05,2,42.0,33.0,40.0\n"]
     path.write_text(header + "".join(rows))
-    (row,) = table_rows(plot.paired_summary_table(str(path)))
+    (row,) = table_rows(plot.paired_summary_table(plot.read_summary(str(path))))
     # Seeds 0, 1, 2: differences 10, 14, 9, mean 11, sd sqrt(7), t = 11 / (sqrt(7) / sqrt(3)).
     assert row[:6] == ["sgd", "32", "0.05", "0, 1, 2", "40.0 / 44.0 / 42.0", "30.0 / 30.0 / 33.0"]
     half = 4.302652729911275 * np.sqrt(7) / np.sqrt(3)

@@ -23,16 +23,21 @@ import numpy as np
 from experiments._cli import markdown_table
 from experiments.edge_of_stability import stationarity
 from experiments.figures import plot_parser, pyplot, save_figure, write_table
-from experiments.results import load_results
+from experiments.results import kept_tables, load_results
 from experiments.scale import Scale
 from experiments.statistics import later_half_mean, paired_cell, paired_difference, smoothed_peak, spread
 
 STUDY = "edge_of_stability"
 
-#: The committed per-run summary of the study's runs (the raw runs were not kept), from which experiments.verify
-#: recomputes the paired table of RESULTS.md.
-COMMITTED_SUMMARY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "edge_of_stability",
-                                 "results", "summary.csv")
+HERE = os.path.dirname(os.path.abspath(__file__))
+#: The study's kept runs and its parity check's (``experiments.keep_runs``): the tables of RESULTS.md are
+#: recomputed from them by ``python -m experiments.verify``.
+KEPT_RUNS = os.path.join(HERE, "results", "runs")
+KEPT_PARITY_RUNS = os.path.join(HERE, "results", "parity", "runs")
+#: The per-run summary the first runs left (their raw runs were not kept); read only while no runs are kept.
+COMMITTED_SUMMARY = os.path.join(HERE, "results", "summary.csv")
+#: The study's tables, in the order :func:`study_tables` returns them.
+TABLE_NAMES = ("gd", "sgd", "momentum", "adam", "final_check", "paired")
 COLORS = ("k", "tab:blue", "tab:orange", "tab:red")
 
 
@@ -390,12 +395,20 @@ def adam_table(groups) -> str:
                                   "val acc best", "diverged"], rows)
 
 
-def paired_summary_table(path: str) -> str:
-    """From a study's ``summary.csv`` (one row per run): per mini-batch setting, lambda_1 of every example and the
-    batch sharpness over the later half, seed by seed, their difference paired by seed with its 95% t-interval,
-    and lambda_1 / 2-threshold with a one-sample 95% t-interval over seeds."""
+def read_summary(path: str) -> list[dict]:
+    """The rows of a study's ``summary.csv`` (strings, as :func:`paired_summary_table` accepts them)."""
     with open(path, newline="") as f:
-        rows = [row for row in csv.DictReader(f) if row["part"] in ("sgd", "momentum")]
+        return list(csv.DictReader(f))
+
+
+def paired_summary_table(summary: list[dict]) -> str:
+    """From the per-run summary rows (:func:`run_summary`, or ``summary.csv`` read back): per mini-batch setting,
+    lambda_1 of every example and the batch sharpness over the later half, seed by seed, their difference paired
+    by seed with its 95% t-interval, and lambda_1 / threshold with a one-sample 95% t-interval over seeds
+    (empty if no mini-batch run)."""
+    rows = [row for row in summary if row["part"] in ("sgd", "momentum")]
+    if not rows:
+        return ""
     settings = collections.defaultdict(list)
     for row in rows:
         settings[(row["part"], int(row["batch_size"]), float(row["lr"]))].append(row)
@@ -405,10 +418,10 @@ def paired_summary_table(path: str) -> str:
         lam = [float(row["lambda_full_later_half"]) for row in runs]
         sharp = [float(row["batch_sharpness_later_half"]) for row in runs]
         name, threshold = next((k[len("threshold "):], float(v)) for k, v in runs[0].items()
-                               if k.startswith("threshold ") and v)
+                               if k.startswith("threshold ") and v not in ("", None))
         ratio = paired_difference(np.divide(lam, threshold), np.zeros(len(lam)))  # one-sample: the mean's interval
         ratio_cell = f"{ratio['mean']:.2f} [{ratio['low']:.2f}, {ratio['high']:.2f}]"
-        table.append([part, batch, f"{lr:g}", ", ".join(row["seed"] for row in runs),
+        table.append([part, batch, f"{lr:g}", ", ".join(str(row["seed"]) for row in runs),
                       " / ".join(f"{v:.1f}" for v in lam), " / ".join(f"{v:.1f}" for v in sharp),
                       paired_cell(lam, sharp, "+.1f"), f"{name} = {threshold:g}", ratio_cell])
     return markdown_table(["part", "batch", "lr", "seeds", "lambda_1 all, later half, per seed",
@@ -438,6 +451,24 @@ def caption(results: list[dict], what: str) -> str:
             f"seeds {', '.join(map(str, seeds))} (thin: each seed; thick: their mean); Lanczos tol {s.tol:g}.")
 
 
+def by_part(results: list[dict]) -> dict[str, list[dict]]:
+    parts = collections.defaultdict(list)
+    for result in results:
+        parts[result["config"]["part"]].append(result)
+    return parts
+
+
+def study_tables(results: list[dict], out: str) -> tuple[str, ...]:
+    """The study's tables, named by :data:`TABLE_NAMES` (empty where the runs hold no such part)."""
+    parts = by_part(results)
+    return (gd_table(group(parts["gd"])) if parts["gd"] else "",
+            minibatch_table(group(parts["sgd"])) if parts["sgd"] else "",
+            minibatch_table(group(parts["momentum"])) if parts["momentum"] else "",
+            adam_table(group(parts["adam"])) if parts["adam"] else "",
+            final_check_table(out) or "",
+            paired_summary_table([run_summary(r) for r in results]))
+
+
 def main(argv=None) -> str:
     parser = plot_parser(__doc__, STUDY)
     args = parser.parse_args(argv)
@@ -445,42 +476,50 @@ def main(argv=None) -> str:
     plt = pyplot()
     os.makedirs(args.figures, exist_ok=True)
     write_summary_csv(results, os.path.join(args.figures, "summary.csv"))
-    by_part = collections.defaultdict(list)
-    for result in results:
-        by_part[result["config"]["part"]].append(result)
+    parts = by_part(results)
+    tables = dict(zip(TABLE_NAMES, study_tables(results, args.out)))
     sections, figures = [], []
-    if by_part["gd"]:
+    if parts["gd"]:
         path = os.path.join(args.figures, "gd.png")
-        plot_gd(plt, group(by_part["gd"]), path, caption(by_part["gd"], "Part 1, full-batch GD"))
-        sections.append("### Part 1: full-batch GD\n\n" + gd_table(group(by_part["gd"])))
+        plot_gd(plt, group(parts["gd"]), path, caption(parts["gd"], "Part 1, full-batch GD"))
+        sections.append("### Part 1: full-batch GD\n\n" + tables["gd"])
         figures.append(path)
     for part, title in (("sgd", "SGD"), ("momentum", "SGD + momentum")):
-        if by_part[part]:
+        if parts[part]:
             path = os.path.join(args.figures, f"{part}.png")
-            beta = by_part[part][0]["config"]["momentum"]
+            beta = parts[part][0]["config"]["momentum"]
             name = title if not beta else f"{title} {beta:g}"
-            plot_minibatch(plt, group(by_part[part]), path, caption(by_part[part], f"{name}; later half: "
+            plot_minibatch(plt, group(parts[part]), path, caption(parts[part], f"{name}; later half: "
                            "measurements from half of the run on"), name)
             number = 2 if part == "sgd" else 3
             sections.append(f"### Part {number}: {name}\n\nLater-half mean ± std over seeds [mean over seeds of its "
-                            "ratio to each threshold, in the order of the threshold column]\n\n"
-                            + minibatch_table(group(by_part[part])))
+                            "ratio to each threshold, in the order of the threshold column]\n\n" + tables[part])
             figures.append(path)
-    if by_part["adam"]:
+    if parts["adam"]:
         path = os.path.join(args.figures, "adam.png")
-        plot_adam(plt, group(by_part["adam"]), path, caption(by_part["adam"], "Part 4, Adam"))
-        sections.append("### Part 4: Adam\n\n" + adam_table(group(by_part["adam"])))
+        plot_adam(plt, group(parts["adam"]), path, caption(parts["adam"], "Part 4, Adam"))
+        sections.append("### Part 4: Adam\n\n" + tables["adam"])
         figures.append(path)
-    checks = final_check_table(args.out)
-    if checks:
-        sections.append("### Batch sharpness at the final weights, both readings (final_check.py)\n\n" + checks)
+    if tables["final_check"]:
+        sections.append("### Batch sharpness at the final weights, both readings (final_check.py)\n\n"
+                        + tables["final_check"])
+    if tables["paired"]:
+        sections.append("### lambda_1 against the batch sharpness, paired by seed\n\n" + tables["paired"])
     return write_table("\n\n".join(sections), args.figures, *figures)
 
 
+def kept_study_tables(folder: str) -> tuple[str, ...]:
+    """The tables of the kept runs under ``folder`` (their final checks are kept beside them)."""
+    return study_tables(load_results(folder), folder)
 
-#: RESULTS.md tables recomputed by ``python -m experiments.verify``.
-TABLES = {"edge_of_stability.paired": lambda: paired_summary_table(COMMITTED_SUMMARY),
-          **stationarity.TABLES}  # the campaign's tables, once its runs are kept
+
+#: RESULTS.md tables recomputed by ``python -m experiments.verify``: every table of the kept runs, the parity
+#: check's GD table, and the stationarity campaign's. Until the runs are kept, the paired table from the summary
+#: the first runs left.
+TABLES = {**(kept_tables(STUDY, TABLE_NAMES, KEPT_RUNS, kept_study_tables) if os.path.isdir(KEPT_RUNS) else
+             {f"{STUDY}.paired": lambda: paired_summary_table(read_summary(COMMITTED_SUMMARY))}),
+          **kept_tables(STUDY, ("gd",), KEPT_PARITY_RUNS, kept_study_tables, ".parity"),
+          **stationarity.TABLES}
 
 
 if __name__ == "__main__":
