@@ -12,7 +12,7 @@
   runs them; a page's examples use the same shared names.
 
 ``tf_sharpest.data.load`` reads a small Fashion-MNIST copy in IDX files written
-here (120 training and 30 test images): the real loading code runs, on small
+here (72 training and 18 test images): the real loading code runs, on small
 data, and no example depends on the real data set being installed.
 
 An example marked in ``EXPECTED_TO_FAIL`` is one that cannot run as written and
@@ -47,7 +47,7 @@ FENCE = re.compile(r"^(?P<indent>[ \t]*)```python[ \t]*\n(?P<code>.*?)^(?P=inden
 NUM_EXAMPLES = 64
 NUM_TRAIN = 128
 # The Fashion-MNIST copy data.load reads here: (training, test) images.
-FMNIST_COUNTS = (120, 30)
+FMNIST_COUNTS = (72, 18)
 
 #: Example id -> why it cannot run as written (none now; an entry marks a strict expected failure).
 EXPECTED_TO_FAIL: dict[str, str] = {}
@@ -453,7 +453,7 @@ def check_index_layout(ns):
 
 def check_callback_lanczos(ns):
     assert_logged_like_measured(ns["history"], ns["lanczos"])
-    # num_samples=256 is more than the 120 images here, so the sample is all of x_train: the measurement after
+    # num_samples=256 is more than the 60 training images here, so the sample is all of x_train: the measurement after
     # training is the top-K of the Hessian on x_train at the final weights.
     final = ns["lanczos"].history[-1].eigenvalues
     np.testing.assert_allclose(final, reference_top_eigenvalues(ns["model"], ns["x_train"], ns["y_train"],
