@@ -452,6 +452,7 @@ def caption(results: list[dict], what: str) -> str:
 
 
 def by_part(results: list[dict]) -> dict[str, list[dict]]:
+    """The runs of each part (``gd``, ``sgd``, ``momentum``, ``adam``; empty for a part not run)."""
     parts = collections.defaultdict(list)
     for result in results:
         parts[result["config"]["part"]].append(result)
