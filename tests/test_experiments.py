@@ -395,6 +395,23 @@ def test_paired_difference_by_hand():
         statistics.paired_difference([1.0, 2.0], [1.0])
 
 
+def test_kept_tables_name_each_table_and_read_the_runs_once(tmp_path):
+    from experiments.results import kept_tables
+
+    reads = []
+
+    def tables_of(folder):
+        reads.append(folder)
+        return ["| first |", "| second |"]
+
+    assert kept_tables("study", ("a", "b"), str(tmp_path / "not_kept"), tables_of) == {}
+    entries = kept_tables("study", ("a", "b"), str(tmp_path), tables_of, ".x")
+    assert list(entries) == ["study.a.x", "study.b.x"] and reads == []  # nothing read until asked
+    assert [entries["study.b.x"](), entries["study.a.x"](), entries["study.b.x"]()] == ["| second |", "| first |",
+                                                                                        "| second |"]
+    assert reads == [str(tmp_path)]
+
+
 def test_seed_mean_is_arithmetic_and_peak_in_last_window():
     x, mean = statistics.seed_mean([([0, 1, 2], [1.0, 100.0, 4.0]), ([0, 1], [3.0, 1.0])])
     np.testing.assert_array_equal(x, [0, 1])
