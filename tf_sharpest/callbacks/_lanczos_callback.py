@@ -51,7 +51,8 @@ class LanczosCallback(MeasuringCallback):
     batches; the products it costs are counted in the matvecs),
     ``lanczos_matvecs``, ``lanczos_seconds``, ``lanczos_epoch_equivalents``
     (the seconds over the seconds of one epoch of this ``fit``, timed on its
-    training batches; NaN before the first batch),
+    training batches; a measurement taken before the first timed batch, as
+    at the start of a run, is costed when its epoch ends),
     ``lanczos_fallbacks`` (LOBPCG solves redone by Lanczos) and
     ``lanczos_converged`` (1.0, or 0.0 when the solver ran out of
     ``max_matvecs`` first: the eigenvalues are then approximate, and the

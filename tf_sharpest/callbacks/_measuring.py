@@ -107,6 +107,7 @@ class MeasuringCallback(keras.callbacks.Callback, metaclass=abc.ABCMeta):
         self._epoch = 0
         self._global_step = 0
         self._pending_logs: dict = {}
+        self._pending_source = None  # the measurement whose values _pending_logs holds
         self._warned = set()
         self._first_measurement_of_run = True
         # Training speed from fit: the seconds of the latest training batches, measurements excluded.
@@ -115,6 +116,8 @@ class MeasuringCallback(keras.callbacks.Callback, metaclass=abc.ABCMeta):
         self._training_seconds = 0.0
         self._measuring_seconds = 0.0
         self._skipped = 0
+        # Measurements taken before any training batch was timed (a run's first): costed at the epoch's end.
+        self._uncosted: list = []
 
     def _fresh_on_copy(self) -> dict:
         """Attributes a deep copy starts afresh, by name: what was traced or opened for the original's model."""
@@ -166,6 +169,7 @@ class MeasuringCallback(keras.callbacks.Callback, metaclass=abc.ABCMeta):
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = int(epoch)
         self._pending_logs = {}
+        self._pending_source = None
         if self.frequency == "epoch":
             self._measure()
 
@@ -191,6 +195,7 @@ class MeasuringCallback(keras.callbacks.Callback, metaclass=abc.ABCMeta):
         return float(np.median(self._batch_seconds)) * int(steps)
 
     def on_epoch_end(self, epoch, logs=None):
+        self._cost_uncosted()
         if logs is not None:
             logs.update(self._pending_logs)
             if self.budget is not None:
@@ -198,6 +203,7 @@ class MeasuringCallback(keras.callbacks.Callback, metaclass=abc.ABCMeta):
 
     def on_train_end(self, logs=None):
         try:
+            self._cost_uncosted()
             self._measure(final=True)
         finally:
             self._release_keys()
@@ -275,6 +281,8 @@ class MeasuringCallback(keras.callbacks.Callback, metaclass=abc.ABCMeta):
         measurement = self._take_measurement(epoch, final)
         self._measuring_seconds += measurement.seconds
         measurement.values["epoch_equivalents"] = measurement.seconds / self.epoch_seconds()
+        if not np.isfinite(measurement.values["epoch_equivalents"]):
+            self._uncosted.append(measurement)
         if measurement.error:
             self._warn_failure(measurement)
         elif self._progress_mode():
@@ -284,6 +292,25 @@ class MeasuringCallback(keras.callbacks.Callback, metaclass=abc.ABCMeta):
         self.history.append(measurement)
         if not final:
             self._pending_logs = self._measurement_logs(measurement)
+            self._pending_source = measurement
+        if self._writes_files():
+            try:
+                self._log.write(self.history, self._log_top_k())
+            except OSError as error:
+                self._warn_once("save", f"could not write {self._log.npz_path} ({error}); training goes on.")
+
+    def _cost_uncosted(self) -> None:
+        """Gives the measurements taken before the first timed training batch (the start of a run, fresh or
+        resumed) their epoch-equivalents once an epoch's batches have been timed, in the epoch's logs and in the
+        saved log."""
+        unit = self.epoch_seconds()
+        if not self._uncosted or not np.isfinite(unit):
+            return
+        for measurement in self._uncosted:
+            measurement.values["epoch_equivalents"] = measurement.seconds / unit
+            if measurement is self._pending_source:
+                self._pending_logs = self._measurement_logs(measurement)
+        self._uncosted = []
         if self._writes_files():
             try:
                 self._log.write(self.history, self._log_top_k())
