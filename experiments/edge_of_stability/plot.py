@@ -34,8 +34,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 #: recomputed from them by ``python -m experiments.verify``.
 KEPT_RUNS = os.path.join(HERE, "results", "runs")
 KEPT_PARITY_RUNS = os.path.join(HERE, "results", "parity", "runs")
-#: The per-run summary the first runs left (their raw runs were not kept); read only while no runs are kept.
-COMMITTED_SUMMARY = os.path.join(HERE, "results", "summary.csv")
 #: The study's tables, in the order :func:`study_tables` returns them.
 TABLE_NAMES = ("gd", "sgd", "momentum", "adam", "final_check", "paired")
 COLORS = ("k", "tab:blue", "tab:orange", "tab:red")
@@ -223,6 +221,8 @@ def minibatch_figure(plt, groups, title: str):
         # Thresholds a factor 19 apart (momentum) need a logarithmic axis, but the batch sharpness can be tiny or
         # negative early on: symlog is logarithmic above LINEAR_BELOW and linear below, so nothing is dropped.
         ax.set_yscale("symlog", linthresh=LINEAR_BELOW, linscale=0.5)
+        # Headroom above the highest threshold, so that its line is not drawn on the frame.
+        ax.set_ylim(top=max(ax.get_ylim()[1], 1.6 * max(thresholds(c).values())))
         ax.set(xlabel="epochs", ylabel=f"curvature (symlog, linear within ±{LINEAR_BELOW:g})",
                title=f"{title}, batch {c['batch_size']}, $\\eta$ = {c['lr']:g}")
         ax.yaxis.set_major_formatter(_formatter())
@@ -245,6 +245,8 @@ def minibatch_figure(plt, groups, title: str):
     ax.set_xticks(range(len(settings)), [f"batch {b}" for b in batch_sizes])
     ratio_linear = LINEAR_BELOW / main[1]
     ax.set_yscale("symlog", linthresh=ratio_linear, linscale=0.5)
+    ax.set_ylim(top=max(ax.get_ylim()[1], 1.6 * max(value / main[1] for value in thresholds(
+        settings[0][0]["config"]).values())))
     ax.yaxis.set_major_locator(SymmetricalLogLocator(linthresh=ratio_linear, base=10, subs=(1.0, 2.0, 5.0)))
     ax.set(ylabel=f"later-half mean / {pretty(main[0])} (symlog)",
            title=f"Later-half mean relative to {pretty(main[0])}")
@@ -515,10 +517,8 @@ def kept_study_tables(folder: str) -> tuple[str, ...]:
 
 
 #: RESULTS.md tables recomputed by ``python -m experiments.verify``: every table of the kept runs, the parity
-#: check's GD table, and the stationarity campaign's. Until the runs are kept, the paired table from the summary
-#: the first runs left.
-TABLES = {**(kept_tables(STUDY, TABLE_NAMES, KEPT_RUNS, kept_study_tables) if os.path.isdir(KEPT_RUNS) else
-             {f"{STUDY}.paired": lambda: paired_summary_table(read_summary(COMMITTED_SUMMARY))}),
+#: check's GD table, and the stationarity campaign's.
+TABLES = {**kept_tables(STUDY, TABLE_NAMES, KEPT_RUNS, kept_study_tables),
           **kept_tables(STUDY, ("gd",), KEPT_PARITY_RUNS, kept_study_tables, ".parity"),
           **stationarity.TABLES}
 
