@@ -648,6 +648,23 @@ def test_edge_of_stability_campaign_tables_from_synthetic_runs(tmp_path):
     assert len(rows) == 12 and rows[0][:5] == ["sgd: sgd, batch 32, 3,000 ex.", "0.02", "0", "40", "lambda_full"]
     assert rows[0][5] == f"{0.02 * 119.5 / 2:.3f} / {0.02 * 119.5 / 2:.3f}" and rows[0][6] == "+0.0%"
     assert rows[0][8] == "yes"
+    # The figure: one panel for the one setting; every curve is eta x the quantity (batch sharpness, the
+    # theory's quantity, solid and first), the predicted slope 2 is the dashed line, the later half is shaded.
+    from experiments.figures import pyplot
+
+    plt = pyplot()
+    fig = stationarity.campaign_figure(plt, runs)
+    (ax,) = [a for a in fig.axes if a.get_visible()]
+    curves = [line for line in ax.get_lines() if len(line.get_xdata()) == 11]
+    assert len(curves) == 12 and [line.get_linestyle() for line in curves[:2]] == ["-", "--"]
+    first = sorted(runs, key=lambda r: (r["config"]["lr"], r["config"]["seed"]))[0]
+    np.testing.assert_allclose(curves[0].get_ydata(), [0.02 * r["batch_sharpness"] for r in first["records"]])
+    np.testing.assert_allclose(curves[1].get_ydata(), [0.02 * r["lambda_full"] for r in first["records"]])
+    (threshold,) = [line for line in ax.get_lines() if line.get_linestyle() == "--" and len(line.get_xdata()) == 2]
+    assert list(threshold.get_ydata()) == [2.0, 2.0] and ax.get_yscale() == "symlog"
+    (shade,) = ax.patches
+    assert shade.get_x() == pytest.approx(20.0) and shade.get_width() == pytest.approx(20.0)
+    plt.close(fig)
 
 
 def test_the_eoss_settings_name_their_loss_so_the_control_reads_as_one():

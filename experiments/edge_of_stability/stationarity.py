@@ -29,7 +29,7 @@ The tables are computed from the kept compact run files (``result.json``, as
 exists its tables are registered for ``python -m experiments.verify`` (see
 :data:`TABLES`).
 
-    python -m experiments.edge_of_stability.stationarity [--out RUNS] [--figures FOLDER]
+    python -m experiments.edge_of_stability.stationarity [--out RUNS] [--figures FOLDER]   # tables and figure
 """
 
 from __future__ import annotations
@@ -265,6 +265,88 @@ def fit_table(runs: list[dict]) -> str:
                            "stationary runs"], rows)
 
 
+# -- figure ------------------------------------------------------------------------------------------------------
+
+#: Below this magnitude the figure's axes are linear (symlog), so an early negative batch sharpness is drawn too.
+LINEAR_BELOW = 0.1
+LR_COLORS = ("tab:blue", "tab:orange", "tab:red", "tab:purple", "tab:green")
+LABELS = {"lambda_full": "$\\lambda_1$, training set", "batch_sharpness": "batch sharpness",
+          "lambda_preconditioned": "$\\lambda_1(P^{-1}H)$"}
+
+
+def theory_first(config: dict) -> list[str]:
+    """A run's quantities with the one the stability theory is about first (the batch sharpness for SGD)."""
+    names = quantities(config)
+    return sorted(names, key=lambda name: name != "batch_sharpness")
+
+
+def campaign_figure(plt, runs: list[dict]):
+    """One panel per setting: each run's quantities times eta against the step, one colour per learning rate.
+
+    Times eta, a quantity on the edge reads as the slope of its 1/eta line, so if the edge scales as 1/eta the
+    learning rates' curves meet at the predicted slope (dashed: 2, 2(1+beta) and 2(1-beta), or (2+2b1)/(1-b1));
+    the shaded later half is what the tables average and judge stationary. The quantity the theory is about
+    (GD's and Adam's lambda_1, the batch sharpness, the preconditioned sharpness) is drawn solid, lambda_1 of
+    the training set beside it dashed."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    groups = collections.defaultdict(list)
+    for run in runs:
+        groups[setting(run["config"])].append(run)
+    keys = sorted(groups, key=str)
+    columns = min(4, len(keys))
+    rows = -(-len(keys) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.4 * columns, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
+    for ax, key in zip(axes.flat, keys):
+        members = sorted(groups[key], key=lambda r: (r["config"]["lr"], r["config"]["seed"]))
+        config = members[0]["config"]
+        lrs = sorted({r["config"]["lr"] for r in members})
+        names = theory_first(config)
+        low = 0.0
+        for run in members:
+            color = LR_COLORS[lrs.index(run["config"]["lr"]) % len(LR_COLORS)]
+            for quantity, style, width in zip(names, ("-", "--"), (1.6, 1.0)):
+                steps, values = curve(run, quantity)
+                ax.plot(steps, run["config"]["lr"] * values, style, color=color, lw=width, alpha=0.9)
+                low = min(low, float(np.nanmin(run["config"]["lr"] * values)))
+        for (name, slope), style in zip(predicted_slopes(config).items(), ("--", ":")):
+            ax.axhline(slope, color="gray", ls=style, lw=1.2, zorder=1)
+            ax.annotate(name.split(" = ")[0], (0.98, slope), xycoords=("axes fraction", "data"), fontsize=7,
+                        ha="right", va="bottom", color="gray")
+        last = max(float(np.nanmax(curve(r, names[0])[0])) for r in members)
+        ax.axvspan(last / 2, last, color="0.9", zorder=0)
+        ax.set_yscale("symlog", linthresh=LINEAR_BELOW, linscale=0.4)
+        top = max(ax.get_ylim()[1], 1.5 * max(predicted_slopes(config).values()))
+        ax.set_ylim(1.3 * low if low < 0 else 0.0, top)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.grid(alpha=0.3, which="both")
+        ax.set_title(describe_setting(key), fontsize=8.5)
+        ax.set_xlabel("step")
+        ax.set_ylabel("$\\eta$ x curvature (symlog)", fontsize=8)
+        handles = [Line2D([], [], color=LR_COLORS[i % len(LR_COLORS)], label=f"eta = {lr:g}")
+                   for i, lr in enumerate(lrs)]
+        handles += [Line2D([], [], color="k", ls=style, lw=width, label=LABELS.get(quantity, quantity))
+                    for quantity, style, width in zip(names, ("-", "--"), (1.6, 1.0))]
+        ax.legend(handles=handles, fontsize=6.5, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_campaign(runs: list[dict], path: str) -> None:
+    """Saves :func:`campaign_figure` with its caption."""
+    from experiments.figures import pyplot, save_figure
+
+    seeds = sorted({r["config"]["seed"] for r in runs})
+    save_figure(campaign_figure(pyplot(), runs), path,
+                "Stationarity campaign: each quantity times eta (the slope of its 1/eta line) against the step; "
+                f"dashed grey: the predicted slopes; shaded: the later half; seeds {', '.join(map(str, seeds))}; "
+                f"axes symlog, linear within ±{LINEAR_BELOW:g} (no value is cut off)")
+
+
 def tables(folder: str) -> str:
     runs = load_runs(folder)
     return ("### Stationarity campaign: the edge against 1/eta\n\n" + fit_table(runs)
@@ -278,9 +360,13 @@ def main(argv=None) -> str:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=CAMPAIGN_OUT, help="folder of the campaign's runs")
-    parser.add_argument("--figures", default=os.path.dirname(KEPT_RUNS), help="where table.md goes")
+    parser.add_argument("--figures", default=os.path.dirname(KEPT_RUNS),
+                        help="where table.md and stationarity.png go")
     args = parser.parse_args(argv)
-    return write_table(tables(args.out), args.figures)
+    path = os.path.join(args.figures, "stationarity.png")
+    os.makedirs(args.figures, exist_ok=True)
+    plot_campaign(load_runs(args.out), path)
+    return write_table(tables(args.out), args.figures, path)
 
 
 #: RESULTS.md tables recomputed by ``python -m experiments.verify``: registered once the campaign's runs are kept
