@@ -28,13 +28,16 @@ LIMIT = 5_000_000
 
 
 def keep(src: str, dest: str, limit: int = LIMIT) -> list[str]:
-    """Copies the :data:`KEPT` files of every run folder under ``src`` to the same place under ``dest``.
+    """Copies the :data:`KEPT` files of every finished run folder (one with a ``result.json``) under ``src`` to the
+    same place under ``dest``.
 
     Returns the copied paths (relative to ``dest``). Raises ``SystemExit`` if ``src`` holds no run, or if the
     copies would exceed ``limit`` bytes (nothing is copied then).
     """
     chosen = []
     for here, _, files in sorted(os.walk(src)):
+        if "result.json" not in files:
+            continue  # a run still training (or one that crashed): nothing of it is kept
         for name in sorted(files):
             if name in KEPT:
                 chosen.append(os.path.relpath(os.path.join(here, name), src))

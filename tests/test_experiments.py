@@ -113,6 +113,8 @@ def test_spectrum_shape_smoke(tmp_path):
     from experiments import keep_runs
 
     (tmp_path / "runs" / "lr0.01" / "model.weights.h5").write_bytes(b"weights")  # never kept
+    (tmp_path / "runs" / "lr1").mkdir()  # a run still training: its log so far is not kept
+    (tmp_path / "runs" / "lr1" / "history.csv").write_text("epoch,loss\n0,2.3\n")
     kept = keep_runs.main(["spectrum_shape", "--src", str(tmp_path / "runs"), "--dest", str(tmp_path / "kept")])
     assert sorted(kept) == sorted(os.path.join(f"lr{lr:g}", name) for lr in (0.01, 0.1)
                                   for name in ("history.csv", "lanczos.csv", "lanczos.npz", "result.json"))
