@@ -293,6 +293,10 @@ class MeasuringCallback(keras.callbacks.Callback, metaclass=abc.ABCMeta):
         if not final:
             self._pending_logs = self._measurement_logs(measurement)
             self._pending_source = measurement
+        self._save_history()
+
+    def _save_history(self) -> None:
+        """Writes the measurements so far to ``save_dir`` (if any); a failed write warns once, training goes on."""
         if self._writes_files():
             try:
                 self._log.write(self.history, self._log_top_k())
@@ -311,11 +315,7 @@ class MeasuringCallback(keras.callbacks.Callback, metaclass=abc.ABCMeta):
             if measurement is self._pending_source:
                 self._pending_logs = self._measurement_logs(measurement)
         self._uncosted = []
-        if self._writes_files():
-            try:
-                self._log.write(self.history, self._log_top_k())
-            except OSError as error:
-                self._warn_once("save", f"could not write {self._log.npz_path} ({error}); training goes on.")
+        self._save_history()
 
     def _over_budget(self) -> bool:
         """Whether ``frequency=OverheadBudget(...)`` skips this scheduled measurement (logged as NaN)."""
