@@ -646,6 +646,12 @@ def test_edge_of_stability_campaign_tables_from_synthetic_runs(tmp_path):
     assert lam[:4] == ["sgd: sgd, batch 32, 3,000 ex.", "lambda_full", "0.02, 0.05, 0.1", "6"]
     assert lam[4] == f"2.40 [{fit['slope_low']:.2f}, {fit['slope_high']:.2f}]" and lam[7] == "2 (x1.20)"
     assert sharp[1] == "batch_sharpness" and sharp[6].startswith("1.20") and lam[8] == sharp[8] == "6/6"
+    # The smoothed peaks by hand: seed 1's is its plateau 2.4/eta + 0.5; seed 0's is the window (2.4/eta, the
+    # plateau 2.4/eta - 0.5 twice), 2.4/eta - 1/3.
+    peaks = [2.4 / lr + (0.5 if seed else -1 / 3) for lr in (0.02, 0.05, 0.1) for seed in (0, 1)]
+    peak = stationarity.inverse_lr_fit([0.02, 0.02, 0.05, 0.05, 0.1, 0.1], peaks)
+    assert lam[9] == f"{peak['slope0']:.2f} [{peak['slope0_low']:.2f}, {peak['slope0_high']:.2f}] " \
+                     f"(x{peak['slope0'] / 2:.2f})"
     rows = table_rows(stationarity.stationarity_table(runs))
     assert len(rows) == 12 and rows[0][:5] == ["sgd: sgd, batch 32, 3,000 ex.", "0.02", "0", "40", "lambda_full"]
     assert rows[0][5] == f"{0.02 * 119.5 / 2:.3f} / {0.02 * 119.5 / 2:.3f}" and rows[0][6] == "+0.0%"
