@@ -50,6 +50,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CAMPAIGN_OUT = os.path.join(os.path.dirname(os.path.dirname(HERE)), "runs", "experiments",
                             "edge_of_stability_stationarity")
 KEPT_RUNS = os.path.join(HERE, "results", "stationarity", "runs")
+#: SGD at batch 32 run to 6,000 steps (its 3,000-step runs were still rising), trained with ``--out
+#: runs/experiments/edge_of_stability_stationarity_long`` and kept apart, so that no fit mixes run lengths.
+KEPT_LONG_RUNS = os.path.join(HERE, "results", "stationarity", "long", "runs")
 
 #: Relative change between the last two quarter-windows (and fitted later-half drift) that still counts as stationary.
 TOLERANCE = 0.05
@@ -378,12 +381,19 @@ def main(argv=None) -> str:
     return write_table(tables(args.out), args.figures, path)
 
 
+def _kept(folder: str, suffix: str = "") -> dict:
+    """The two tables of the runs kept under ``folder`` (none while it does not exist)."""
+    if not os.path.isdir(folder):
+        return {}
+    return {f"{STUDY}.stationarity_fit{suffix}": lambda: fit_table(load_runs(folder)),
+            f"{STUDY}.stationarity_runs{suffix}": lambda: stationarity_table(load_runs(folder))}
+
+
 #: RESULTS.md tables recomputed by ``python -m experiments.verify``: registered once the campaign's runs are kept
 #: (``python -m experiments.keep_runs edge_of_stability --src runs/experiments/edge_of_stability_stationarity
-#: --dest experiments/edge_of_stability/results/stationarity/runs``), so that a checkout without them still verifies.
-TABLES = ({"edge_of_stability.stationarity_fit": lambda: fit_table(load_runs(KEPT_RUNS)),
-           "edge_of_stability.stationarity_runs": lambda: stationarity_table(load_runs(KEPT_RUNS))}
-          if os.path.isdir(KEPT_RUNS) else {})
+#: --dest experiments/edge_of_stability/results/stationarity/runs``; the long batch-32 runs to ``.../long/runs``),
+#: so that a checkout without them still verifies.
+TABLES = {**_kept(KEPT_RUNS), **_kept(KEPT_LONG_RUNS, "_long")}
 
 
 if __name__ == "__main__":
