@@ -39,17 +39,11 @@ exists, so a campaign spread over sessions loses at most the run it was in:
     python -m experiments.edge_of_stability.stationarity --out experiments/edge_of_stability/results/stationarity/runs
     python -m experiments.edge_of_stability.run --campaign stationarity --smoke --out /tmp/s5c   # every part, tiny
 
-Time, estimated from one short probe run per part at the campaign's size (``--seeds 0`` and a few hundred steps,
-3 measurements; niced, at a load average of 4 to 10 on the two cores; the probes' per-step time includes the
-one-off tracing, so these are upper estimates): seconds per step and per measurement (warm), then per run and per
-part (runs x seeds). GD 0.59 s/step, 15.6 s/measurement: 1,840 s a run, 3.1 h for 6 runs. SGD batch 32 0.070 s
-and 22 s: 940 s a run; batch 512 0.75 s and 34 s: 3,600 s a run; batch 128 interpolated: about 10.1 h for the
-part's 18 runs. Momentum as SGD at batch 32 and 512: 7.6 h for 12. Full-batch Adam 1.09 s and 31 s: 2,350 s a
-run, 7.8 h for 12. ``eoss`` (MLP 2x512, 4,096 examples, batch 16) 0.049 s and 16 s: 1,660 s a run, 2.8 h for 6
-(the cross-entropy control as much again). ``sgd_data`` on 8,000 examples 0.26 s and 117 s: 3,700 s a run;
-on 1,000 (not probed; the measurement scaled to the training set) about 1,750 s: 9.1 h for 12. In all about 41
-hours of runs (43 with the control); two processes at a time on the two cores, as
-the study's first runs were made, roughly halve the wall time. ``--seeds 0`` halves everything.
+Time, measured (two processes at a time on an otherwise idle 2-core machine, seconds per run): GD 1,500 steps
+392-554; SGD 3,000 steps at batch 32 281-296, at batch 512 480-501 (at batch 128 1,408-2,977 beside a third long
+job); momentum at batch 32 229-250, at 512 439-554; full-batch Adam 1,000 steps 258-383; ``sgd_data`` on 1,000
+examples 157, on 8,000 435; ``eoss`` 20,224 steps 480-600. A part at one seed takes 15-50 minutes; the
+whole campaign at one seed about 5 hours of runs, half that as two processes. ``--seeds 0`` halves everything.
 """
 
 from __future__ import annotations
