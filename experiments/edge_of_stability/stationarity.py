@@ -309,7 +309,8 @@ def campaign_figure(plt, runs: list[dict]):
     keys = sorted(groups, key=str)
     columns = min(4, len(keys))
     rows = -(-len(keys) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.4 * columns, 3.6 * rows), squeeze=False)
+    # At least two panels wide, so that the caption under a single panel stays on a line or two.
+    fig, axes = plt.subplots(rows, columns, figsize=(4.4 * max(columns, 2), 3.6 * rows + 0.4), squeeze=False)
     for ax in axes.flat[len(keys):]:
         ax.set_visible(False)
     for ax, key in zip(axes.flat, keys):
