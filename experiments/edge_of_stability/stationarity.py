@@ -318,21 +318,24 @@ def campaign_figure(plt, runs: list[dict]):
         config = members[0]["config"]
         lrs = sorted({r["config"]["lr"] for r in members})
         names = theory_first(config)
+        predicted = predicted_slopes(config)
         low = 0.0
         for run in members:
             color = LR_COLORS[lrs.index(run["config"]["lr"]) % len(LR_COLORS)]
             for quantity, style, width in zip(names, ("-", "--"), (1.6, 1.0)):
                 steps, values = curve(run, quantity)
-                ax.plot(steps, run["config"]["lr"] * values, style, color=color, lw=width, alpha=0.9)
-                low = min(low, float(np.nanmin(run["config"]["lr"] * values)))
-        for (name, slope), style in zip(predicted_slopes(config).items(), ("--", ":")):
+                scaled = run["config"]["lr"] * values
+                ax.plot(steps, scaled, style, color=color, lw=width, alpha=0.9)
+                if np.isfinite(scaled).any():
+                    low = min(low, float(np.nanmin(scaled)))
+        for (name, slope), style in zip(predicted.items(), ("--", ":")):
             ax.axhline(slope, color="gray", ls=style, lw=1.2, zorder=1)
             ax.annotate(name.split(" = ")[0], (0.98, slope), xycoords=("axes fraction", "data"), fontsize=7,
                         ha="right", va="bottom", color="gray")
         last = max(float(np.nanmax(curve(r, names[0])[0])) for r in members)
         ax.axvspan(last / 2, last, color="0.9", zorder=0)
         ax.set_yscale("symlog", linthresh=LINEAR_BELOW, linscale=0.4)
-        top = max(ax.get_ylim()[1], 1.5 * max(predicted_slopes(config).values()))
+        top = max(ax.get_ylim()[1], 1.5 * max(predicted.values()))
         ax.set_ylim(1.3 * low if low < 0 else 0.0, top)
         ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         ax.yaxis.set_minor_formatter(NullFormatter())
